@@ -1,0 +1,82 @@
+//! The core of [intake]: live data into a Rust service.
+//!
+//! A [`Source`] sends messages (push style through a [`SourceContext`], or pull style
+//! from any [`Stream`](futures::Stream)); a [`Reader`] parses them by a [`Schema`]; a
+//! commit driver groups them into atomic commits on a keyed, in-memory [`Table`]; and
+//! subscribers follow the table's changes as callbacks ([`Subscriber`]) or as an async
+//! stream of [`ChangeBatch`]es.
+//!
+//! ```text
+//! Source ──messages──▶ parse (Schema) ──▶ bounded channel ──▶ commit driver ──▶ Table ──ChangeBatch──▶ subscribers
+//!                      bad input ──▶ ErrorPolicy (fail, or skip and report)
+//! ```
+//!
+//! This crate has no network dependencies; ready-made sources live in their own
+//! crates, and the `intake` crate re-exports everything.
+//!
+//! # Example
+//!
+//! Pathway's `cats.jsonl` subject, with an update and a delete:
+//!
+//! ```
+//! use intake_core::{source_fn, Column, DataType, Pipeline, Reader, Schema, SourceContext, Subscriber};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let schema = Schema::new([
+//!     Column::new("key", DataType::Int).primary_key(),
+//!     Column::new("genus", DataType::String),
+//!     Column::new("epithet", DataType::String),
+//! ])?;
+//!
+//! let cats = source_fn(|ctx: SourceContext| async move {
+//!     ctx.next_str(r#"{"key": 1, "genus": "otocolobus", "epithet": "manul"}"#).await?;
+//!     ctx.next_str(r#"{"key": 2, "genus": "felis", "epithet": "catus"}"#).await?;
+//!     ctx.commit().await?;
+//!     ctx.next_str(r#"{"key": 2, "genus": "felis", "epithet": "silvestris"}"#).await?;
+//!     ctx.delete(1).await?;
+//!     Ok(())
+//! });
+//!
+//! let mut pipeline = Pipeline::new();
+//! let table = pipeline.read("cats", cats, Reader::json(schema));
+//! table.subscribe(Subscriber::new().on_change(|key, row, time, is_addition| {
+//!     println!("{time} {} {key}: {row}", if is_addition { "+" } else { "-" });
+//! }));
+//! pipeline.run().await?;
+//!
+//! assert_eq!(table.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [intake]: https://docs.rs/intake
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod batch;
+mod change;
+mod parse;
+mod pipeline;
+mod reader;
+mod row;
+mod schema;
+mod source;
+mod subscribe;
+mod table;
+mod value;
+
+pub use batch::{BatchAsync, batch_async};
+pub use change::{Change, ChangeBatch, Time};
+pub use parse::{Format, ParseError, Rejected};
+pub use pipeline::{Error, Pipeline, RejectedStream, ShutdownHandle, SourceFailure};
+pub use reader::{ErrorPolicy, Reader};
+pub use row::{Key, Row, RowError};
+pub use schema::{Column, Schema, SchemaError};
+pub use source::{
+    BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
+    from_try_stream, source_fn,
+};
+pub use subscribe::Subscriber;
+pub use table::{ChangeStream, Snapshot, Table, TableStats};
+pub use value::{DataType, Timestamp, Value};

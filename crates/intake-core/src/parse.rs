@@ -1,0 +1,737 @@
+//! Turning messages into rows: formats, parse errors and rejected messages.
+//!
+//! JSON is parsed straight into a row's values by a schema-driven serde visitor: no
+//! intermediate `serde_json::Value`, and strings are copied once, into the row.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::row::Key;
+use crate::schema::{Column, Schema};
+use crate::value::{DataType, Timestamp, Value};
+
+/// How a message's payload becomes a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Format {
+    /// Each message is one JSON object; its fields fill the schema's columns by name.
+    #[default]
+    Json,
+    /// Each message is UTF-8 text, stored whole in the single `data` string column of
+    /// [`Schema::raw`]. Input that is not UTF-8 is rejected.
+    Raw,
+    /// Each message is stored whole in the single `data` bytes column of
+    /// [`Schema::bytes`]. Nothing is ever rejected.
+    Bytes,
+}
+
+/// Why a message could not become a row.
+///
+/// Every variant names the column involved where there is one, so that a rejected
+/// message can be fixed at its origin.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The payload is not valid JSON (or has trailing characters after the value).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The payload is JSON, but not an object.
+    #[error("expected a JSON object, found {found}")]
+    NotAnObject {
+        /// What was found instead (`array`, `string`, ...).
+        found: &'static str,
+    },
+    /// A column without a default is missing from the message.
+    #[error("missing field `{column}`, which has no default")]
+    MissingField {
+        /// The column.
+        column: String,
+    },
+    /// A column appears twice in one object.
+    #[error("field `{column}` appears more than once")]
+    DuplicateField {
+        /// The column.
+        column: String,
+    },
+    /// A value has the wrong type for its column.
+    #[error("field `{column}` should be {expected}, found {found}")]
+    WrongType {
+        /// The column.
+        column: String,
+        /// The column's type.
+        expected: DataType,
+        /// What was found.
+        found: &'static str,
+    },
+    /// `null` for a column that is neither nullable nor has a default.
+    #[error("field `{column}` is null, but the column is not nullable and has no default")]
+    NullNotAllowed {
+        /// The column.
+        column: String,
+    },
+    /// An integer outside the range of `i64`.
+    #[error("field `{column}` holds an integer beyond the 64-bit signed range")]
+    IntegerOutOfRange {
+        /// The column.
+        column: String,
+    },
+    /// A timestamp that could not be read.
+    #[error("field `{column}` is not a valid timestamp: {reason}")]
+    InvalidTimestamp {
+        /// The column.
+        column: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Raw (text) input that is not UTF-8.
+    #[error("input is not valid UTF-8 (valid up to byte {valid_up_to})")]
+    InvalidUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// A typed message that could not be serialized.
+    #[error("could not serialize the message: {0}")]
+    Serialize(String),
+    /// A key given to `delete` does not match the table's primary key.
+    #[error("{0}")]
+    InvalidKey(String),
+}
+
+/// A message refused by a reader whose [`ErrorPolicy`](crate::ErrorPolicy) is
+/// `SkipAndReport`: what came in, why it was refused and from which source.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    source: Arc<str>,
+    raw: Bytes,
+    reason: ParseError,
+}
+
+impl Rejected {
+    pub(crate) fn new(source: Arc<str>, raw: Bytes, reason: ParseError) -> Self {
+        Rejected { source, raw, reason }
+    }
+
+    /// The name of the source that sent the message.
+    pub fn source_name(&self) -> &str {
+        &self.source
+    }
+
+    /// The message as it arrived (JSON messages given as values are serialized).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &ParseError {
+        &self.reason
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 200;
+        let text = String::from_utf8_lossy(&self.raw[..self.raw.len().min(SHOWN)]);
+        let more = if self.raw.len() > SHOWN { "..." } else { "" };
+        write!(
+            f,
+            "source `{}` sent a message that was rejected: {} (message: {text:?}{more})",
+            self.source, self.reason
+        )
+    }
+}
+
+/// A message's payload before parsing.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Bytes(Bytes),
+    Json(serde_json::Value),
+}
+
+impl Payload {
+    /// The payload as bytes, for error reports.
+    pub(crate) fn into_raw(self) -> Bytes {
+        match self {
+            Payload::Bytes(bytes) => bytes,
+            Payload::Json(json) => Bytes::from(json.to_string()),
+        }
+    }
+}
+
+/// Parses payloads of one format into rows of one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct Parser {
+    schema: Schema,
+    format: Format,
+}
+
+impl Parser {
+    pub(crate) fn new(schema: Schema, format: Format) -> Self {
+        Parser { schema, format }
+    }
+
+    pub(crate) fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The values of the row in `payload`, one per column.
+    pub(crate) fn parse(&self, payload: &Payload) -> Result<Vec<Value>, ParseError> {
+        match (self.format, payload) {
+            (Format::Json, Payload::Bytes(bytes)) => self.parse_json_slice(bytes),
+            (Format::Json, Payload::Json(json)) => self.parse_json_value(json),
+            (Format::Raw, Payload::Bytes(bytes)) => match std::str::from_utf8(bytes) {
+                Ok(text) => Ok(vec![Value::String(Arc::from(text))]),
+                Err(e) => Err(ParseError::InvalidUtf8 {
+                    valid_up_to: e.valid_up_to(),
+                }),
+            },
+            (Format::Raw, Payload::Json(json)) => Ok(vec![Value::from(json.to_string())]),
+            (Format::Bytes, Payload::Bytes(bytes)) => Ok(vec![Value::Bytes(bytes.clone())]),
+            (Format::Bytes, Payload::Json(json)) => Ok(vec![Value::Bytes(Bytes::from(json.to_string()))]),
+        }
+    }
+
+    fn parse_json_slice(&self, bytes: &[u8]) -> Result<Vec<Value>, ParseError> {
+        let failure = Cell::new(None);
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let seed = RowSeed {
+            schema: &self.schema,
+            failure: &failure,
+        };
+        let parsed = seed
+            .deserialize(&mut deserializer)
+            .and_then(|values| deserializer.end().map(|()| values));
+        parsed.map_err(|e| {
+            failure
+                .take()
+                .unwrap_or_else(|| ParseError::MalformedJson(e.to_string()))
+        })
+    }
+
+    fn parse_json_value(&self, json: &serde_json::Value) -> Result<Vec<Value>, ParseError> {
+        let failure = Cell::new(None);
+        let seed = RowSeed {
+            schema: &self.schema,
+            failure: &failure,
+        };
+        seed.deserialize(json).map_err(|e| {
+            failure
+                .take()
+                .unwrap_or_else(|| ParseError::MalformedJson(e.to_string()))
+        })
+    }
+
+    /// Checks that `key` has the shape of the primary key (count and types).
+    pub(crate) fn check_key(&self, key: &Key) -> Result<(), ParseError> {
+        let columns = self.schema.columns();
+        let key_columns = self.schema.primary_key();
+        if key_columns.is_empty() {
+            return Err(ParseError::InvalidKey(
+                "this table has no primary key, so rows cannot be deleted by key".into(),
+            ));
+        }
+        if key.values().len() != key_columns.len() {
+            return Err(ParseError::InvalidKey(format!(
+                "the primary key has {} column(s), but the key {key} has {} value(s)",
+                key_columns.len(),
+                key.values().len()
+            )));
+        }
+        for (&i, value) in key_columns.iter().zip(key.values()) {
+            let column = &columns[i];
+            if !column.data_type().matches(value) {
+                return Err(ParseError::InvalidKey(format!(
+                    "key column `{}` is {}, but the key holds a {}",
+                    column.name(),
+                    column.data_type(),
+                    value.kind()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records the structured reason for a failure and returns the serde error that aborts
+/// deserialization; the caller prefers the recorded reason.
+fn fail<E: de::Error>(failure: &Cell<Option<ParseError>>, reason: ParseError) -> E {
+    let message = reason.to_string();
+    failure.set(Some(reason));
+    E::custom(message)
+}
+
+struct RowSeed<'a> {
+    schema: &'a Schema,
+    failure: &'a Cell<Option<ParseError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Value>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// Which columns a message has set so far.
+enum Seen {
+    Few(u128),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(columns: usize) -> Self {
+        if columns <= 128 {
+            Seen::Few(0)
+        } else {
+            Seen::Many(vec![false; columns])
+        }
+    }
+
+    /// Marks `i` as seen; false if it already was.
+    fn insert(&mut self, i: usize) -> bool {
+        match self {
+            Seen::Few(bits) => {
+                let bit = 1u128 << i;
+                let fresh = *bits & bit == 0;
+                *bits |= bit;
+                fresh
+            }
+            Seen::Many(flags) => !std::mem::replace(&mut flags[i], true),
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Seen::Few(bits) => *bits & (1u128 << i) != 0,
+            Seen::Many(flags) => flags[i],
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Value>, A::Error> {
+        let columns = self.schema.columns();
+        let mut values = vec![Value::Null; columns.len()];
+        let mut seen = Seen::new(columns.len());
+        while let Some(found) = map.next_key_seed(ColumnSeed(self.schema))? {
+            let Some(i) = found else {
+                // Extra fields are ignored: producers add fields over time, and a reader
+                // declares only the columns it needs.
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if !seen.insert(i) {
+                let column = columns[i].name().to_owned();
+                return Err(fail(self.failure, ParseError::DuplicateField { column }));
+            }
+            values[i] = map.next_value_seed(ValueSeed {
+                column: &columns[i],
+                failure: self.failure,
+            })?;
+        }
+        for (i, column) in columns.iter().enumerate() {
+            if !seen.contains(i) {
+                values[i] = match (column.default_value(), column.is_nullable()) {
+                    (Some(default), _) => default.clone(),
+                    (None, true) => Value::Null,
+                    (None, false) => {
+                        let column = column.name().to_owned();
+                        return Err(fail(self.failure, ParseError::MissingField { column }));
+                    }
+                };
+            } else if values[i].is_null() {
+                match (column.default_value(), column.is_nullable()) {
+                    (Some(default), _) => values[i] = default.clone(),
+                    (None, true) => {}
+                    (None, false) => {
+                        let column = column.name().to_owned();
+                        return Err(fail(self.failure, ParseError::NullNotAllowed { column }));
+                    }
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Vec<Value>, A::Error> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "an array" }))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Vec<Value>, E> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "a string" }))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Vec<Value>, E> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "a number" }))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Vec<Value>, E> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "a number" }))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Vec<Value>, E> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "a number" }))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Vec<Value>, E> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "a boolean" }))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Vec<Value>, E> {
+        Err(fail(self.failure, ParseError::NotAnObject { found: "null" }))
+    }
+}
+
+/// Finds the column a field name refers to; `None` for fields the schema lacks.
+struct ColumnSeed<'a>(&'a Schema);
+
+impl<'de> DeserializeSeed<'de> for ColumnSeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ColumnSeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.index_of(name))
+    }
+}
+
+/// Reads one field's value as its column's type.
+struct ValueSeed<'a> {
+    column: &'a Column,
+    failure: &'a Cell<Option<ParseError>>,
+}
+
+impl ValueSeed<'_> {
+    fn wrong_type<E: de::Error>(&self, found: &'static str) -> E {
+        fail(
+            self.failure,
+            ParseError::WrongType {
+                column: self.column.name().to_owned(),
+                expected: self.column.data_type(),
+                found,
+            },
+        )
+    }
+
+    fn timestamp<E: de::Error>(&self, parsed: Result<Timestamp, String>) -> Result<Value, E> {
+        parsed.map(Value::Timestamp).map_err(|reason| {
+            fail(
+                self.failure,
+                ParseError::InvalidTimestamp {
+                    column: self.column.name().to_owned(),
+                    reason,
+                },
+            )
+        })
+    }
+
+    fn millis<E: de::Error>(&self, millis: i64) -> Result<Value, E> {
+        self.timestamp(
+            Timestamp::from_unix_millis(millis)
+                .ok_or_else(|| format!("{millis} ms since the epoch is out of range")),
+        )
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.column.data_type() == DataType::Json {
+            let json: serde_json::Value = de::Deserialize::deserialize(deserializer)?;
+            return Ok(if json.is_null() {
+                Value::Null
+            } else {
+                Value::from(json)
+            });
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} value", self.column.data_type())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        match self.column.data_type() {
+            DataType::Bool => Ok(Value::Bool(v)),
+            _ => Err(self.wrong_type("a boolean")),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        match self.column.data_type() {
+            DataType::Int => Ok(Value::Int(v)),
+            #[allow(clippy::cast_precision_loss)]
+            DataType::Float => Ok(Value::Float(v as f64)),
+            DataType::Timestamp => self.millis(v),
+            _ => Err(self.wrong_type("an integer")),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        match (self.column.data_type(), i64::try_from(v)) {
+            (DataType::Int | DataType::Timestamp, Ok(v)) => self.visit_i64(v),
+            (DataType::Int | DataType::Timestamp, Err(_)) => Err(fail(
+                self.failure,
+                ParseError::IntegerOutOfRange {
+                    column: self.column.name().to_owned(),
+                },
+            )),
+            #[allow(clippy::cast_precision_loss)]
+            (DataType::Float, _) => Ok(Value::Float(v as f64)),
+            _ => Err(self.wrong_type("an integer")),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        match self.column.data_type() {
+            DataType::Float => Ok(Value::Float(v)),
+            _ => Err(self.wrong_type("a number with a fraction or exponent")),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        match self.column.data_type() {
+            DataType::String => Ok(Value::String(Arc::from(v))),
+            DataType::Bytes => Ok(Value::Bytes(Bytes::copy_from_slice(v.as_bytes()))),
+            DataType::Timestamp => self.timestamp(Timestamp::parse_rfc3339(v)),
+            _ => Err(self.wrong_type("a string")),
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(self.wrong_type("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(self.wrong_type("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new([
+            Column::new("key", DataType::Int).primary_key(),
+            Column::new("name", DataType::String),
+            Column::new("score", DataType::Float).default(0.0),
+            Column::new("note", DataType::String).nullable(),
+            Column::new("at", DataType::Timestamp).nullable(),
+            Column::new("extra", DataType::Json).nullable(),
+            Column::new("ok", DataType::Bool).default(true),
+            Column::new("blob", DataType::Bytes).nullable(),
+        ])
+        .unwrap()
+    }
+
+    fn parse(text: &str) -> Result<Vec<Value>, ParseError> {
+        let parser = Parser::new(schema(), Format::Json);
+        let from_bytes = parser.parse(&Payload::Bytes(Bytes::copy_from_slice(text.as_bytes())));
+        // The same message given as a JSON value must have the same outcome (a JSON
+        // value cannot hold a duplicate field).
+        let duplicate = matches!(from_bytes, Err(ParseError::DuplicateField { .. }));
+        if let (Ok(json), false) = (serde_json::from_str::<serde_json::Value>(text), duplicate) {
+            let from_value = parser.parse(&Payload::Json(json));
+            match (&from_bytes, &from_value) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                _ => panic!("bytes and value disagree: {from_bytes:?} vs {from_value:?}"),
+            }
+        }
+        from_bytes
+    }
+
+    #[test]
+    fn fills_columns_defaults_and_nulls() {
+        let values = parse(r#"{"name": "manul", "key": 1, "at": "2024-01-01T00:00:00Z", "extra": [1, {"a": 2}], "blob": "hi"}"#).unwrap();
+        assert_eq!(values[0], Value::Int(1));
+        assert_eq!(values[1], Value::from("manul"));
+        assert_eq!(values[2], Value::Float(0.0), "default");
+        assert_eq!(values[3], Value::Null, "nullable, absent");
+        assert_eq!(
+            values[4].as_timestamp().unwrap().to_string(),
+            "2024-01-01T00:00:00Z"
+        );
+        assert_eq!(values[5], Value::from(serde_json::json!([1, {"a": 2}])));
+        assert_eq!(values[6], Value::Bool(true));
+        assert_eq!(values[7].as_bytes(), Some(&b"hi"[..]));
+    }
+
+    #[test]
+    fn null_takes_the_default_and_ints_widen_to_float() {
+        let values =
+            parse(r#"{"key": 1, "name": "a", "score": null, "ok": null, "at": 1700000000000}"#).unwrap();
+        assert_eq!(values[2], Value::Float(0.0));
+        assert_eq!(values[6], Value::Bool(true));
+        assert_eq!(
+            values[4].as_timestamp().unwrap().as_unix_millis(),
+            1_700_000_000_000
+        );
+        let values = parse(r#"{"key": 1, "name": "a", "score": 3}"#).unwrap();
+        assert_eq!(values[2], Value::Float(3.0));
+    }
+
+    #[test]
+    fn extra_fields_are_ignored() {
+        let values = parse(r#"{"key": 1, "name": "a", "unknown": {"deep": [1, 2, 3]}}"#).unwrap();
+        assert_eq!(values.len(), 8);
+    }
+
+    #[test]
+    fn each_bad_input_has_its_reason() {
+        let cases: &[(&str, ParseError)] = &[
+            (
+                r#"{"key": 1}"#,
+                ParseError::MissingField {
+                    column: "name".into(),
+                },
+            ),
+            (
+                r#"{"key": "1", "name": "a"}"#,
+                ParseError::WrongType {
+                    column: "key".into(),
+                    expected: DataType::Int,
+                    found: "a string",
+                },
+            ),
+            (
+                r#"{"key": 1.5, "name": "a"}"#,
+                ParseError::WrongType {
+                    column: "key".into(),
+                    expected: DataType::Int,
+                    found: "a number with a fraction or exponent",
+                },
+            ),
+            (
+                r#"{"key": 1, "name": {"first": "a"}}"#,
+                ParseError::WrongType {
+                    column: "name".into(),
+                    expected: DataType::String,
+                    found: "an object",
+                },
+            ),
+            (
+                r#"{"key": null, "name": "a"}"#,
+                ParseError::NullNotAllowed { column: "key".into() },
+            ),
+            (
+                r#"{"key": 1, "key": 2, "name": "a"}"#,
+                ParseError::DuplicateField { column: "key".into() },
+            ),
+            (
+                r#"{"key": 18446744073709551615, "name": "a"}"#,
+                ParseError::IntegerOutOfRange { column: "key".into() },
+            ),
+            (r#"[1, 2]"#, ParseError::NotAnObject { found: "an array" }),
+            (r#""text""#, ParseError::NotAnObject { found: "a string" }),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(&parse(input).unwrap_err(), expected, "input: {input}");
+        }
+        assert!(matches!(
+            parse(r#"{"key": 1, "name": "a", "at": "noon"}"#),
+            Err(ParseError::InvalidTimestamp { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_json_is_reported_with_its_position() {
+        for input in [
+            r#"{"key": 1, "name": "a""#,
+            "",
+            "{\"key\": 1, \"name\": \"a\"} trailing",
+            "{key: 1}",
+        ] {
+            match parse(input) {
+                Err(ParseError::MalformedJson(message)) => assert!(message.contains("line"), "{message}"),
+                other => panic!("{input:?} gave {other:?}"),
+            }
+        }
+        // Trailing whitespace, such as the newline of a JSON-lines file, is fine.
+        assert!(parse("{\"key\": 1, \"name\": \"a\"}\n").is_ok());
+    }
+
+    #[test]
+    fn raw_and_bytes_formats() {
+        let raw = Parser::new(Schema::raw(), Format::Raw);
+        assert_eq!(
+            raw.parse(&Payload::Bytes(Bytes::from_static(b"hello"))).unwrap(),
+            vec![Value::from("hello")]
+        );
+        assert_eq!(
+            raw.parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd")))
+                .unwrap_err(),
+            ParseError::InvalidUtf8 { valid_up_to: 2 }
+        );
+        let bytes = Parser::new(Schema::bytes(), Format::Bytes);
+        assert_eq!(
+            bytes
+                .parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd")))
+                .unwrap(),
+            vec![Value::Bytes(Bytes::from_static(b"ab\xffcd"))]
+        );
+    }
+
+    #[test]
+    fn keys_are_checked_against_the_primary_key() {
+        let parser = Parser::new(schema(), Format::Json);
+        assert!(parser.check_key(&Key::from(1)).is_ok());
+        assert!(parser.check_key(&Key::from("1")).is_err());
+        assert!(
+            parser
+                .check_key(&Key::new([Value::Int(1), Value::Int(2)]))
+                .is_err()
+        );
+        let no_key = Parser::new(Schema::raw(), Format::Raw);
+        assert!(no_key.check_key(&Key::from("x")).is_err());
+    }
+
+    #[test]
+    fn wide_schemas_parse() {
+        let columns: Vec<Column> = (0..200)
+            .map(|i| Column::new(format!("c{i}"), DataType::Int).default(-1))
+            .collect();
+        let parser = Parser::new(Schema::new(columns).unwrap(), Format::Json);
+        let values = parser
+            .parse(&Payload::Bytes(Bytes::from_static(br#"{"c150": 7, "c3": 1}"#)))
+            .unwrap();
+        assert_eq!(values[150], Value::Int(7));
+        assert_eq!(values[3], Value::Int(1));
+        assert_eq!(values[0], Value::Int(-1));
+    }
+}

@@ -1,0 +1,157 @@
+//! How a source is read into a table: format, schema, commits, buffers, bad input.
+
+use std::time::Duration;
+
+use crate::parse::Format;
+use crate::schema::Schema;
+
+/// What to do with a message that cannot become a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// Fail the pipeline: [`Pipeline::run`](crate::Pipeline::run) returns
+    /// [`Error::Rejected`](crate::Error::Rejected) with the message and the reason, after
+    /// committing the valid messages that came before it.
+    #[default]
+    Fail,
+    /// Skip the message and report it: it is counted in
+    /// [`TableStats::rejected`](crate::TableStats::rejected), logged as a `tracing`
+    /// warning, and delivered with its source, raw bytes and reason to every
+    /// [`Pipeline::rejected`](crate::Pipeline::rejected) stream. Its neighbours are kept.
+    SkipAndReport,
+}
+
+/// How a source is read into a table (Pathway's `pw.io.python.read` arguments).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use intake_core::{Column, DataType, ErrorPolicy, Reader, Schema};
+///
+/// let schema = Schema::new([
+///     Column::new("key", DataType::Int).primary_key(),
+///     Column::new("genus", DataType::String),
+/// ])?;
+/// let reader = Reader::json(schema)
+///     .autocommit_duration(Duration::from_millis(50))
+///     .max_batch_size(1_000)
+///     .error_policy(ErrorPolicy::SkipAndReport);
+/// # let _ = reader;
+/// # Ok::<(), intake_core::SchemaError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Reader {
+    pub(crate) schema: Schema,
+    pub(crate) format: Format,
+    pub(crate) autocommit_duration: Duration,
+    pub(crate) max_batch_size: usize,
+    pub(crate) channel_capacity: usize,
+    pub(crate) subscriber_capacity: usize,
+    pub(crate) error_policy: ErrorPolicy,
+}
+
+impl Reader {
+    /// Default for [`autocommit_duration`](Self::autocommit_duration).
+    pub const DEFAULT_AUTOCOMMIT: Duration = Duration::from_millis(100);
+    /// Default for [`max_batch_size`](Self::max_batch_size).
+    pub const DEFAULT_MAX_BATCH_SIZE: usize = 10_000;
+    /// Default for [`channel_capacity`](Self::channel_capacity).
+    pub const DEFAULT_CHANNEL_CAPACITY: usize = 1_024;
+    /// Default for [`subscriber_capacity`](Self::subscriber_capacity).
+    pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 8;
+
+    /// Reads messages of `format` into rows of `schema`.
+    ///
+    /// For [`Format::Raw`] and [`Format::Bytes`], pass [`Schema::raw`] and
+    /// [`Schema::bytes`] (or use [`Reader::raw`] and [`Reader::bytes`]).
+    pub fn new(schema: Schema, format: Format) -> Self {
+        Reader {
+            schema,
+            format,
+            autocommit_duration: Self::DEFAULT_AUTOCOMMIT,
+            max_batch_size: Self::DEFAULT_MAX_BATCH_SIZE,
+            channel_capacity: Self::DEFAULT_CHANNEL_CAPACITY,
+            subscriber_capacity: Self::DEFAULT_SUBSCRIBER_CAPACITY,
+            error_policy: ErrorPolicy::default(),
+        }
+    }
+
+    /// Reads each message as a JSON object into rows of `schema`.
+    pub fn json(schema: Schema) -> Self {
+        Self::new(schema, Format::Json)
+    }
+
+    /// Reads each message as UTF-8 text into the `data` column of [`Schema::raw`].
+    pub fn raw() -> Self {
+        Self::new(Schema::raw(), Format::Raw)
+    }
+
+    /// Reads each message as bytes into the `data` column of [`Schema::bytes`].
+    pub fn bytes() -> Self {
+        Self::new(Schema::bytes(), Format::Bytes)
+    }
+
+    /// The longest a message waits before it is committed, counted from the first
+    /// message after the previous commit. Default: 100 ms.
+    ///
+    /// # Panics
+    ///
+    /// If `duration` is zero.
+    #[track_caller]
+    pub fn autocommit_duration(mut self, duration: Duration) -> Self {
+        assert!(!duration.is_zero(), "autocommit_duration must be positive");
+        self.autocommit_duration = duration;
+        self
+    }
+
+    /// Commits as soon as this many messages are pending. Default: 10,000.
+    ///
+    /// # Panics
+    ///
+    /// If `size` is zero.
+    #[track_caller]
+    pub fn max_batch_size(mut self, size: usize) -> Self {
+        assert!(size > 0, "max_batch_size must be at least 1");
+        self.max_batch_size = size;
+        self
+    }
+
+    /// The number of parsed messages that can wait between the sources and the table;
+    /// when it is full, sends wait. Default: 1,024.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is zero.
+    #[track_caller]
+    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+        assert!(capacity > 0, "channel_capacity must be at least 1");
+        self.channel_capacity = capacity;
+        self
+    }
+
+    /// The number of commits queued for each subscriber before commits wait for it.
+    /// Default: 8.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is zero.
+    #[track_caller]
+    pub fn subscriber_capacity(mut self, capacity: usize) -> Self {
+        assert!(capacity > 0, "subscriber_capacity must be at least 1");
+        self.subscriber_capacity = capacity;
+        self
+    }
+
+    /// What to do with bad input. Default: [`ErrorPolicy::Fail`].
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.error_policy = policy;
+        self
+    }
+
+    /// The schema rows are parsed into.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+}

@@ -1,0 +1,292 @@
+//! Rows and the keys that identify them in a table.
+
+use std::fmt;
+use std::ops::Index;
+use std::sync::Arc;
+
+use crate::schema::Schema;
+use crate::value::Value;
+
+/// Identifies a row of a [`Table`](crate::Table).
+///
+/// In a table with a primary key, the key is the row's primary-key values, so a later
+/// row with the same values replaces the earlier one. In a table without one, every row
+/// is appended under a generated key.
+///
+/// Keys are cheap to clone and compare.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::{Key, Value};
+///
+/// let single = Key::from(7);
+/// assert_eq!(single, Key::new([Value::Int(7)]));
+/// let composite = Key::new([Value::from("AAPL"), Value::from(2024)]);
+/// assert_eq!(composite.values().len(), 2);
+/// assert_eq!(composite.to_string(), "(AAPL, 2024)");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(KeyRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum KeyRepr {
+    Generated(u64),
+    Single(Value),
+    Composite(Arc<[Value]>),
+}
+
+impl Key {
+    /// The key made of these primary-key values, in schema order.
+    pub fn new(values: impl IntoIterator<Item = Value>) -> Self {
+        let mut values: Vec<Value> = values.into_iter().collect();
+        if values.len() == 1 {
+            if let Some(value) = values.pop() {
+                return Key(KeyRepr::Single(value));
+            }
+        }
+        Key(KeyRepr::Composite(values.into()))
+    }
+
+    /// A generated key, as given to rows of a table without a primary key.
+    pub fn generated(id: u64) -> Self {
+        Key(KeyRepr::Generated(id))
+    }
+
+    /// The primary-key values; empty for a generated key.
+    pub fn values(&self) -> &[Value] {
+        match &self.0 {
+            KeyRepr::Generated(_) => &[],
+            KeyRepr::Single(value) => std::slice::from_ref(value),
+            KeyRepr::Composite(values) => values,
+        }
+    }
+
+    /// The number of a generated key, or `None` for a primary key.
+    pub fn generated_id(&self) -> Option<u64> {
+        match self.0 {
+            KeyRepr::Generated(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The key of a row with these values under `schema`.
+    pub(crate) fn of_row(schema: &Schema, values: &[Value]) -> Self {
+        match schema.primary_key() {
+            [single] => Key(KeyRepr::Single(values[*single].clone())),
+            columns => Key(KeyRepr::Composite(
+                columns.iter().map(|&i| values[i].clone()).collect(),
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            KeyRepr::Generated(id) => write!(f, "Key(#{id})"),
+            KeyRepr::Single(value) => write!(f, "Key({value:?})"),
+            KeyRepr::Composite(values) => write!(f, "Key({values:?})"),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    /// A generated key prints as `#id`, a single value bare, several in parentheses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            KeyRepr::Generated(id) => write!(f, "#{id}"),
+            KeyRepr::Single(value) => write!(f, "{value}"),
+            KeyRepr::Composite(values) => {
+                f.write_str("(")?;
+                for (i, value) in values.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{value}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+impl<T: Into<Value>> From<T> for Key {
+    fn from(value: T) -> Self {
+        Key(KeyRepr::Single(value.into()))
+    }
+}
+
+/// One row of a table: a value per column of its [`Schema`].
+///
+/// Rows are immutable and reference counted: cloning one, or handing it to many
+/// subscribers, copies a pointer.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::{Column, DataType, Row, Schema, Value};
+///
+/// let schema = Schema::new([
+///     Column::new("sym", DataType::String).primary_key(),
+///     Column::new("close", DataType::Float),
+/// ])?;
+/// let row = Row::new(&schema, vec![Value::from("AAPL"), Value::from(189.5)])?;
+/// assert_eq!(row.get("close").and_then(Value::as_float), Some(189.5));
+/// assert_eq!(row.to_string(), r#"{"sym":"AAPL","close":189.5}"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Row(Arc<RowInner>);
+
+struct RowInner {
+    schema: Schema,
+    values: Vec<Value>,
+}
+
+/// Why [`Row::new`] refused its values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RowError {
+    /// The number of values is not the number of columns.
+    #[error("expected {expected} values, one per column, got {found}")]
+    WrongArity {
+        /// Columns in the schema.
+        expected: usize,
+        /// Values given.
+        found: usize,
+    },
+    /// A value does not fit its column.
+    #[error("column `{column}` is {expected}, got a {found}")]
+    WrongType {
+        /// The column.
+        column: String,
+        /// What the column holds (with `?` when nullable).
+        expected: String,
+        /// The kind of value given.
+        found: &'static str,
+    },
+}
+
+impl Row {
+    /// A row of `values` (one per column, in schema order), checked against `schema`.
+    ///
+    /// # Errors
+    ///
+    /// [`RowError`] when the count or a type is wrong, or a non-nullable column is null.
+    pub fn new(schema: &Schema, values: Vec<Value>) -> Result<Self, RowError> {
+        if values.len() != schema.columns().len() {
+            return Err(RowError::WrongArity {
+                expected: schema.columns().len(),
+                found: values.len(),
+            });
+        }
+        for (column, value) in schema.columns().iter().zip(&values) {
+            let fits = column.data_type().matches(value) || (value.is_null() && column.is_nullable());
+            if !fits {
+                return Err(RowError::WrongType {
+                    column: column.name().to_owned(),
+                    expected: format!(
+                        "{}{}",
+                        column.data_type(),
+                        if column.is_nullable() { "?" } else { "" }
+                    ),
+                    found: value.kind(),
+                });
+            }
+        }
+        Ok(Self::new_unchecked(schema.clone(), values))
+    }
+
+    /// A row whose values the caller has already checked against `schema`.
+    pub(crate) fn new_unchecked(schema: Schema, values: Vec<Value>) -> Self {
+        Row(Arc::new(RowInner { schema, values }))
+    }
+
+    /// The schema the row follows.
+    pub fn schema(&self) -> &Schema {
+        &self.0.schema
+    }
+
+    /// The values, one per column in schema order.
+    pub fn values(&self) -> &[Value] {
+        &self.0.values
+    }
+
+    /// The value of the column named `column`.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.0.schema.index_of(column).map(|i| &self.0.values[i])
+    }
+
+    /// The row's primary key under its schema, or `None` if the schema has none.
+    pub fn primary_key(&self) -> Option<Key> {
+        if self.0.schema.primary_key().is_empty() {
+            None
+        } else {
+            Some(Key::of_row(&self.0.schema, &self.0.values))
+        }
+    }
+
+    /// The row as a JSON object. See [`Value::to_json`].
+    pub fn to_json(&self) -> serde_json::Value {
+        let map = self
+            .0
+            .schema
+            .columns()
+            .iter()
+            .zip(&self.0.values)
+            .map(|(column, value)| (column.name().to_owned(), value.to_json()))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+
+    /// The row as a `T`, through its [JSON form](Self::to_json).
+    ///
+    /// # Errors
+    ///
+    /// When `T` does not match the row's columns, as [`serde_json::from_value`] reports.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.to_json())
+    }
+}
+
+impl Index<usize> for Row {
+    type Output = Value;
+
+    fn index(&self, column: usize) -> &Value {
+        &self.0.values[column]
+    }
+}
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.values == other.0.values && self.0.schema == other.0.schema)
+    }
+}
+
+impl Eq for Row {}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (column, value) in self.0.schema.columns().iter().zip(&self.0.values) {
+            map.entry(&column.name(), value);
+        }
+        map.finish()
+    }
+}
+
+impl fmt::Display for Row {
+    /// The row as compact JSON, columns in schema order.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, (column, value)) in self.0.schema.columns().iter().zip(&self.0.values).enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let name = serde_json::Value::from(column.name());
+            write!(f, "{name}:{}", value.to_json())?;
+        }
+        f.write_str("}")
+    }
+}

@@ -1,0 +1,523 @@
+//! Sources: the push-style [`Source`] trait with its [`SourceContext`], and adapters
+//! that make a closure or any `futures::Stream` a source.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::parse::{ParseError, Parser, Payload, Rejected};
+use crate::reader::ErrorPolicy;
+use crate::row::{Key, Row};
+use crate::schema::Schema;
+use crate::table::TableShared;
+
+/// The error type sources return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A source of messages, written in push style like Pathway's `ConnectorSubject`.
+///
+/// The runtime calls [`run`](Self::run) once, on a task of its own, with a
+/// [`SourceContext`] to send messages through; when `run` returns (or fails, or
+/// panics), it calls [`on_stop`](Self::on_stop). The source is finished when `run` has
+/// returned and every clone of its context is dropped; its table then makes its final
+/// commit.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::{BoxError, Source, SourceContext};
+///
+/// struct Countdown(u32);
+///
+/// #[async_trait::async_trait]
+/// impl Source for Countdown {
+///     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+///         for n in (1..=self.0).rev() {
+///             ctx.next_json(serde_json::json!({ "n": n })).await?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Source: Send + 'static {
+    /// Produces messages until the data ends, the source fails, or the pipeline shuts
+    /// down (then [`SourceContext::cancelled`] completes and sends return
+    /// [`SendError::ShuttingDown`]).
+    ///
+    /// # Errors
+    ///
+    /// An error fails the source: it is reported with the source's name and cause, and
+    /// [`Pipeline::run`](crate::Pipeline::run) returns it once the pipeline ends. Other
+    /// sources keep running unless the pipeline is
+    /// [fail-fast](crate::Pipeline::fail_fast).
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError>;
+
+    /// Called after `run` ends, whether it returned, failed, panicked or was stopped at
+    /// shutdown. Release connections and other resources here.
+    async fn on_stop(&mut self) {}
+}
+
+/// A message a source sends to its table.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Message {
+    /// A payload in the reader's [`Format`](crate::Format), such as JSON text.
+    Bytes(Bytes),
+    /// A JSON value; with the JSON format it is read without being serialized.
+    Json(serde_json::Value),
+    /// Removes the row with this primary key.
+    Delete(Key),
+    /// Commits what was sent so far now, instead of at the next automatic commit.
+    Commit,
+}
+
+impl From<Bytes> for Message {
+    fn from(bytes: Bytes) -> Self {
+        Message::Bytes(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(bytes: Vec<u8>) -> Self {
+        Message::Bytes(Bytes::from(bytes))
+    }
+}
+
+impl From<String> for Message {
+    fn from(text: String) -> Self {
+        Message::Bytes(Bytes::from(text))
+    }
+}
+
+impl From<&'static str> for Message {
+    fn from(text: &'static str) -> Self {
+        Message::Bytes(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl From<serde_json::Value> for Message {
+    fn from(json: serde_json::Value) -> Self {
+        Message::Json(json)
+    }
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The pipeline is shutting down (or failed): stop producing and return.
+    #[error("the pipeline is shutting down")]
+    ShuttingDown,
+    /// The source's `run` has already returned; a leftover clone of its context tried
+    /// to send.
+    #[error("the source has finished, so its context can no longer send")]
+    Finished,
+    /// The message was bad input under [`ErrorPolicy::Fail`]; the pipeline is failing.
+    #[error("{0}")]
+    Rejected(Box<Rejected>),
+}
+
+/// What a source's table receives, already parsed.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Upsert(Key, Row),
+    Append(Row),
+    Delete(Key),
+    Commit,
+}
+
+/// The handle a [`Source`] sends messages through.
+///
+/// Every send waits while the table's bounded channel is full, so a fast source
+/// cannot outrun its table. Parsing happens inside the send, on the source's task:
+/// bad input is dealt with by the reader's [`ErrorPolicy`] before the send returns.
+///
+/// The context is cheap to clone; hand clones to client callbacks that produce data
+/// (see the client-callback example in `docs/custom-source.md`).
+///
+/// # Cancel safety
+///
+/// The send methods are cancel safe: if the future is dropped before it completes, the
+/// message was not sent.
+#[derive(Clone)]
+pub struct SourceContext {
+    sender: mpsc::Sender<Event>,
+    shared: Arc<ContextShared>,
+}
+
+struct ContextShared {
+    name: Arc<str>,
+    parser: Parser,
+    policy: ErrorPolicy,
+    table: Arc<TableShared>,
+    cancel: CancellationToken,
+    finished: AtomicBool,
+}
+
+impl SourceContext {
+    pub(crate) fn new(
+        name: Arc<str>,
+        sender: mpsc::Sender<Event>,
+        parser: Parser,
+        policy: ErrorPolicy,
+        table: Arc<TableShared>,
+        cancel: CancellationToken,
+    ) -> Self {
+        SourceContext {
+            sender,
+            shared: Arc::new(ContextShared {
+                name,
+                parser,
+                policy,
+                table,
+                cancel,
+                finished: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Marks the source finished: later sends through any clone fail.
+    pub(crate) fn finish(&self) {
+        self.shared.finished.store(true, Ordering::Release);
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The schema messages are parsed into.
+    pub fn schema(&self) -> &Schema {
+        self.shared.parser.schema()
+    }
+
+    /// Sends one message. The other `next_*` methods, [`delete`](Self::delete) and
+    /// [`commit`](Self::commit) are shorthands for this.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::ShuttingDown`] once the pipeline is shutting down or has failed,
+    /// [`SendError::Finished`] from a clone used after `run` returned, and
+    /// [`SendError::Rejected`] for bad input under [`ErrorPolicy::Fail`]. Bad input
+    /// under [`ErrorPolicy::SkipAndReport`] is reported, not returned.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        self.check_open()?;
+        let event = match message.into() {
+            Message::Bytes(bytes) => self.parse(Payload::Bytes(bytes)).await?,
+            Message::Json(json) => self.parse(Payload::Json(json)).await?,
+            Message::Delete(key) => match self.shared.parser.check_key(&key) {
+                Ok(()) => Some(Event::Delete(key)),
+                Err(reason) => {
+                    let raw = Bytes::from(format!("delete {key}"));
+                    return self.reject(raw, reason).await;
+                }
+            },
+            Message::Commit => Some(Event::Commit),
+        };
+        match event {
+            Some(event) => self.push(event).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a message given as bytes (Pathway's `next_bytes`).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn next_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send(Message::Bytes(bytes.into())).await
+    }
+
+    /// Sends a message given as text (Pathway's `next_str`).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn next_str(&self, text: impl Into<String>) -> Result<(), SendError> {
+        self.send(Message::Bytes(Bytes::from(text.into()))).await
+    }
+
+    /// Sends a JSON value (Pathway's `next_json`). With the JSON format the value is
+    /// read directly, never serialized.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn next_json(&self, json: serde_json::Value) -> Result<(), SendError> {
+        self.send(Message::Json(json)).await
+    }
+
+    /// Sends any serializable value, such as a `#[derive(Serialize)]` struct whose
+    /// fields are the table's columns.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); a value that fails to serialize is bad input.
+    pub async fn next<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+        match serde_json::to_value(value) {
+            Ok(json) => self.send(Message::Json(json)).await,
+            Err(e) => {
+                self.check_open()?;
+                self.reject(Bytes::new(), ParseError::Serialize(e.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// Removes the row with primary key `key` at the next commit. Deleting a key that
+    /// is not in the table changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); a key that does not match the primary key's columns and
+    /// types (or a table without a primary key) is bad input.
+    pub async fn delete(&self, key: impl Into<Key>) -> Result<(), SendError> {
+        self.send(Message::Delete(key.into())).await
+    }
+
+    /// Commits everything sent so far now, rather than at the next automatic commit.
+    /// With nothing pending, it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn commit(&self) -> Result<(), SendError> {
+        self.send(Message::Commit).await
+    }
+
+    /// Completes when the pipeline starts shutting down. `select!` on it around long
+    /// waits that are not sends (sends notice shutdown by themselves).
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.shared.cancel.cancelled()
+    }
+
+    /// Whether the pipeline is shutting down.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    fn check_open(&self) -> Result<(), SendError> {
+        if self.shared.cancel.is_cancelled() {
+            Err(SendError::ShuttingDown)
+        } else if self.shared.finished.load(Ordering::Acquire) {
+            Err(SendError::Finished)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn parse(&self, payload: Payload) -> Result<Option<Event>, SendError> {
+        let parser = &self.shared.parser;
+        match parser.parse(&payload) {
+            Ok(values) => {
+                let schema = parser.schema();
+                let event = if schema.primary_key().is_empty() {
+                    Event::Append(Row::new_unchecked(schema.clone(), values))
+                } else {
+                    let key = Key::of_row(schema, &values);
+                    Event::Upsert(key, Row::new_unchecked(schema.clone(), values))
+                };
+                Ok(Some(event))
+            }
+            Err(reason) => self.reject(payload.into_raw(), reason).await.map(|()| None),
+        }
+    }
+
+    async fn reject(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
+        let table = &self.shared.table;
+        table.counters().rejected.fetch_add(1, Ordering::Relaxed);
+        let rejected = Rejected::new(self.shared.name.clone(), raw, reason);
+        match self.shared.policy {
+            ErrorPolicy::SkipAndReport => {
+                tracing::warn!(source = %self.shared.name, table = %table.name(), reason = %rejected.reason(), "skipped bad input");
+                table.pipeline().report_rejected(rejected).await;
+                Ok(())
+            }
+            ErrorPolicy::Fail => {
+                table.pipeline().fail_on_rejected(&rejected);
+                Err(SendError::Rejected(Box::new(rejected)))
+            }
+        }
+    }
+
+    async fn push(&self, event: Event) -> Result<(), SendError> {
+        self.shared
+            .table
+            .counters()
+            .messages
+            .fetch_add(1, Ordering::Relaxed);
+        match self.sender.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(event)) => {
+                tokio::select! {
+                    sent = self.sender.send(event) => sent.map_err(|_| SendError::ShuttingDown),
+                    () = self.shared.cancel.cancelled() => Err(SendError::ShuttingDown),
+                }
+            }
+            Err(TrySendError::Closed(_)) => Err(SendError::ShuttingDown),
+        }
+    }
+}
+
+impl fmt::Debug for SourceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceContext")
+            .field("name", &self.shared.name)
+            .field("finished", &self.shared.finished.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A source made of an async closure; see [`source_fn`].
+pub struct FnSource<F> {
+    run: Option<F>,
+}
+
+/// Makes a source of an async closure that receives the context, for sources too
+/// small for a type of their own.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::{source_fn, SourceContext};
+///
+/// let source = source_fn(|ctx: SourceContext| async move {
+///     ctx.next_str(r#"{"key": 1, "genus": "otocolobus", "epithet": "manul"}"#).await?;
+///     Ok(())
+/// });
+/// # let _ = source;
+/// ```
+pub fn source_fn<F, Fut>(run: F) -> FnSource<F>
+where
+    F: FnOnce(SourceContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    FnSource { run: Some(run) }
+}
+
+#[async_trait]
+impl<F, Fut> Source for FnSource<F>
+where
+    F: FnOnce(SourceContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        match self.run.take() {
+            Some(run) => run(ctx).await,
+            None => Err("this source_fn source has already run".into()),
+        }
+    }
+}
+
+impl<F> fmt::Debug for FnSource<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnSource").finish_non_exhaustive()
+    }
+}
+
+/// A source that forwards a stream; see [`from_stream`] and [`from_try_stream`].
+pub struct StreamSource<S> {
+    stream: S,
+}
+
+/// Makes a pull-style source of any stream of messages: JSON values, strings, bytes,
+/// or [`Message`]s (which can also delete and commit). The source ends with the stream.
+///
+/// # Examples
+///
+/// ```
+/// use futures::stream;
+/// use intake_core::from_stream;
+///
+/// let source = from_stream(stream::iter(["{\"n\": 1}", "{\"n\": 2}"]));
+/// # let _ = source;
+/// ```
+pub fn from_stream<S>(stream: S) -> StreamSource<S>
+where
+    S: Stream + Send + Unpin + 'static,
+    S::Item: Into<Message> + Send,
+{
+    StreamSource { stream }
+}
+
+/// Makes a pull-style source of a stream of `Result`s: `Ok` items are sent, and the
+/// first `Err` fails the source with that error.
+///
+/// Pin the stream first if it is not `Unpin` (`Box::pin(stream)`).
+pub fn from_try_stream<S, T, E>(stream: S) -> StreamSource<TryItems<S>>
+where
+    S: Stream<Item = Result<T, E>> + Send + Unpin + 'static,
+    T: Into<Message> + Send,
+    E: Into<BoxError> + Send,
+{
+    StreamSource {
+        stream: TryItems(stream),
+    }
+}
+
+/// Marks a stream whose items are `Result`s; see [`from_try_stream`].
+#[derive(Debug)]
+pub struct TryItems<S>(S);
+
+async fn forward<S, T>(
+    stream: &mut S,
+    ctx: &SourceContext,
+    mut split: impl FnMut(S::Item) -> Result<T, BoxError> + Send,
+) -> Result<(), BoxError>
+where
+    S: Stream + Send + Unpin,
+    S::Item: Send,
+    T: Into<Message> + Send,
+{
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            () = ctx.cancelled() => return Ok(()),
+        };
+        match item {
+            Some(item) => {
+                let message = split(item)?;
+                ctx.send(message).await?;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl<S> Source for StreamSource<S>
+where
+    S: Stream + Send + Unpin + 'static,
+    S::Item: Into<Message> + Send,
+{
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        forward(&mut self.stream, &ctx, Ok).await
+    }
+}
+
+#[async_trait]
+impl<S, T, E> Source for StreamSource<TryItems<S>>
+where
+    S: Stream<Item = Result<T, E>> + Send + Unpin + 'static,
+    T: Into<Message> + Send,
+    E: Into<BoxError> + Send,
+{
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        forward(&mut self.stream.0, &ctx, |item| item.map_err(Into::into)).await
+    }
+}
+
+impl<S> fmt::Debug for StreamSource<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamSource").finish_non_exhaustive()
+    }
+}

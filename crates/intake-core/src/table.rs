@@ -1,0 +1,412 @@
+//! Live keyed tables, their commits and their subscribers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Change, ChangeBatch, Time};
+use crate::pipeline::PipelineShared;
+use crate::row::{Key, Row};
+use crate::schema::Schema;
+use crate::subscribe::Subscriber;
+
+/// A live, keyed, in-memory table fed by a source.
+///
+/// `Table` is a handle: clone it freely. Read its current state with
+/// [`get`](Self::get) and [`snapshot`](Self::snapshot), and follow its changes with
+/// [`changes`](Self::changes) (an async stream) or [`subscribe`](Self::subscribe)
+/// (callbacks).
+#[derive(Clone)]
+pub struct Table {
+    shared: Arc<TableShared>,
+}
+
+pub(crate) struct TableShared {
+    name: Arc<str>,
+    schema: Schema,
+    subscriber_capacity: usize,
+    state: RwLock<TableState>,
+    stats: Counters,
+    pipeline: Arc<PipelineShared>,
+}
+
+struct TableState {
+    rows: HashMap<Key, Row>,
+    time: Option<Time>,
+    subscribers: Vec<mpsc::Sender<ChangeBatch>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) messages: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    commits: AtomicU64,
+    changes: AtomicU64,
+}
+
+/// Counts describing a table's input and commits so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableStats {
+    /// Messages accepted from the table's sources (rows, deletes and commits).
+    pub messages: u64,
+    /// Messages rejected as bad input.
+    pub rejected: u64,
+    /// Commits that changed the table.
+    pub commits: u64,
+    /// Changes (insertions plus retractions) delivered in those commits.
+    pub changes: u64,
+    /// Rows in the table now.
+    pub rows: u64,
+}
+
+/// A copy of a table's rows at one commit.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    time: Option<Time>,
+    rows: Vec<(Key, Row)>,
+}
+
+impl Snapshot {
+    /// The time of the last commit included, or `None` before the first.
+    pub fn time(&self) -> Option<Time> {
+        self.time
+    }
+
+    /// The rows, sorted by key.
+    pub fn rows(&self) -> &[(Key, Row)] {
+        &self.rows
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the table was empty.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+impl Table {
+    pub(crate) fn new(
+        name: Arc<str>,
+        schema: Schema,
+        subscriber_capacity: usize,
+        pipeline: Arc<PipelineShared>,
+    ) -> Self {
+        Table {
+            shared: Arc::new(TableShared {
+                name,
+                schema,
+                subscriber_capacity,
+                state: RwLock::new(TableState {
+                    rows: HashMap::new(),
+                    time: None,
+                    subscribers: Vec::new(),
+                    closed: false,
+                }),
+                stats: Counters::default(),
+                pipeline,
+            }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<TableShared> {
+        &self.shared
+    }
+
+    /// The table's name (the name its source was read under).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The table's schema.
+    pub fn schema(&self) -> &Schema {
+        &self.shared.schema
+    }
+
+    /// The row under `key`, if there is one.
+    pub fn get(&self, key: &Key) -> Option<Row> {
+        self.shared.read().rows.get(key).cloned()
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.shared.read().rows.len()
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The time of the last commit, or `None` before the first.
+    pub fn time(&self) -> Option<Time> {
+        self.shared.read().time
+    }
+
+    /// A copy of every row as of the last commit, sorted by key.
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.shared.read();
+        let mut rows: Vec<(Key, Row)> = state.rows.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+        let time = state.time;
+        drop(state);
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Snapshot { time, rows }
+    }
+
+    /// Counts of messages, rejections, commits and changes so far.
+    pub fn stats(&self) -> TableStats {
+        let counters = &self.shared.stats;
+        TableStats {
+            messages: counters.messages.load(Ordering::Relaxed),
+            rejected: counters.rejected.load(Ordering::Relaxed),
+            commits: counters.commits.load(Ordering::Relaxed),
+            changes: counters.changes.load(Ordering::Relaxed),
+            rows: self.len() as u64,
+        }
+    }
+
+    /// The table's changes as an async stream of [`ChangeBatch`]es, one per commit.
+    ///
+    /// If the table already has rows, the first batch holds all of them as insertions
+    /// at the last commit's time, so folding every batch of the stream always gives the
+    /// table. The stream ends after the table's final commit.
+    ///
+    /// # Backpressure
+    ///
+    /// Each stream has a queue of [`Reader::subscriber_capacity`](crate::Reader::subscriber_capacity)
+    /// batches. When it is full, the table's commits wait for the stream to be read, and
+    /// so, through their bounded channel, do its sources. Memory stays bounded; a stream
+    /// that is never read stalls the table until it is dropped (or until shutdown's
+    /// timeout, after which it is disconnected). Drop streams you no longer read.
+    pub fn changes(&self) -> ChangeStream {
+        let (sender, receiver) = mpsc::channel(self.shared.subscriber_capacity);
+        let mut state = self.shared.write();
+        let snapshot = (!state.rows.is_empty()).then(|| {
+            let changes = state
+                .rows
+                .iter()
+                .map(|(key, row)| Change {
+                    key: key.clone(),
+                    row: row.clone(),
+                    is_addition: true,
+                })
+                .collect();
+            // A non-empty table has had a commit.
+            ChangeBatch::new(state.time.unwrap_or(Time::new(0)), changes)
+        });
+        if !state.closed {
+            state.subscribers.push(sender);
+        }
+        ChangeStream { snapshot, receiver }
+    }
+
+    /// Calls `subscriber`'s callbacks for every commit of this table, on a task of its
+    /// own, like Pathway's `pw.io.subscribe`.
+    ///
+    /// For each commit: the batch callback, then `on_change` for every retraction and
+    /// then every insertion, then `on_time_end`. After the final commit, `on_end`,
+    /// exactly once. [`Pipeline::run`](crate::Pipeline::run) returns only after every
+    /// subscriber has seen `on_end`.
+    ///
+    /// Callbacks run on a Tokio task: keep them short and non-blocking. A slow
+    /// subscriber slows the table (see [`changes`](Self::changes)); it never makes
+    /// memory grow.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    #[track_caller]
+    pub fn subscribe(&self, subscriber: Subscriber) {
+        let changes = self.changes();
+        let pipeline = self.shared.pipeline.clone();
+        let table = self.shared.name.clone();
+        let task = tokio::spawn(subscriber.run(changes, table, pipeline.clone()));
+        pipeline.track_subscriber(task);
+    }
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.shared.name)
+            .field("schema", &self.shared.schema)
+            .field("rows", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream returned by [`Table::changes`].
+#[derive(Debug)]
+#[must_use = "streams do nothing unless polled"]
+pub struct ChangeStream {
+    snapshot: Option<ChangeBatch>,
+    receiver: mpsc::Receiver<ChangeBatch>,
+}
+
+impl Stream for ChangeStream {
+    type Item = ChangeBatch;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChangeBatch>> {
+        if let Some(snapshot) = self.snapshot.take() {
+            return Poll::Ready(Some(snapshot));
+        }
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// One key's state at the end of a commit being assembled.
+struct Pending {
+    key: Key,
+    row: Option<Row>,
+}
+
+/// Consolidates a commit's messages per key, keeping first-seen order.
+#[derive(Default)]
+pub(crate) struct CommitBuilder {
+    index: HashMap<Key, usize>,
+    pending: Vec<Pending>,
+}
+
+impl CommitBuilder {
+    pub(crate) fn upsert(&mut self, key: Key, row: Row) {
+        self.set(key, Some(row));
+    }
+
+    pub(crate) fn delete(&mut self, key: Key) {
+        self.set(key, None);
+    }
+
+    fn set(&mut self, key: Key, row: Option<Row>) {
+        match self.index.get(&key) {
+            Some(&i) => self.pending[i].row = row,
+            None => {
+                self.index.insert(key.clone(), self.pending.len());
+                self.pending.push(Pending { key, row });
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+impl TableShared {
+    fn read(&self) -> RwLockReadGuard<'_, TableState> {
+        // A panic while holding the lock cannot leave the map half-updated in a way
+        // readers could observe as torn rows, so a poisoned lock is still usable.
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, TableState> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.stats
+    }
+
+    pub(crate) fn pipeline(&self) -> &Arc<PipelineShared> {
+        &self.pipeline
+    }
+
+    /// Applies a commit and delivers its changes, waiting for room in every
+    /// subscriber's queue. `disconnect` ends that wait (on forced shutdown): subscribers
+    /// still full by then are dropped.
+    pub(crate) async fn commit(&self, builder: &mut CommitBuilder, disconnect: &CancellationToken) {
+        builder.index.clear();
+        let mut retractions = Vec::new();
+        let mut insertions = Vec::with_capacity(builder.pending.len());
+        let (batch, subscribers) = {
+            let mut state = self.write();
+            for Pending { key, row } in builder.pending.drain(..) {
+                let old = match &row {
+                    Some(row) => state.rows.insert(key.clone(), row.clone()),
+                    None => state.rows.remove(&key),
+                };
+                match (old, row) {
+                    (Some(old), Some(new)) if old == new => {}
+                    (Some(old), new) => {
+                        retractions.push(Change {
+                            key: key.clone(),
+                            row: old,
+                            is_addition: false,
+                        });
+                        if let Some(new) = new {
+                            insertions.push(Change {
+                                key,
+                                row: new,
+                                is_addition: true,
+                            });
+                        }
+                    }
+                    (None, Some(new)) => insertions.push(Change {
+                        key,
+                        row: new,
+                        is_addition: true,
+                    }),
+                    (None, None) => {}
+                }
+            }
+            if retractions.is_empty() && insertions.is_empty() {
+                return;
+            }
+            let time = Time::new(state.time.map_or(1, |t| t.as_u64() + 1));
+            state.time = Some(time);
+            retractions.append(&mut insertions);
+            let batch = ChangeBatch::new(time, retractions);
+            (batch, state.subscribers.clone())
+        };
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .changes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+
+        let mut gone = Vec::new();
+        for (i, subscriber) in subscribers.iter().enumerate() {
+            let delivered = tokio::select! {
+                sent = subscriber.send(batch.clone()) => sent.is_ok(),
+                () = disconnect.cancelled() => {
+                    tracing::warn!(table = %self.name, "a subscriber did not keep up during shutdown and was disconnected");
+                    false
+                }
+            };
+            if !delivered {
+                gone.push(i);
+            }
+        }
+        if !gone.is_empty() {
+            let mut state = self.write();
+            state
+                .subscribers
+                .retain(|s| !gone.iter().any(|&i| s.same_channel(&subscribers[i])));
+        }
+    }
+
+    /// Marks the table final and ends every subscriber's stream.
+    pub(crate) fn close(&self) {
+        let mut state = self.write();
+        state.closed = true;
+        state.subscribers.clear();
+    }
+}

@@ -1,0 +1,401 @@
+//! Cell values and their types.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// The type of a column.
+///
+/// Whether a column accepts nulls is a property of the [`Column`](crate::Column), not of
+/// its type: see [`Column::nullable`](crate::Column::nullable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DataType {
+    /// `true` or `false`.
+    Bool,
+    /// A signed 64-bit integer. JSON numbers with a fraction or an exponent are refused.
+    Int,
+    /// A 64-bit float. JSON integers are accepted and widened.
+    Float,
+    /// A UTF-8 string.
+    String,
+    /// Arbitrary bytes. From JSON, a string is taken as its UTF-8 bytes.
+    Bytes,
+    /// Any JSON value, kept as it came.
+    Json,
+    /// A point in time, from an RFC 3339 string (`2024-05-01T12:00:00Z`) or an
+    /// integer count of milliseconds since the Unix epoch.
+    Timestamp,
+}
+
+impl DataType {
+    /// Whether values of this type can form (part of) a primary key.
+    ///
+    /// Floats and JSON values are excluded: equality on them is not what users expect
+    /// of a key (`0.1 + 0.2`, `{"a":1,"b":2}` vs `{"b":2,"a":1}`).
+    pub fn can_be_key(self) -> bool {
+        !matches!(self, DataType::Float | DataType::Json)
+    }
+
+    /// Whether `value` is of this type. `Null` is of no type.
+    pub fn matches(self, value: &Value) -> bool {
+        matches!(
+            (self, value),
+            (DataType::Bool, Value::Bool(_))
+                | (DataType::Int, Value::Int(_))
+                | (DataType::Float, Value::Float(_))
+                | (DataType::String, Value::String(_))
+                | (DataType::Bytes, Value::Bytes(_))
+                | (DataType::Json, Value::Json(_))
+                | (DataType::Timestamp, Value::Timestamp(_))
+        )
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataType::Bool => "bool",
+            DataType::Int => "int",
+            DataType::Float => "float",
+            DataType::String => "string",
+            DataType::Bytes => "bytes",
+            DataType::Json => "json",
+            DataType::Timestamp => "timestamp",
+        })
+    }
+}
+
+/// A point in time with nanosecond precision, as nanoseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The timestamp `nanos` nanoseconds after the Unix epoch.
+    pub const fn from_unix_nanos(nanos: i64) -> Self {
+        Timestamp(nanos)
+    }
+
+    /// The timestamp `millis` milliseconds after the Unix epoch, or `None` if it is out of
+    /// the representable range (years 1677 to 2262).
+    pub const fn from_unix_millis(millis: i64) -> Option<Self> {
+        match millis.checked_mul(1_000_000) {
+            Some(nanos) => Some(Timestamp(nanos)),
+            None => None,
+        }
+    }
+
+    /// Parses an RFC 3339 timestamp such as `2024-05-01T12:00:00.5+02:00`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a description of the problem when `text` is not RFC 3339 or is out of range.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+        let parsed: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| e.to_string())?;
+        i64::try_from(parsed.as_nanosecond())
+            .map(Timestamp)
+            .map_err(|_| format!("timestamp {text} is outside the years 1677 to 2262"))
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    pub const fn as_unix_nanos(self) -> i64 {
+        self.0
+    }
+
+    /// Whole milliseconds since the Unix epoch (rounded towards negative infinity).
+    pub const fn as_unix_millis(self) -> i64 {
+        self.0.div_euclid(1_000_000)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// Formats as RFC 3339 in UTC.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match jiff::Timestamp::from_nanosecond(i128::from(self.0)) {
+            Ok(ts) => write!(f, "{ts}"),
+            // Every i64 count of nanoseconds is within jiff's range; keep a readable
+            // fallback rather than a panic path.
+            Err(_) => write!(f, "{}ns", self.0),
+        }
+    }
+}
+
+/// One cell of a [`Row`](crate::Row).
+///
+/// Strings, bytes and JSON are reference counted, so cloning a value (for example into
+/// a [`Key`](crate::Key)) never copies its contents.
+///
+/// Equality is exact: floats compare by their bits (so a `NaN` equals itself and `0.0`
+/// differs from `-0.0`), which is what deciding "did this row change?" needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Value {
+    /// No value.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// A string.
+    String(Arc<str>),
+    /// Bytes.
+    Bytes(Bytes),
+    /// A JSON value.
+    Json(Arc<serde_json::Value>),
+    /// A timestamp.
+    Timestamp(Timestamp),
+}
+
+impl Value {
+    /// Whether this is [`Value::Null`].
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The boolean, if this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The integer, if this is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The float, if this is a float or an integer.
+    pub fn as_float(&self) -> Option<f64> {
+        match self {
+            Value::Float(x) => Some(*x),
+            #[allow(clippy::cast_precision_loss)]
+            Value::Int(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The bytes, if this is a bytes value.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The JSON value, if this is one.
+    pub fn as_json(&self) -> Option<&serde_json::Value> {
+        match self {
+            Value::Json(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The timestamp, if this is one.
+    pub fn as_timestamp(&self) -> Option<Timestamp> {
+        match self {
+            Value::Timestamp(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// A short name of the value's kind, used in error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::String(_) => "string",
+            Value::Bytes(_) => "bytes",
+            Value::Json(_) => "json",
+            Value::Timestamp(_) => "timestamp",
+        }
+    }
+
+    /// The value as JSON: bytes become a string when they are UTF-8 and an array of
+    /// numbers otherwise; timestamps become RFC 3339 strings.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(x) => (*x).into(),
+            Value::String(s) => serde_json::Value::String(s.to_string()),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => serde_json::Value::String(s.to_owned()),
+                Err(_) => b.iter().map(|&byte| serde_json::Value::from(byte)).collect(),
+            },
+            Value::Json(j) => (**j).clone(),
+            Value::Timestamp(t) => serde_json::Value::String(t.to_string()),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::Json(a), Value::Json(b)) => a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Value {}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Value::Null => {}
+            Value::Bool(b) => b.hash(state),
+            Value::Int(i) => i.hash(state),
+            Value::Float(x) => x.to_bits().hash(state),
+            Value::String(s) => s.hash(state),
+            Value::Bytes(b) => b.hash(state),
+            // JSON values are never key columns; hashing their text keeps Hash
+            // consistent with Eq for the rare caller that hashes a whole row.
+            Value::Json(j) => j.to_string().hash(state),
+            Value::Timestamp(t) => t.hash(state),
+        }
+    }
+}
+
+impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::Float(_) => 3,
+            Value::String(_) => 4,
+            Value::Bytes(_) => 5,
+            Value::Json(_) => 6,
+            Value::Timestamp(_) => 7,
+        }
+    }
+}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    /// A total order, so that keys and snapshots can be sorted: values of different
+    /// kinds order by kind (null first), floats by [`f64::total_cmp`], JSON by its text.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+            (Value::String(a), Value::String(b)) => a.cmp(b),
+            (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
+            (Value::Json(a), Value::Json(b)) => a.to_string().cmp(&b.to_string()),
+            (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    /// Strings and bytes (when UTF-8) print bare; null prints as an empty string, which
+    /// is also what CSV expects.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => Ok(()),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::String(s) => f.write_str(s),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => f.write_str(s),
+                Err(_) => write!(f, "{b:?}"),
+            },
+            Value::Json(j) => write!(f, "{j}"),
+            Value::Timestamp(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+macro_rules! from_impls {
+    ($($t:ty => |$v:ident| $e:expr;)*) => {
+        $(impl From<$t> for Value {
+            fn from($v: $t) -> Self {
+                $e
+            }
+        })*
+    };
+}
+
+from_impls! {
+    bool => |v| Value::Bool(v);
+    i64 => |v| Value::Int(v);
+    i32 => |v| Value::Int(i64::from(v));
+    u32 => |v| Value::Int(i64::from(v));
+    f64 => |v| Value::Float(v);
+    &str => |v| Value::String(Arc::from(v));
+    String => |v| Value::String(Arc::from(v));
+    Arc<str> => |v| Value::String(v);
+    Bytes => |v| Value::Bytes(v);
+    Vec<u8> => |v| Value::Bytes(Bytes::from(v));
+    serde_json::Value => |v| Value::Json(Arc::new(v));
+    Timestamp => |v| Value::Timestamp(v);
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Value::Null, Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_compare_by_bits() {
+        assert_eq!(Value::Float(f64::NAN), Value::Float(f64::NAN));
+        assert_ne!(Value::Float(0.0), Value::Float(-0.0));
+        assert_ne!(Value::Int(1), Value::Float(1.0));
+    }
+
+    #[test]
+    fn timestamps_parse_and_print_rfc3339() {
+        let t = Timestamp::parse_rfc3339("2024-05-01T12:00:00.5+02:00").unwrap();
+        assert_eq!(t.to_string(), "2024-05-01T10:00:00.5Z");
+        assert_eq!(Timestamp::from_unix_millis(t.as_unix_millis()), Some(t));
+        assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+        assert!(Timestamp::parse_rfc3339("3000-01-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn display_is_bare() {
+        assert_eq!(Value::from("a,b").to_string(), "a,b");
+        assert_eq!(Value::Null.to_string(), "");
+        assert_eq!(Value::from(serde_json::json!({"a": 1})).to_string(), r#"{"a":1}"#);
+    }
+}
