@@ -58,6 +58,7 @@ mod batch;
 mod change;
 mod parse;
 mod pipeline;
+mod queue;
 mod reader;
 mod row;
 mod schema;

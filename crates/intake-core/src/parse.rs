@@ -178,23 +178,23 @@ impl Parser {
     }
 
     /// The values of the row in `payload`, one per column.
-    pub(crate) fn parse(&self, payload: &Payload) -> Result<Vec<Value>, ParseError> {
+    pub(crate) fn parse(&self, payload: &Payload) -> Result<Arc<[Value]>, ParseError> {
         match (self.format, payload) {
             (Format::Json, Payload::Bytes(bytes)) => self.parse_json_slice(bytes),
             (Format::Json, Payload::Json(json)) => self.parse_json_value(json),
             (Format::Raw, Payload::Bytes(bytes)) => match std::str::from_utf8(bytes) {
-                Ok(text) => Ok(vec![Value::String(Arc::from(text))]),
+                Ok(text) => Ok(Arc::new([Value::String(Arc::from(text))])),
                 Err(e) => Err(ParseError::InvalidUtf8 {
                     valid_up_to: e.valid_up_to(),
                 }),
             },
-            (Format::Raw, Payload::Json(json)) => Ok(vec![Value::from(json.to_string())]),
-            (Format::Bytes, Payload::Bytes(bytes)) => Ok(vec![Value::Bytes(bytes.clone())]),
-            (Format::Bytes, Payload::Json(json)) => Ok(vec![Value::Bytes(Bytes::from(json.to_string()))]),
+            (Format::Raw, Payload::Json(json)) => Ok(Arc::new([Value::from(json.to_string())])),
+            (Format::Bytes, Payload::Bytes(bytes)) => Ok(Arc::new([Value::Bytes(bytes.clone())])),
+            (Format::Bytes, Payload::Json(json)) => Ok(Arc::new([Value::Bytes(Bytes::from(json.to_string()))])),
         }
     }
 
-    fn parse_json_slice(&self, bytes: &[u8]) -> Result<Vec<Value>, ParseError> {
+    fn parse_json_slice(&self, bytes: &[u8]) -> Result<Arc<[Value]>, ParseError> {
         let failure = Cell::new(None);
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let seed = RowSeed {
@@ -211,7 +211,7 @@ impl Parser {
         })
     }
 
-    fn parse_json_value(&self, json: &serde_json::Value) -> Result<Vec<Value>, ParseError> {
+    fn parse_json_value(&self, json: &serde_json::Value) -> Result<Arc<[Value]>, ParseError> {
         let failure = Cell::new(None);
         let seed = RowSeed {
             schema: &self.schema,
@@ -269,9 +269,9 @@ struct RowSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Arc<[Value]>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Value>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Arc<[Value]>, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
@@ -313,15 +313,20 @@ impl Seen {
 }
 
 impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = Vec<Value>;
+    type Value = Arc<[Value]>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Value>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Arc<[Value]>, A::Error> {
         let columns = self.schema.columns();
-        let mut values = vec![Value::Null; columns.len()];
+        // Parse straight into the row's final, shared allocation: `repeat_n` has an exact
+        // length, so this allocates once, and the new `Arc` is not shared yet.
+        let mut row: Arc<[Value]> = std::iter::repeat_n(Value::Null, columns.len()).collect();
+        let Some(values) = Arc::get_mut(&mut row) else {
+            return Err(de::Error::custom("internal error: a new row was shared"));
+        };
         let mut seen = Seen::new(columns.len());
         while let Some(found) = map.next_key_seed(ColumnSeed(self.schema))? {
             let Some(i) = found else {
@@ -360,34 +365,34 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 }
             }
         }
-        Ok(values)
+        Ok(row)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Vec<Value>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Arc<[Value]>, A::Error> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "an array" }))
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Vec<Value>, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Arc<[Value]>, E> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "a string" }))
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Vec<Value>, E> {
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Arc<[Value]>, E> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "a number" }))
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Vec<Value>, E> {
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Arc<[Value]>, E> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "a number" }))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Vec<Value>, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Arc<[Value]>, E> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "a number" }))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Vec<Value>, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Arc<[Value]>, E> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "a boolean" }))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Vec<Value>, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Arc<[Value]>, E> {
         Err(fail(self.failure, ParseError::NotAnObject { found: "null" }))
     }
 }
@@ -559,7 +564,7 @@ mod tests {
         .unwrap()
     }
 
-    fn parse(text: &str) -> Result<Vec<Value>, ParseError> {
+    fn parse(text: &str) -> Result<Arc<[Value]>, ParseError> {
         let parser = Parser::new(schema(), Format::Json);
         let from_bytes = parser.parse(&Payload::Bytes(Bytes::copy_from_slice(text.as_bytes())));
         // The same message given as a JSON value must have the same outcome (a JSON
@@ -690,8 +695,8 @@ mod tests {
     fn raw_and_bytes_formats() {
         let raw = Parser::new(Schema::raw(), Format::Raw);
         assert_eq!(
-            raw.parse(&Payload::Bytes(Bytes::from_static(b"hello"))).unwrap(),
-            vec![Value::from("hello")]
+            &*raw.parse(&Payload::Bytes(Bytes::from_static(b"hello"))).unwrap(),
+            &[Value::from("hello")]
         );
         assert_eq!(
             raw.parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd")))
@@ -700,10 +705,8 @@ mod tests {
         );
         let bytes = Parser::new(Schema::bytes(), Format::Bytes);
         assert_eq!(
-            bytes
-                .parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd")))
-                .unwrap(),
-            vec![Value::Bytes(Bytes::from_static(b"ab\xffcd"))]
+            &*bytes.parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd"))).unwrap(),
+            &[Value::Bytes(Bytes::from_static(b"ab\xffcd"))]
         );
     }
 

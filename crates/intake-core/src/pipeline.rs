@@ -7,19 +7,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::batch_async;
 use crate::parse::{Parser, Rejected};
+use crate::queue::Queue;
 use crate::reader::Reader;
-use crate::row::Key;
-use crate::source::{BoxError, Event, SendError, Source, SourceContext};
+use crate::source::{BoxError, SendError, Source, SourceContext};
 use crate::subscribe::panic_message;
-use crate::table::{CommitBuilder, Table, TableShared};
+use crate::table::{Table, TableShared};
 
 /// Why a pipeline failed.
 #[derive(Debug, thiserror::Error)]
@@ -296,17 +295,21 @@ impl Pipeline {
             table,
         } in inputs
         {
-            let (sender, receiver) = mpsc::channel(reader.channel_capacity);
+            let (queue, producer) = Queue::new(
+                reader.autocommit_duration,
+                reader.max_batch_size,
+                reader.channel_capacity,
+            );
             let ctx = SourceContext::new(
                 name.clone(),
-                sender,
+                producer,
                 Parser::new(reader.schema.clone(), reader.format),
                 reader.error_policy,
                 table.shared().clone(),
                 shared.cancel.clone(),
             );
             sources.spawn(run_source(name, source, ctx, hard_stop.clone()));
-            drivers.spawn(drive(table.shared().clone(), receiver, reader, hard_stop.clone()));
+            drivers.spawn(drive(table.shared().clone(), queue, hard_stop.clone()));
         }
 
         let mut failures = Vec::new();
@@ -390,54 +393,47 @@ async fn run_source(
     })
 }
 
-/// The commit driver: batches a table's events into commits and applies them.
-///
-/// A commit is exactly a batch of `batch_async` over the events: it starts with the
-/// first uncommitted event, and ends at `autocommit_duration`, at `max_batch_size`
-/// events, after an explicit commit, or when every source has ended.
-async fn drive(
-    table: Arc<TableShared>,
-    receiver: mpsc::Receiver<Event>,
-    reader: Reader,
-    hard_stop: CancellationToken,
-) {
-    let mut batches = batch_async(
-        ReceiverStream::new(receiver),
-        reader.autocommit_duration,
-        reader.max_batch_size,
-    )
-    .flush_after(|event| matches!(event, Event::Commit));
-    let mut builder = CommitBuilder::default();
-    let mut next_generated = 0u64;
+/// The commit driver: takes each commit's events from the queue (which decides when a
+/// commit is due: autocommit duration since its first event, `max_batch_size` events,
+/// an explicit commit, or the end of every source) and applies them to the table.
+async fn drive(table: Arc<TableShared>, queue: Arc<Queue>, hard_stop: CancellationToken) {
     let mut forced = false;
     loop {
-        let batch = tokio::select! {
-            batch = batches.next() => batch,
+        let events = tokio::select! {
+            events = queue.next_commit() => events,
             () = hard_stop.cancelled(), if !forced => {
-                // Some context clone outlived shutdown: stop taking new events, but
-                // commit everything already in the channel.
+                // Some context clone outlived shutdown: refuse new events, but commit
+                // everything already queued.
                 forced = true;
-                batches.get_mut().close();
+                queue.close();
                 continue;
             }
         };
-        let Some(events) = batch else { break };
-        for event in events {
-            match event {
-                Event::Upsert(key, row) => builder.upsert(key, row),
-                Event::Append(row) => {
-                    next_generated += 1;
-                    builder.upsert(Key::generated(next_generated), row);
-                }
-                Event::Delete(key) => builder.delete(key),
-                Event::Commit => {}
-            }
-        }
-        if !builder.is_empty() {
-            table.commit(&mut builder, &hard_stop).await;
+        let Some(mut events) = events else { break };
+        let applied = compute_heavy(events.len(), || table.apply(&mut events));
+        queue.recycle(events);
+        if let Some((batch, subscribers)) = applied {
+            table.deliver(batch, subscribers, &hard_stop).await;
         }
     }
     table.close();
+}
+
+/// Commits at least this large are applied off the async worker; see [`compute_heavy`].
+const HEAVY_COMMIT: usize = 256;
+
+/// Runs a commit's CPU-bound work. A large commit on a multi-threaded runtime runs
+/// under `block_in_place`, which hands this worker's other tasks (typically the
+/// source that just filled the queue) to another thread, so that parsing the next
+/// batch overlaps with applying this one instead of waiting behind it.
+fn compute_heavy<R>(events: usize, work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if events >= HEAVY_COMMIT && multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 /// Shuts a pipeline down; see [`Pipeline::shutdown_handle`].

@@ -118,8 +118,10 @@ impl Reader {
         self
     }
 
-    /// The number of parsed messages that can wait between the sources and the table;
-    /// when it is full, sends wait. Default: 1,024.
+    /// How many parsed messages may wait for the table beyond the batch being gathered:
+    /// the queue between the sources and the table holds at most
+    /// `max_batch_size + channel_capacity` messages, and when it is full, sends wait.
+    /// Default: 1,024.
     ///
     /// # Panics
     ///

@@ -119,8 +119,8 @@ impl<T: Into<Value>> From<T> for Key {
 
 /// One row of a table: a value per column of its [`Schema`].
 ///
-/// Rows are immutable and reference counted: cloning one, or handing it to many
-/// subscribers, copies a pointer.
+/// Rows are immutable and their values reference counted: cloning one, or handing it
+/// to many subscribers, copies two pointers.
 ///
 /// # Examples
 ///
@@ -137,11 +137,21 @@ impl<T: Into<Value>> From<T> for Key {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
-pub struct Row(Arc<RowInner>);
-
-struct RowInner {
+pub struct Row {
     schema: Schema,
-    values: Vec<Value>,
+    values: Arc<[Value]>,
+    /// A hash of the values, computed where the row is made (on the source's task,
+    /// while the values are in cache), so that the commit driver can tell a changed
+    /// row from an identical one without reading either row's values.
+    fingerprint: u64,
+}
+
+/// The hash behind [`Row`]'s fingerprint: fixed, so equal rows always agree.
+fn fingerprint(values: &[Value]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = foldhash::fast::FixedState::with_seed(0x1a7a_6e5e_ed00_0001).build_hasher();
+    values.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Why [`Row::new`] refused its values.
@@ -195,46 +205,50 @@ impl Row {
                 });
             }
         }
-        Ok(Self::new_unchecked(schema.clone(), values))
+        Ok(Self::new_unchecked(*schema, values.into()))
     }
 
     /// A row whose values the caller has already checked against `schema`.
-    pub(crate) fn new_unchecked(schema: Schema, values: Vec<Value>) -> Self {
-        Row(Arc::new(RowInner { schema, values }))
+    pub(crate) fn new_unchecked(schema: Schema, values: Arc<[Value]>) -> Self {
+        let fingerprint = fingerprint(&values);
+        Row {
+            schema,
+            values,
+            fingerprint,
+        }
     }
 
     /// The schema the row follows.
     pub fn schema(&self) -> &Schema {
-        &self.0.schema
+        &self.schema
     }
 
     /// The values, one per column in schema order.
     pub fn values(&self) -> &[Value] {
-        &self.0.values
+        &self.values
     }
 
     /// The value of the column named `column`.
     pub fn get(&self, column: &str) -> Option<&Value> {
-        self.0.schema.index_of(column).map(|i| &self.0.values[i])
+        self.schema.index_of(column).map(|i| &self.values[i])
     }
 
     /// The row's primary key under its schema, or `None` if the schema has none.
     pub fn primary_key(&self) -> Option<Key> {
-        if self.0.schema.primary_key().is_empty() {
+        if self.schema.primary_key().is_empty() {
             None
         } else {
-            Some(Key::of_row(&self.0.schema, &self.0.values))
+            Some(Key::of_row(&self.schema, &self.values))
         }
     }
 
     /// The row as a JSON object. See [`Value::to_json`].
     pub fn to_json(&self) -> serde_json::Value {
         let map = self
-            .0
             .schema
             .columns()
             .iter()
-            .zip(&self.0.values)
+            .zip(self.values.iter())
             .map(|(column, value)| (column.name().to_owned(), value.to_json()))
             .collect();
         serde_json::Value::Object(map)
@@ -254,13 +268,16 @@ impl Index<usize> for Row {
     type Output = Value;
 
     fn index(&self, column: usize) -> &Value {
-        &self.0.values[column]
+        &self.values[column]
     }
 }
 
 impl PartialEq for Row {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || (self.0.values == other.0.values && self.0.schema == other.0.schema)
+        // Differing fingerprints settle most comparisons without reading the values.
+        self.fingerprint == other.fingerprint
+            && self.schema == other.schema
+            && (Arc::ptr_eq(&self.values, &other.values) || self.values == other.values)
     }
 }
 
@@ -269,7 +286,7 @@ impl Eq for Row {}
 impl fmt::Debug for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
-        for (column, value) in self.0.schema.columns().iter().zip(&self.0.values) {
+        for (column, value) in self.schema.columns().iter().zip(self.values.iter()) {
             map.entry(&column.name(), value);
         }
         map.finish()
@@ -280,7 +297,7 @@ impl fmt::Display for Row {
     /// The row as compact JSON, columns in schema order.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("{")?;
-        for (i, (column, value)) in self.0.schema.columns().iter().zip(&self.0.values).enumerate() {
+        for (i, (column, value)) in self.schema.columns().iter().zip(self.values.iter()).enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::value::{DataType, Value};
 
@@ -125,7 +125,11 @@ pub enum SchemaError {
 
 /// The columns of a table, their types, defaults and primary key.
 ///
-/// A schema is cheap to clone (it is reference counted) and immutable once built.
+/// A schema is immutable and `Copy`: every row points to its schema, and a plain
+/// pointer keeps rows free of reference-count traffic between threads. Schemas are
+/// therefore interned for the life of the process: building a schema equal to one built
+/// before returns the same schema, and only distinct schemas take memory. Build a
+/// bounded number of distinct schemas (one per kind of data), not one per message.
 ///
 /// # Examples
 ///
@@ -142,8 +146,11 @@ pub enum SchemaError {
 /// assert_eq!(schema.primary_key().len(), 1);
 /// # Ok::<(), intake_core::SchemaError>(())
 /// ```
-#[derive(Clone)]
-pub struct Schema(Arc<SchemaInner>);
+#[derive(Clone, Copy)]
+pub struct Schema(&'static SchemaInner);
+
+/// Every distinct schema built so far.
+static INTERNED: Mutex<Vec<&'static SchemaInner>> = Mutex::new(Vec::new());
 
 struct SchemaInner {
     columns: Vec<Column>,
@@ -197,18 +204,23 @@ impl Schema {
             .filter(|(_, c)| c.primary_key)
             .map(|(i, _)| i)
             .collect();
-        let by_name = (columns.len() > SCAN_LIMIT).then(|| {
-            columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name.clone(), i))
-                .collect()
-        });
-        Ok(Schema(Arc::new(SchemaInner {
+        Ok(Self::intern(columns, primary_key))
+    }
+
+    fn intern(columns: Vec<Column>, primary_key: Vec<usize>) -> Self {
+        let mut interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(existing) = interned.iter().find(|s| s.columns == columns) {
+            return Schema(existing);
+        }
+        let by_name = (columns.len() > SCAN_LIMIT)
+            .then(|| columns.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect());
+        let inner: &'static SchemaInner = Box::leak(Box::new(SchemaInner {
             columns,
             primary_key,
             by_name,
-        })))
+        }));
+        interned.push(inner);
+        Schema(inner)
     }
 
     /// The schema of the `raw` format: one string column named `data`, no key.
@@ -222,11 +234,7 @@ impl Schema {
     }
 
     fn single_data_column(data_type: DataType) -> Self {
-        Schema(Arc::new(SchemaInner {
-            columns: vec![Column::new("data", data_type)],
-            primary_key: Vec::new(),
-            by_name: None,
-        }))
+        Self::intern(vec![Column::new("data", data_type)], Vec::new())
     }
 
     /// The columns, in order.
@@ -248,17 +256,16 @@ impl Schema {
         &self.0.primary_key
     }
 
-    /// Whether two handles point to the same schema.
-    pub(crate) fn ptr_eq(&self, other: &Schema) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl PartialEq for Schema {
+    /// Equal schemas are interned as one, so this compares pointers.
     fn eq(&self, other: &Self) -> bool {
-        self.ptr_eq(other) || self.0.columns == other.0.columns
+        std::ptr::eq(self.0, other.0)
     }
 }
+
+impl Eq for Schema {}
 
 impl fmt::Debug for Schema {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -310,5 +317,13 @@ mod tests {
         assert_eq!(schema.primary_key(), &[1, 2]);
         assert_eq!(schema.index_of("a"), Some(2));
         assert_eq!(format!("{schema:?}"), "[v: float, b: string (key), a: int (key)]");
+    }
+
+    #[test]
+    fn equal_schemas_are_interned_once() {
+        let build = |name: &str| Schema::new([Column::new(name.to_owned(), DataType::Int).primary_key()]).unwrap();
+        assert_eq!(build("interned_a"), build("interned_a"));
+        assert_ne!(build("interned_a"), build("interned_b"));
+        assert_eq!(Schema::raw(), Schema::raw());
     }
 }

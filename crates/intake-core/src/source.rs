@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::parse::{ParseError, Parser, Payload, Rejected};
+use crate::queue::Producer;
 use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
 use crate::schema::Schema;
@@ -149,7 +149,7 @@ pub(crate) enum Event {
 /// message was not sent.
 #[derive(Clone)]
 pub struct SourceContext {
-    sender: mpsc::Sender<Event>,
+    producer: Producer,
     shared: Arc<ContextShared>,
 }
 
@@ -165,14 +165,14 @@ struct ContextShared {
 impl SourceContext {
     pub(crate) fn new(
         name: Arc<str>,
-        sender: mpsc::Sender<Event>,
+        producer: Producer,
         parser: Parser,
         policy: ErrorPolicy,
         table: Arc<TableShared>,
         cancel: CancellationToken,
     ) -> Self {
         SourceContext {
-            sender,
+            producer,
             shared: Arc::new(ContextShared {
                 name,
                 parser,
@@ -321,10 +321,10 @@ impl SourceContext {
             Ok(values) => {
                 let schema = parser.schema();
                 let event = if schema.primary_key().is_empty() {
-                    Event::Append(Row::new_unchecked(schema.clone(), values))
+                    Event::Append(Row::new_unchecked(*schema, values))
                 } else {
                     let key = Key::of_row(schema, &values);
-                    Event::Upsert(key, Row::new_unchecked(schema.clone(), values))
+                    Event::Upsert(key, Row::new_unchecked(*schema, values))
                 };
                 Ok(Some(event))
             }
@@ -355,16 +355,7 @@ impl SourceContext {
             .counters()
             .messages
             .fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(event) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(event)) => {
-                tokio::select! {
-                    sent = self.sender.send(event) => sent.map_err(|_| SendError::ShuttingDown),
-                    () = self.shared.cancel.cancelled() => Err(SendError::ShuttingDown),
-                }
-            }
-            Err(TrySendError::Closed(_)) => Err(SendError::ShuttingDown),
-        }
+        self.producer.push(event, &self.shared.cancel).await
     }
 }
 

@@ -1,6 +1,5 @@
 //! Live keyed tables, their commits and their subscribers.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +11,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Change, ChangeBatch, Time};
+
+/// The rows, with a slot per key. `IndexMap` gives every slot a stable position
+/// during a commit, so a commit looks each key up once and then works by position.
+type Rows = indexmap::IndexMap<Key, Slot, foldhash::fast::RandomState>;
 use crate::pipeline::PipelineShared;
 use crate::row::{Key, Row};
+use crate::source::Event;
 use crate::schema::Schema;
 use crate::subscribe::Subscriber;
 
@@ -38,7 +42,14 @@ pub(crate) struct TableShared {
 }
 
 struct TableState {
-    rows: HashMap<Key, Row>,
+    rows: Rows,
+    /// Number of commits applied so far, changing or not; marks slots touched by the
+    /// commit being applied.
+    applied: u64,
+    /// Slots touched by the commit being applied, with their rows before it.
+    touched: Vec<(usize, Option<Row>)>,
+    /// Rows appended under generated keys so far.
+    generated: u64,
     time: Option<Time>,
     subscribers: Vec<mpsc::Sender<ChangeBatch>>,
     closed: bool,
@@ -110,7 +121,10 @@ impl Table {
                 schema,
                 subscriber_capacity,
                 state: RwLock::new(TableState {
-                    rows: HashMap::new(),
+                    rows: Rows::default(),
+                    applied: 0,
+                    touched: Vec::new(),
+                    generated: 0,
                     time: None,
                     subscribers: Vec::new(),
                     closed: false,
@@ -137,7 +151,7 @@ impl Table {
 
     /// The row under `key`, if there is one.
     pub fn get(&self, key: &Key) -> Option<Row> {
-        self.shared.read().rows.get(key).cloned()
+        self.shared.read().rows.get(key).and_then(|slot| slot.row.clone())
     }
 
     /// The number of rows.
@@ -158,7 +172,7 @@ impl Table {
     /// A copy of every row as of the last commit, sorted by key.
     pub fn snapshot(&self) -> Snapshot {
         let state = self.shared.read();
-        let mut rows: Vec<(Key, Row)> = state.rows.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+        let mut rows: Vec<(Key, Row)> = state.live_rows().map(|(k, r)| (k.clone(), r.clone())).collect();
         let time = state.time;
         drop(state);
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -195,8 +209,7 @@ impl Table {
         let mut state = self.shared.write();
         let snapshot = (!state.rows.is_empty()).then(|| {
             let changes = state
-                .rows
-                .iter()
+                .live_rows()
                 .map(|(key, row)| Change {
                     key: key.clone(),
                     row: row.clone(),
@@ -266,40 +279,49 @@ impl Stream for ChangeStream {
     }
 }
 
-/// One key's state at the end of a commit being assembled.
-struct Pending {
-    key: Key,
+/// A key's row. Between commits `row` is always `Some`; while a commit is applied, a
+/// key it deleted (or inserted and deleted) holds `None` until the commit ends.
+struct Slot {
     row: Option<Row>,
+    /// The commit that last touched this slot.
+    touched_in: u64,
 }
 
-/// Consolidates a commit's messages per key, keeping first-seen order.
-#[derive(Default)]
-pub(crate) struct CommitBuilder {
-    index: HashMap<Key, usize>,
-    pending: Vec<Pending>,
-}
-
-impl CommitBuilder {
-    pub(crate) fn upsert(&mut self, key: Key, row: Row) {
-        self.set(key, Some(row));
+impl TableState {
+    fn live_rows(&self) -> impl Iterator<Item = (&Key, &Row)> {
+        self.rows.iter().filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
     }
 
-    pub(crate) fn delete(&mut self, key: Key) {
-        self.set(key, None);
-    }
-
+    /// Sets the row under `key` (`None` deletes it) as part of the current commit,
+    /// remembering what it was before the commit the first time the key is touched.
     fn set(&mut self, key: Key, row: Option<Row>) {
-        match self.index.get(&key) {
-            Some(&i) => self.pending[i].row = row,
-            None => {
-                self.index.insert(key.clone(), self.pending.len());
-                self.pending.push(Pending { key, row });
+        let applied = self.applied;
+        let index = match (self.rows.get_index_of(&key), &row) {
+            (Some(index), _) => index,
+            // Deleting a key that is not there changes nothing.
+            (None, None) => return,
+            (None, Some(_)) => {
+                self.rows
+                    .insert_full(
+                        key,
+                        Slot {
+                            row: None,
+                            touched_in: 0,
+                        },
+                    )
+                    .0
             }
+        };
+        let Some((_, slot)) = self.rows.get_index_mut(index) else {
+            return;
+        };
+        if slot.touched_in == applied {
+            slot.row = row;
+        } else {
+            slot.touched_in = applied;
+            let before = std::mem::replace(&mut slot.row, row);
+            self.touched.push((index, before));
         }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pending.is_empty()
     }
 }
 
@@ -330,58 +352,83 @@ impl TableShared {
         &self.pipeline
     }
 
-    /// Applies a commit and delivers its changes, waiting for room in every
-    /// subscriber's queue. `disconnect` ends that wait (on forced shutdown): subscribers
-    /// still full by then are dropped.
-    pub(crate) async fn commit(&self, builder: &mut CommitBuilder, disconnect: &CancellationToken) {
-        builder.index.clear();
+    /// Applies a commit's events to the rows, consolidating them per key. Returns the
+    /// commit's changes and the subscribers to deliver them to, or `None` if it changed
+    /// nothing.
+    pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Option<(ChangeBatch, Vec<mpsc::Sender<ChangeBatch>>)> {
+        let mut guard = self.write();
+        let state = &mut *guard;
+        state.applied += 1;
+        for event in events.drain(..) {
+            match event {
+                Event::Upsert(key, row) => state.set(key, Some(row)),
+                Event::Append(row) => {
+                    state.generated += 1;
+                    state.set(Key::generated(state.generated), Some(row));
+                }
+                Event::Delete(key) => state.set(key, None),
+                Event::Commit => {}
+            }
+        }
         let mut retractions = Vec::new();
-        let mut insertions = Vec::with_capacity(builder.pending.len());
-        let (batch, subscribers) = {
-            let mut state = self.write();
-            for Pending { key, row } in builder.pending.drain(..) {
-                let old = match &row {
-                    Some(row) => state.rows.insert(key.clone(), row.clone()),
-                    None => state.rows.remove(&key),
-                };
-                match (old, row) {
-                    (Some(old), Some(new)) if old == new => {}
-                    (Some(old), new) => {
+        let mut insertions = Vec::with_capacity(state.touched.len());
+        let mut emptied = Vec::new();
+        for (index, before) in state.touched.drain(..) {
+            let Some((key, slot)) = state.rows.get_index(index) else {
+                continue;
+            };
+            match (before, &slot.row) {
+                (Some(old), Some(new)) if old == *new => {}
+                (before, after) => {
+                    if let Some(old) = before {
                         retractions.push(Change {
                             key: key.clone(),
                             row: old,
                             is_addition: false,
                         });
-                        if let Some(new) = new {
-                            insertions.push(Change {
-                                key,
-                                row: new,
-                                is_addition: true,
-                            });
-                        }
                     }
-                    (None, Some(new)) => insertions.push(Change {
-                        key,
-                        row: new,
-                        is_addition: true,
-                    }),
-                    (None, None) => {}
+                    if let Some(new) = after {
+                        insertions.push(Change {
+                            key: key.clone(),
+                            row: new.clone(),
+                            is_addition: true,
+                        });
+                    }
                 }
             }
-            if retractions.is_empty() && insertions.is_empty() {
-                return;
+            if slot.row.is_none() {
+                emptied.push(index);
             }
-            let time = Time::new(state.time.map_or(1, |t| t.as_u64() + 1));
-            state.time = Some(time);
-            retractions.append(&mut insertions);
-            let batch = ChangeBatch::new(time, retractions);
-            (batch, state.subscribers.clone())
-        };
+        }
+        // Removing from the highest position down keeps the lower positions valid:
+        // `swap_remove` only moves the last slot, which is removed first if emptied.
+        emptied.sort_unstable_by(|a, b| b.cmp(a));
+        for index in emptied {
+            state.rows.swap_remove_index(index);
+        }
+        if retractions.is_empty() && insertions.is_empty() {
+            return None;
+        }
+        let time = Time::new(state.time.map_or(1, |t| t.as_u64() + 1));
+        state.time = Some(time);
+        retractions.append(&mut insertions);
+        let batch = ChangeBatch::new(time, retractions);
+        let subscribers = state.subscribers.clone();
+        drop(guard);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .changes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.changes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Some((batch, subscribers))
+    }
 
+    /// Delivers a commit's changes, waiting for room in every subscriber's queue.
+    /// `disconnect` ends that wait (on forced shutdown): subscribers still full by then
+    /// are dropped.
+    pub(crate) async fn deliver(
+        &self,
+        batch: ChangeBatch,
+        subscribers: Vec<mpsc::Sender<ChangeBatch>>,
+        disconnect: &CancellationToken,
+    ) {
         let mut gone = Vec::new();
         for (i, subscriber) in subscribers.iter().enumerate() {
             let delivered = tokio::select! {

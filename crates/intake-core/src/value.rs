@@ -275,9 +275,11 @@ impl Hash for Value {
             Value::Float(x) => x.to_bits().hash(state),
             Value::String(s) => s.hash(state),
             Value::Bytes(b) => b.hash(state),
-            // JSON values are never key columns; hashing their text keeps Hash
-            // consistent with Eq for the rare caller that hashes a whole row.
-            Value::Json(j) => j.to_string().hash(state),
+            // Equal JSON values serialize identically, so hashing the serialization
+            // (streamed, without building a string) is consistent with Eq.
+            Value::Json(j) => {
+                let _ = serde_json::to_writer(HashWriter(state), &**j);
+            }
             Value::Timestamp(t) => t.hash(state),
         }
     }
@@ -318,6 +320,20 @@ impl Ord for Value {
             (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
         }
+    }
+}
+
+/// Feeds serialized bytes to a hasher.
+struct HashWriter<'a, H>(&'a mut H);
+
+impl<H: Hasher> std::io::Write for HashWriter<'_, H> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
