@@ -272,6 +272,23 @@ impl Index<usize> for Row {
     }
 }
 
+impl Index<&str> for Row {
+    type Output = Value;
+
+    /// The value of the column named `column`.
+    ///
+    /// # Panics
+    ///
+    /// If the schema has no such column; use [`Row::get`] when unsure.
+    #[track_caller]
+    fn index(&self, column: &str) -> &Value {
+        match self.get(column) {
+            Some(value) => value,
+            None => panic!("no column named `{column}` in {:?}", self.schema),
+        }
+    }
+}
+
 impl PartialEq for Row {
     fn eq(&self, other: &Self) -> bool {
         // Differing fingerprints settle most comparisons without reading the values.

@@ -350,11 +350,6 @@ impl SourceContext {
     }
 
     async fn push(&self, event: Event) -> Result<(), SendError> {
-        self.shared
-            .table
-            .counters()
-            .messages
-            .fetch_add(1, Ordering::Relaxed);
         self.producer.push(event, &self.shared.cancel).await
     }
 }

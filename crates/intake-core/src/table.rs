@@ -57,7 +57,7 @@ struct TableState {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) messages: AtomicU64,
+    messages: AtomicU64,
     pub(crate) rejected: AtomicU64,
     commits: AtomicU64,
     changes: AtomicU64,
@@ -67,7 +67,8 @@ pub(crate) struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TableStats {
-    /// Messages accepted from the table's sources (rows, deletes and commits).
+    /// Messages from the table's sources (rows, deletes and commits) that reached a
+    /// commit.
     pub messages: u64,
     /// Messages rejected as bad input.
     pub rejected: u64,
@@ -356,6 +357,7 @@ impl TableShared {
     /// commit's changes and the subscribers to deliver them to, or `None` if it changed
     /// nothing.
     pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Option<(ChangeBatch, Vec<mpsc::Sender<ChangeBatch>>)> {
+        self.stats.messages.fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut guard = self.write();
         let state = &mut *guard;
         state.applied += 1;

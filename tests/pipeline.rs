@@ -1,0 +1,681 @@
+//! Sources, commits, tables and subscriptions working together.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use intake::{
+    BoxError, ChangeBatch, Column, DataType, Error, ErrorPolicy, Key, ParseError, Pipeline, Reader, Schema,
+    SendError, Source, SourceContext, Subscriber, Value, from_stream, from_try_stream, source_fn,
+};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn schema() -> Schema {
+    Schema::new([
+        Column::new("key", DataType::Int).primary_key(),
+        Column::new("value", DataType::String),
+    ])
+    .unwrap()
+}
+
+fn row(key: i64, value: &str) -> String {
+    serde_json::json!({ "key": key, "value": value }).to_string()
+}
+
+/// The table's rows as `key -> value`.
+fn contents(table: &intake::Table) -> BTreeMap<i64, String> {
+    table
+        .snapshot()
+        .rows()
+        .iter()
+        .map(|(_, row)| (row["key"].as_int().unwrap(), row["value"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Every change of a batch as `(key, value, is_addition)`.
+fn summary(batch: &ChangeBatch) -> Vec<(i64, String, bool)> {
+    batch
+        .changes()
+        .iter()
+        .map(|c| (c.row["key"].as_int().unwrap(), c.row["value"].as_str().unwrap().to_owned(), c.is_addition))
+        .collect()
+}
+
+/// A reader whose commits happen only on explicit commits and at the end.
+fn manual_commits() -> Reader {
+    Reader::json(schema()).autocommit_duration(Duration::from_secs(3600))
+}
+
+#[tokio::test]
+async fn upserts_replace_and_deletes_remove() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "manul")).await?;
+        ctx.next_str(row(2, "catus")).await?;
+        ctx.next_str(row(3, "lynx")).await?;
+        ctx.next_str(row(2, "silvestris")).await?;
+        ctx.delete(3).await?;
+        ctx.delete(99).await?; // not there: changes nothing
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("cats", source, Reader::json(schema()));
+    pipeline.run().await.unwrap();
+
+    assert_eq!(contents(&table), BTreeMap::from([(1, "manul".into()), (2, "silvestris".into())]));
+    assert_eq!(table.get(&Key::from(2)).unwrap()["value"].as_str(), Some("silvestris"));
+    assert!(table.get(&Key::from(3)).is_none());
+    let stats = table.stats();
+    assert_eq!((stats.messages, stats.rejected, stats.rows), (6, 0, 2));
+}
+
+#[tokio::test]
+async fn changes_are_consolidated_per_key_within_a_commit() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "a")).await?;
+        ctx.next_str(row(2, "b")).await?;
+        ctx.commit().await?;
+        // Commit 2: update then update again -> one retraction and one insertion;
+        // insert then delete -> nothing; insert then update -> one insertion.
+        ctx.next_str(row(1, "a2")).await?;
+        ctx.next_str(row(1, "a3")).await?;
+        ctx.next_str(row(7, "gone")).await?;
+        ctx.delete(7).await?;
+        ctx.next_str(row(8, "x")).await?;
+        ctx.next_str(row(8, "y")).await?;
+        ctx.commit().await?;
+        // Commit 3: delete then re-insert the same row -> nothing at all; an identical
+        // upsert -> nothing; then delete 8 -> one retraction.
+        ctx.delete(2).await?;
+        ctx.next_str(row(2, "b")).await?;
+        ctx.next_str(row(1, "a3")).await?;
+        ctx.delete(8).await?;
+        ctx.commit().await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("t", source, manual_commits());
+    let batches = table.changes();
+    pipeline.run().await.unwrap();
+    let batches: Vec<ChangeBatch> = batches.collect().await;
+
+    let summaries: Vec<_> = batches.iter().map(summary).collect();
+    assert_eq!(
+        summaries,
+        vec![
+            vec![(1, "a".into(), true), (2, "b".into(), true)],
+            vec![(1, "a".into(), false), (1, "a3".into(), true), (8, "y".into(), true)],
+            vec![(8, "y".into(), false)],
+        ]
+    );
+    let times: Vec<u64> = batches.iter().map(|b| b.time().as_u64()).collect();
+    assert_eq!(times, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn callbacks_see_retractions_first_then_time_end_and_one_end() {
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Change(u64, i64, bool),
+        TimeEnd(u64),
+        End,
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "a")).await?;
+        ctx.next_str(row(2, "b")).await?;
+        ctx.commit().await?;
+        ctx.next_str(row(2, "b2")).await?;
+        ctx.next_str(row(3, "c")).await?;
+        ctx.delete(1).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("t", source, manual_commits());
+    let (on_change, on_time_end, on_end) = (log.clone(), log.clone(), log.clone());
+    table.subscribe(
+        Subscriber::new()
+            .on_change(move |key, row, time, is_addition| {
+                assert_eq!(key, &row.primary_key().unwrap());
+                let key = key.values()[0].as_int().unwrap();
+                on_change.lock().unwrap().push(Seen::Change(time.as_u64(), key, is_addition));
+            })
+            .on_time_end(move |time| on_time_end.lock().unwrap().push(Seen::TimeEnd(time.as_u64())))
+            .on_end(move || on_end.lock().unwrap().push(Seen::End)),
+    );
+    pipeline.run().await.unwrap();
+
+    // `run` returns only after on_end.
+    let log = log.lock().unwrap();
+    assert_eq!(
+        *log,
+        vec![
+            Seen::Change(1, 1, true),
+            Seen::Change(1, 2, true),
+            Seen::TimeEnd(1),
+            // Retractions (2 updated, 1 deleted) before insertions (2, 3); within
+            // each, keys in the order the commit first touched them.
+            Seen::Change(2, 2, false),
+            Seen::Change(2, 1, false),
+            Seen::Change(2, 2, true),
+            Seen::Change(2, 3, true),
+            Seen::TimeEnd(2),
+            Seen::End,
+        ]
+    );
+}
+
+/// A source that sends what it is told, when it is told, and then waits to be
+/// cancelled or for the script to end.
+fn scripted(script: Vec<(Duration, &'static str)>) -> impl Source {
+    source_fn(move |ctx: SourceContext| async move {
+        for (pause, message) in script {
+            tokio::time::sleep(pause).await;
+            if message == "COMMIT" {
+                ctx.commit().await?;
+            } else {
+                ctx.next_str(message).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// When each batch of `table` arrives, relative to `start`, and its size.
+fn arrivals(table: &intake::Table, start: Instant) -> tokio::task::JoinHandle<Vec<(Duration, usize)>> {
+    let mut changes = table.changes();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(batch) = changes.next().await {
+            seen.push((start.elapsed(), batch.len()));
+        }
+        seen
+    })
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+#[tokio::test(start_paused = true)]
+async fn autocommit_counts_from_the_first_uncommitted_message() {
+    let script = vec![
+        (MS * 10, r#"{"key": 1, "value": "a"}"#),
+        (MS * 30, r#"{"key": 2, "value": "b"}"#),
+        // Idle for a long time: no empty commits, no timer running.
+        (MS * 1000, r#"{"key": 3, "value": "c"}"#),
+        (MS * 500, r#"{"key": 4, "value": "d"}"#),
+    ];
+    let mut pipeline = Pipeline::new();
+    let reader = Reader::json(schema()).autocommit_duration(MS * 100);
+    let table = pipeline.read("t", scripted(script), reader);
+    let start = Instant::now();
+    let arrivals = arrivals(&table, start);
+    pipeline.run().await.unwrap();
+    assert_eq!(
+        arrivals.await.unwrap(),
+        vec![
+            (MS * 110, 2),  // first message at 10 ms, committed 100 ms later with the second
+            (MS * 1140, 1), // third at 1040 ms
+            (MS * 1540, 1), // fourth at 1540 ms: the source ended, so it commits at once
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_and_an_explicit_commit_commit_at_once() {
+    let script = vec![
+        (MS, r#"{"key": 1, "value": "a"}"#),
+        (MS, r#"{"key": 2, "value": "b"}"#),
+        (MS, r#"{"key": 3, "value": "c"}"#), // third message: max_batch_size reached
+        (MS, r#"{"key": 4, "value": "d"}"#),
+        (MS, "COMMIT"),
+        (MS * 50, r#"{"key": 5, "value": "e"}"#),
+        (MS * 5000, r#"{"key": 6, "value": "f"}"#),
+    ];
+    let mut pipeline = Pipeline::new();
+    let reader = Reader::json(schema()).autocommit_duration(MS * 1000).max_batch_size(3);
+    let table = pipeline.read("t", scripted(script), reader);
+    let start = Instant::now();
+    let arrivals = arrivals(&table, start);
+    pipeline.run().await.unwrap();
+    assert_eq!(
+        arrivals.await.unwrap(),
+        vec![(MS * 3, 3), (MS * 5, 1), (MS * 1055, 1), (MS * 5055, 1)]
+    );
+}
+
+#[tokio::test]
+async fn tables_without_a_primary_key_append() {
+    let lines = stream::iter(["first", "second", "first"]);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("lines", from_stream(lines), Reader::raw());
+    pipeline.run().await.unwrap();
+    let snapshot = table.snapshot();
+    let rows: Vec<(u64, &str)> = snapshot
+        .rows()
+        .iter()
+        .map(|(key, row)| (key.generated_id().unwrap(), row["data"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rows, vec![(1, "first"), (2, "second"), (3, "first")]);
+}
+
+#[tokio::test]
+async fn bad_input_is_skipped_and_reported_and_neighbours_are_kept() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "ok")).await?;
+        ctx.next_str(r#"{"key": "one", "value": "wrong type"}"#).await?;
+        ctx.next_str(r#"{"key": 2"#).await?;
+        ctx.next_bytes(&b"\xff\xfe"[..]).await?;
+        ctx.next_str(r#"{"value": "no key"}"#).await?;
+        ctx.delete("not an int").await?;
+        ctx.next_str(row(3, "also ok")).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("feed", source, Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport));
+    let rejected = pipeline.rejected(2);
+    let collector = tokio::spawn(rejected.collect::<Vec<_>>());
+    pipeline.run().await.unwrap();
+
+    assert_eq!(contents(&table), BTreeMap::from([(1, "ok".into()), (3, "also ok".into())]));
+    assert_eq!(table.stats().rejected, 5);
+    let rejected = collector.await.unwrap();
+    assert_eq!(rejected.len(), 5);
+    assert!(rejected.iter().all(|r| r.source_name() == "feed"));
+    assert_eq!(&rejected[0].raw()[..], br#"{"key": "one", "value": "wrong type"}"#);
+    assert!(matches!(rejected[0].reason(), ParseError::WrongType { column, .. } if column == "key"));
+    assert!(matches!(rejected[1].reason(), ParseError::MalformedJson(_)));
+    assert!(matches!(rejected[2].reason(), ParseError::MalformedJson(_)), "not UTF-8 is not JSON");
+    assert!(matches!(rejected[3].reason(), ParseError::MissingField { column } if column == "key"));
+    assert!(matches!(rejected[4].reason(), ParseError::InvalidKey(_)));
+    assert!(rejected[0].to_string().contains("source `feed`"));
+}
+
+#[tokio::test]
+async fn bad_input_under_the_fail_policy_fails_the_pipeline_after_committing_what_came_before() {
+    let ended = Arc::new(AtomicUsize::new(0));
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "kept")).await?;
+        ctx.next_str("not json").await?;
+        unreachable!("the send above fails");
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("strict", source, Reader::json(schema()));
+    let counter = ended.clone();
+    table.subscribe(Subscriber::new().on_end(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }));
+    let error = pipeline.run().await.unwrap_err();
+    let Error::Rejected(rejected) = &error else {
+        panic!("unexpected error: {error}")
+    };
+    assert_eq!(rejected.source_name(), "strict");
+    assert_eq!(&rejected.raw()[..], b"not json");
+    assert_eq!(contents(&table), BTreeMap::from([(1, "kept".into())]));
+    assert_eq!(ended.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failing_source_is_reported_by_name_and_the_others_finish() {
+    let mut pipeline = Pipeline::new();
+    let failing = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "before the failure")).await?;
+        Err::<(), BoxError>("the upstream closed the connection".into())
+    });
+    let failing_table = pipeline.read("flaky", failing, Reader::json(schema()));
+    let healthy = from_stream(stream::iter((0..100).map(|i| row(i, "x"))));
+    let healthy_table = pipeline.read("steady", healthy, Reader::json(schema()));
+    let error = pipeline.run().await.unwrap_err();
+
+    let Error::SourcesFailed(failures) = &error else {
+        panic!("unexpected error: {error}")
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].name(), "flaky");
+    assert_eq!(failures[0].cause().to_string(), "the upstream closed the connection");
+    assert_eq!(error.to_string(), "source `flaky` failed: the upstream closed the connection");
+    assert_eq!(failing_table.len(), 1, "what it sent before failing is committed");
+    assert_eq!(healthy_table.len(), 100);
+}
+
+/// A source that sends until it is cancelled, then records that it saw cancellation.
+struct Endless {
+    sent: Arc<AtomicU64>,
+    stopped: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Source for Endless {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        let mut i = 0i64;
+        loop {
+            tokio::select! {
+                () = ctx.cancelled() => return Ok(()),
+                () = tokio::time::sleep(MS) => {}
+            }
+            ctx.next_str(row(i % 10, "tick")).await?;
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            i += 1;
+        }
+    }
+
+    async fn on_stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+fn endless() -> (Endless, Arc<AtomicU64>, Arc<AtomicBool>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    (
+        Endless {
+            sent: sent.clone(),
+            stopped: stopped.clone(),
+        },
+        sent,
+        stopped,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_stops_every_source_when_one_fails() {
+    let (endless, _, stopped) = endless();
+    let mut pipeline = Pipeline::new().fail_fast(true);
+    pipeline.read("endless", endless, Reader::json(schema()));
+    let failing = source_fn(|_ctx: SourceContext| async move {
+        tokio::time::sleep(MS * 50).await;
+        Err::<(), BoxError>("boom".into())
+    });
+    pipeline.read("failing", failing, Reader::json(schema()));
+    let error = pipeline.run().await.unwrap_err();
+    assert!(matches!(&error, Error::SourcesFailed(f) if f.len() == 1 && f[0].name() == "failing"));
+    assert!(stopped.load(Ordering::SeqCst), "on_stop ran for the cancelled source");
+}
+
+#[tokio::test]
+async fn a_panicking_source_is_a_failure_and_on_stop_still_runs() {
+    struct Panics(Arc<AtomicBool>);
+    #[async_trait::async_trait]
+    impl Source for Panics {
+        async fn run(&mut self, _ctx: SourceContext) -> Result<(), BoxError> {
+            panic!("index out of bounds");
+        }
+        async fn on_stop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut pipeline = Pipeline::new();
+    pipeline.read("panics", Panics(stopped.clone()), Reader::json(schema()));
+    let error = pipeline.run().await.unwrap_err();
+    assert_eq!(error.to_string(), "source `panics` failed: panicked: index out of bounds");
+    assert!(stopped.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_reaches_every_source_and_commits_what_was_sent() {
+    let (first, first_sent, first_stopped) = endless();
+    let (second, second_sent, second_stopped) = endless();
+    let mut pipeline = Pipeline::new();
+    let a = pipeline.read("a", first, Reader::json(schema()));
+    let b = pipeline.read("b", second, Reader::json(schema()));
+    let (a_changes, b_changes) = (a.changes(), b.changes());
+    let shutdown = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+    tokio::time::sleep(MS * 250).await;
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+
+    assert!(first_stopped.load(Ordering::SeqCst) && second_stopped.load(Ordering::SeqCst));
+    for (changes, sent) in [(a_changes, first_sent), (b_changes, second_sent)] {
+        let batches: Vec<ChangeBatch> = changes.collect().await;
+        let insertions: usize = batches.iter().map(|b| b.insertions().count()).sum();
+        let retractions: usize = batches.iter().map(|b| b.retractions().count()).sum();
+        // Every message sent was committed: the source cycles through 10 keys, so
+        // each message beyond the first 10 replaced a row (consolidation may merge
+        // several within a commit, but never lose the last).
+        assert!(sent.load(Ordering::SeqCst) >= 200);
+        assert_eq!(insertions - retractions, 10);
+    }
+    assert_eq!(a.len(), 10);
+    assert_eq!(b.len(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sources_that_ignore_shutdown_are_dropped_after_the_timeout() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct Stubborn(Arc<AtomicBool>);
+    #[async_trait::async_trait]
+    impl Source for Stubborn {
+        async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+            ctx.next_str(row(1, "sent before shutdown")).await?;
+            // Never looks at cancellation and never sends again.
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        async fn on_stop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let mut pipeline = Pipeline::new().shutdown_timeout(Duration::from_secs(2));
+    let table = pipeline.read("stubborn", Stubborn(dropped.clone()), Reader::json(schema()));
+    let shutdown = pipeline.shutdown_handle();
+    let start = Instant::now();
+    let running = tokio::spawn(pipeline.run());
+    tokio::time::sleep(MS * 10).await;
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), MS * 10 + Duration::from_secs(2));
+    assert!(dropped.load(Ordering::SeqCst), "on_stop runs even for a dropped source");
+    assert_eq!(table.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_applies_backpressure_instead_of_buffering() {
+    const TOTAL: u64 = 20_000;
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let source = source_fn(move |ctx: SourceContext| async move {
+        for i in 0..TOTAL {
+            ctx.next_str(row(i as i64, "v")).await?;
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let reader = Reader::json(schema())
+        .max_batch_size(100)
+        .channel_capacity(50)
+        .subscriber_capacity(2)
+        .autocommit_duration(MS);
+    let table = pipeline.read("t", source, reader);
+    let mut stalled = table.changes();
+    let running = tokio::spawn(pipeline.run());
+
+    // Nobody reads `stalled`. At most: 2 queued batches, 1 being delivered, 1 being
+    // applied, and the queue (100 + 50); each batch holds at most 100 messages.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let bound = 2 * 100 + 100 + 100 + 150;
+    let sent_while_stalled = sent.load(Ordering::SeqCst);
+    assert!(sent_while_stalled <= bound, "{sent_while_stalled} messages went in while the subscriber stalled");
+    assert!(sent_while_stalled >= 100, "the pipeline did run");
+
+    // Reading the stream releases the pipeline; nothing was lost.
+    let mut received = 0;
+    while let Some(batch) = stalled.next().await {
+        received += batch.insertions().count() as u64;
+    }
+    running.await.unwrap().unwrap();
+    assert_eq!(received, TOTAL);
+    assert_eq!(table.len() as u64, TOTAL);
+}
+
+#[tokio::test]
+async fn dropping_a_stream_releases_the_table() {
+    let source = from_stream(stream::iter((0..5_000).map(|i| row(i, "v"))));
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("t", source, Reader::json(schema()).max_batch_size(10).subscriber_capacity(1));
+    drop(table.changes());
+    pipeline.run().await.unwrap();
+    assert_eq!(table.len(), 5_000);
+}
+
+#[tokio::test]
+async fn a_late_stream_starts_with_a_snapshot() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(8);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "t",
+        from_stream(ReceiverStream::new(rx)),
+        Reader::json(schema()).autocommit_duration(MS),
+    );
+    let mut early = table.changes();
+    let running = tokio::spawn(pipeline.run());
+    tx.send(row(1, "a")).await.unwrap();
+    tx.send(row(2, "b")).await.unwrap();
+    let first = early.next().await.unwrap();
+    assert_eq!(first.time().as_u64(), 1);
+
+    let mut late = table.changes();
+    let snapshot = late.next().await.unwrap();
+    assert_eq!(snapshot.time(), first.time());
+    let mut snapshot_rows = summary(&snapshot);
+    snapshot_rows.sort();
+    assert_eq!(snapshot_rows, vec![(1, "a".into(), true), (2, "b".into(), true)]);
+
+    tx.send(row(1, "a2")).await.unwrap();
+    drop(tx);
+    let next = late.next().await.unwrap();
+    assert_eq!(summary(&next), vec![(1, "a".into(), false), (1, "a2".into(), true)]);
+    assert!(late.next().await.is_none(), "the stream ends after the final commit");
+    running.await.unwrap().unwrap();
+    // Subscribing after the end still gives the final state, then ends.
+    let after: Vec<ChangeBatch> = table.changes().collect().await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].len(), 2);
+}
+
+#[tokio::test]
+async fn typed_rows_in_and_out() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Cat {
+        key: i64,
+        value: String,
+    }
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next(&Cat {
+            key: 1,
+            value: "manul".into(),
+        })
+        .await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("typed", source, Reader::json(schema()));
+    pipeline.run().await.unwrap();
+    let cat: Cat = table.get(&Key::from(1)).unwrap().deserialize().unwrap();
+    assert_eq!(
+        cat,
+        Cat {
+            key: 1,
+            value: "manul".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_try_stream_error_fails_its_source() {
+    let items: Vec<Result<String, std::io::Error>> = vec![
+        Ok(row(1, "a")),
+        Err(std::io::Error::other("disk on fire")),
+        Ok(row(2, "never read")),
+    ];
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("io", from_try_stream(stream::iter(items)), Reader::json(schema()));
+    let error = pipeline.run().await.unwrap_err();
+    assert_eq!(error.to_string(), "source `io` failed: disk on fire");
+    assert_eq!(table.len(), 1);
+}
+
+#[tokio::test]
+async fn sends_after_run_returned_fail_instead_of_vanishing() {
+    let leaked = Arc::new(Mutex::new(None));
+    let slot = leaked.clone();
+    let source = source_fn(move |ctx: SourceContext| async move {
+        *slot.lock().unwrap() = Some(ctx.clone());
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new().shutdown_timeout(MS * 10);
+    pipeline.read("t", source, Reader::json(schema()));
+    let running = tokio::spawn(pipeline.run());
+    // Wait until the source has run and stored its context.
+    let ctx = loop {
+        if let Some(ctx) = leaked.lock().unwrap().take() {
+            break ctx;
+        }
+        tokio::task::yield_now().await;
+    };
+    // `run` returned, so the clone may no longer send.
+    while !matches!(ctx.next_str(row(1, "late")).await, Err(SendError::Finished)) {
+        tokio::task::yield_now().await;
+    }
+    // The table ends once the last clone is gone.
+    drop(ctx);
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_subscriber_is_reported_and_others_keep_receiving() {
+    let source = from_stream(stream::iter((0..10).map(|i| row(i, "v"))));
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("t", source, Reader::json(schema()).max_batch_size(2));
+    table.subscribe(Subscriber::new().on_change(|_, _, _, _| panic!("subscriber bug")));
+    let healthy = table.changes();
+    let error = pipeline.run().await.unwrap_err();
+    assert!(matches!(&error, Error::SubscriberPanicked { table, message } if table == "t" && message == "subscriber bug"));
+    let batches: Vec<ChangeBatch> = healthy.collect().await;
+    assert_eq!(batches.iter().map(ChangeBatch::len).sum::<usize>(), 10);
+}
+
+#[test]
+fn values_display_as_their_text() {
+    assert_eq!(Value::from("x").to_string(), "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_volume_on_the_multi_threaded_runtime_loses_nothing() {
+    const TOTAL: i64 = 200_000;
+    let source = source_fn(|ctx: SourceContext| async move {
+        for i in 0..TOTAL {
+            ctx.next_bytes(row(i % 1_000, &i.to_string())).await?;
+        }
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("volume", source, Reader::json(schema()));
+    let mut changes = table.changes();
+    let folded = tokio::spawn(async move {
+        let mut state = BTreeMap::new();
+        let mut last_time = 0;
+        while let Some(batch) = changes.next().await {
+            assert!(batch.time().as_u64() > last_time);
+            last_time = batch.time().as_u64();
+            for (key, value, is_addition) in summary(&batch) {
+                if is_addition {
+                    assert!(state.insert(key, value).is_none(), "insertion over a live row");
+                } else {
+                    assert_eq!(state.remove(&key), Some(value), "retraction of a row not there");
+                }
+            }
+        }
+        state
+    });
+    pipeline.run().await.unwrap();
+    let folded = folded.await.unwrap();
+    let expected: BTreeMap<i64, String> =
+        (TOTAL - 1_000..TOTAL).map(|i| (i % 1_000, i.to_string())).collect();
+    assert_eq!(folded, expected);
+    assert_eq!(contents(&table), expected);
+    assert_eq!(table.stats().messages, TOTAL as u64);
+}
