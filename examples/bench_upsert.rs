@@ -44,7 +44,9 @@ impl Messages {
     /// Each message as a cheap slice of the shared buffer.
     fn iter(&self) -> impl Iterator<Item = Bytes> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(&self.ends).map(|(start, &end)| self.buffer.slice(start..end))
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| self.buffer.slice(start..end))
     }
 }
 
@@ -81,7 +83,11 @@ async fn run_intake(messages: Arc<Messages>) -> anyhow::Result<(f64, u64, usize)
     pipeline.run().await?;
     let elapsed = started.elapsed().as_secs_f64();
     anyhow::ensure!(table.len() == KEYS as usize, "table has {} rows", table.len());
-    Ok((count as f64 / elapsed, changes.load(Ordering::Relaxed), table.len()))
+    Ok((
+        count as f64 / elapsed,
+        changes.load(Ordering::Relaxed),
+        table.len(),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -119,9 +125,18 @@ fn main() -> anyhow::Result<()> {
 
     let baseline_rate = run_baseline(&messages)?;
 
-    println!("W1: {count} messages, {KEYS} keys, {} worker threads", std::thread::available_parallelism()?);
-    println!("  intake:   {:>12.0} msgs/s  ({changes} changes delivered, {rows} rows)", intake_rate);
-    println!("  baseline: {:>12.0} msgs/s  (serde_json into a struct + HashMap, one thread)", baseline_rate);
+    println!(
+        "W1: {count} messages, {KEYS} keys, {} worker threads",
+        std::thread::available_parallelism()?
+    );
+    println!(
+        "  intake:   {:>12.0} msgs/s  ({changes} changes delivered, {rows} rows)",
+        intake_rate
+    );
+    println!(
+        "  baseline: {:>12.0} msgs/s  (serde_json into a struct + HashMap, one thread)",
+        baseline_rate
+    );
     println!("  ratio intake/baseline: {:.2}", intake_rate / baseline_rate);
     println!(
         "  peak RSS: {rss_intake:.1} MiB after intake ({rss_before:.1} MiB before it, holding the {:.1} MiB of input)",

@@ -49,7 +49,11 @@ async fn full_batches_go_out_without_waiting() {
     let started = Instant::now();
     let batches: Vec<Vec<u32>> = batch_async(stream::iter(0..7), TIMEOUT, 3).collect().await;
     assert_eq!(batches, vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]);
-    assert_eq!(started.elapsed(), Duration::ZERO, "end of stream flushes the remainder at once");
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "end of stream flushes the remainder at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,7 +83,12 @@ async fn boundaries_end_a_batch_after_the_marked_item() {
         .await;
     assert_eq!(
         batches,
-        vec![vec!["a", "COMMIT"], vec!["b", "c", "COMMIT"], vec!["COMMIT"], vec!["d"]]
+        vec![
+            vec!["a", "COMMIT"],
+            vec!["b", "c", "COMMIT"],
+            vec!["COMMIT"],
+            vec!["d"]
+        ]
     );
 }
 

@@ -31,7 +31,12 @@ fn contents(table: &intake::Table) -> BTreeMap<i64, String> {
         .snapshot()
         .rows()
         .iter()
-        .map(|(_, row)| (row["key"].as_int().unwrap(), row["value"].as_str().unwrap().to_owned()))
+        .map(|(_, row)| {
+            (
+                row["key"].as_int().unwrap(),
+                row["value"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -40,7 +45,13 @@ fn summary(batch: &ChangeBatch) -> Vec<(i64, String, bool)> {
     batch
         .changes()
         .iter()
-        .map(|c| (c.row["key"].as_int().unwrap(), c.row["value"].as_str().unwrap().to_owned(), c.is_addition))
+        .map(|c| {
+            (
+                c.row["key"].as_int().unwrap(),
+                c.row["value"].as_str().unwrap().to_owned(),
+                c.is_addition,
+            )
+        })
         .collect()
 }
 
@@ -64,8 +75,14 @@ async fn upserts_replace_and_deletes_remove() {
     let table = pipeline.read("cats", source, Reader::json(schema()));
     pipeline.run().await.unwrap();
 
-    assert_eq!(contents(&table), BTreeMap::from([(1, "manul".into()), (2, "silvestris".into())]));
-    assert_eq!(table.get(&Key::from(2)).unwrap()["value"].as_str(), Some("silvestris"));
+    assert_eq!(
+        contents(&table),
+        BTreeMap::from([(1, "manul".into()), (2, "silvestris".into())])
+    );
+    assert_eq!(
+        table.get(&Key::from(2)).unwrap()["value"].as_str(),
+        Some("silvestris")
+    );
     assert!(table.get(&Key::from(3)).is_none());
     let stats = table.stats();
     assert_eq!((stats.messages, stats.rejected, stats.rows), (6, 0, 2));
@@ -106,7 +123,11 @@ async fn changes_are_consolidated_per_key_within_a_commit() {
         summaries,
         vec![
             vec![(1, "a".into(), true), (2, "b".into(), true)],
-            vec![(1, "a".into(), false), (1, "a3".into(), true), (8, "y".into(), true)],
+            vec![
+                (1, "a".into(), false),
+                (1, "a3".into(), true),
+                (8, "y".into(), true)
+            ],
             vec![(8, "y".into(), false)],
         ]
     );
@@ -140,7 +161,10 @@ async fn callbacks_see_retractions_first_then_time_end_and_one_end() {
             .on_change(move |key, row, time, is_addition| {
                 assert_eq!(key, &row.primary_key().unwrap());
                 let key = key.values()[0].as_int().unwrap();
-                on_change.lock().unwrap().push(Seen::Change(time.as_u64(), key, is_addition));
+                on_change
+                    .lock()
+                    .unwrap()
+                    .push(Seen::Change(time.as_u64(), key, is_addition));
             })
             .on_time_end(move |time| on_time_end.lock().unwrap().push(Seen::TimeEnd(time.as_u64())))
             .on_end(move || on_end.lock().unwrap().push(Seen::End)),
@@ -234,7 +258,9 @@ async fn a_full_batch_and_an_explicit_commit_commit_at_once() {
         (MS * 5000, r#"{"key": 6, "value": "f"}"#),
     ];
     let mut pipeline = Pipeline::new();
-    let reader = Reader::json(schema()).autocommit_duration(MS * 1000).max_batch_size(3);
+    let reader = Reader::json(schema())
+        .autocommit_duration(MS * 1000)
+        .max_batch_size(3);
     let table = pipeline.read("t", scripted(script), reader);
     let start = Instant::now();
     let arrivals = arrivals(&table, start);
@@ -273,20 +299,33 @@ async fn bad_input_is_skipped_and_reported_and_neighbours_are_kept() {
         Ok(())
     });
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("feed", source, Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport));
+    let table = pipeline.read(
+        "feed",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
     let rejected = pipeline.rejected(2);
     let collector = tokio::spawn(rejected.collect::<Vec<_>>());
     pipeline.run().await.unwrap();
 
-    assert_eq!(contents(&table), BTreeMap::from([(1, "ok".into()), (3, "also ok".into())]));
+    assert_eq!(
+        contents(&table),
+        BTreeMap::from([(1, "ok".into()), (3, "also ok".into())])
+    );
     assert_eq!(table.stats().rejected, 5);
     let rejected = collector.await.unwrap();
     assert_eq!(rejected.len(), 5);
     assert!(rejected.iter().all(|r| r.source_name() == "feed"));
-    assert_eq!(&rejected[0].raw()[..], br#"{"key": "one", "value": "wrong type"}"#);
+    assert_eq!(
+        &rejected[0].raw()[..],
+        br#"{"key": "one", "value": "wrong type"}"#
+    );
     assert!(matches!(rejected[0].reason(), ParseError::WrongType { column, .. } if column == "key"));
     assert!(matches!(rejected[1].reason(), ParseError::MalformedJson(_)));
-    assert!(matches!(rejected[2].reason(), ParseError::MalformedJson(_)), "not UTF-8 is not JSON");
+    assert!(
+        matches!(rejected[2].reason(), ParseError::MalformedJson(_)),
+        "not UTF-8 is not JSON"
+    );
     assert!(matches!(rejected[3].reason(), ParseError::MissingField { column } if column == "key"));
     assert!(matches!(rejected[4].reason(), ParseError::InvalidKey(_)));
     assert!(rejected[0].to_string().contains("source `feed`"));
@@ -333,8 +372,14 @@ async fn a_failing_source_is_reported_by_name_and_the_others_finish() {
     };
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].name(), "flaky");
-    assert_eq!(failures[0].cause().to_string(), "the upstream closed the connection");
-    assert_eq!(error.to_string(), "source `flaky` failed: the upstream closed the connection");
+    assert_eq!(
+        failures[0].cause().to_string(),
+        "the upstream closed the connection"
+    );
+    assert_eq!(
+        error.to_string(),
+        "source `flaky` failed: the upstream closed the connection"
+    );
     assert_eq!(failing_table.len(), 1, "what it sent before failing is committed");
     assert_eq!(healthy_table.len(), 100);
 }
@@ -390,7 +435,10 @@ async fn fail_fast_stops_every_source_when_one_fails() {
     pipeline.read("failing", failing, Reader::json(schema()));
     let error = pipeline.run().await.unwrap_err();
     assert!(matches!(&error, Error::SourcesFailed(f) if f.len() == 1 && f[0].name() == "failing"));
-    assert!(stopped.load(Ordering::SeqCst), "on_stop ran for the cancelled source");
+    assert!(
+        stopped.load(Ordering::SeqCst),
+        "on_stop ran for the cancelled source"
+    );
 }
 
 #[tokio::test]
@@ -409,7 +457,10 @@ async fn a_panicking_source_is_a_failure_and_on_stop_still_runs() {
     let mut pipeline = Pipeline::new();
     pipeline.read("panics", Panics(stopped.clone()), Reader::json(schema()));
     let error = pipeline.run().await.unwrap_err();
-    assert_eq!(error.to_string(), "source `panics` failed: panicked: index out of bounds");
+    assert_eq!(
+        error.to_string(),
+        "source `panics` failed: panicked: index out of bounds"
+    );
     assert!(stopped.load(Ordering::SeqCst));
 }
 
@@ -467,7 +518,10 @@ async fn sources_that_ignore_shutdown_are_dropped_after_the_timeout() {
     shutdown.shutdown();
     running.await.unwrap().unwrap();
     assert_eq!(start.elapsed(), MS * 10 + Duration::from_secs(2));
-    assert!(dropped.load(Ordering::SeqCst), "on_stop runs even for a dropped source");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "on_stop runs even for a dropped source"
+    );
     assert_eq!(table.len(), 1);
 }
 
@@ -498,7 +552,10 @@ async fn a_slow_subscriber_applies_backpressure_instead_of_buffering() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let bound = 2 * 100 + 100 + 100 + 150;
     let sent_while_stalled = sent.load(Ordering::SeqCst);
-    assert!(sent_while_stalled <= bound, "{sent_while_stalled} messages went in while the subscriber stalled");
+    assert!(
+        sent_while_stalled <= bound,
+        "{sent_while_stalled} messages went in while the subscriber stalled"
+    );
     assert!(sent_while_stalled >= 100, "the pipeline did run");
 
     // Reading the stream releases the pipeline; nothing was lost.
@@ -515,7 +572,11 @@ async fn a_slow_subscriber_applies_backpressure_instead_of_buffering() {
 async fn dropping_a_stream_releases_the_table() {
     let source = from_stream(stream::iter((0..5_000).map(|i| row(i, "v"))));
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("t", source, Reader::json(schema()).max_batch_size(10).subscriber_capacity(1));
+    let table = pipeline.read(
+        "t",
+        source,
+        Reader::json(schema()).max_batch_size(10).subscriber_capacity(1),
+    );
     drop(table.changes());
     pipeline.run().await.unwrap();
     assert_eq!(table.len(), 5_000);
@@ -547,8 +608,14 @@ async fn a_late_stream_starts_with_a_snapshot() {
     tx.send(row(1, "a2")).await.unwrap();
     drop(tx);
     let next = late.next().await.unwrap();
-    assert_eq!(summary(&next), vec![(1, "a".into(), false), (1, "a2".into(), true)]);
-    assert!(late.next().await.is_none(), "the stream ends after the final commit");
+    assert_eq!(
+        summary(&next),
+        vec![(1, "a".into(), false), (1, "a2".into(), true)]
+    );
+    assert!(
+        late.next().await.is_none(),
+        "the stream ends after the final commit"
+    );
     running.await.unwrap().unwrap();
     // Subscribing after the end still gives the final state, then ends.
     let after: Vec<ChangeBatch> = table.changes().collect().await;
@@ -633,7 +700,9 @@ async fn a_panicking_subscriber_is_reported_and_others_keep_receiving() {
     table.subscribe(Subscriber::new().on_change(|_, _, _, _| panic!("subscriber bug")));
     let healthy = table.changes();
     let error = pipeline.run().await.unwrap_err();
-    assert!(matches!(&error, Error::SubscriberPanicked { table, message } if table == "t" && message == "subscriber bug"));
+    assert!(
+        matches!(&error, Error::SubscriberPanicked { table, message } if table == "t" && message == "subscriber bug")
+    );
     let batches: Vec<ChangeBatch> = healthy.collect().await;
     assert_eq!(batches.iter().map(ChangeBatch::len).sum::<usize>(), 10);
 }
@@ -673,9 +742,103 @@ async fn a_large_volume_on_the_multi_threaded_runtime_loses_nothing() {
     });
     pipeline.run().await.unwrap();
     let folded = folded.await.unwrap();
-    let expected: BTreeMap<i64, String> =
-        (TOTAL - 1_000..TOTAL).map(|i| (i % 1_000, i.to_string())).collect();
+    let expected: BTreeMap<i64, String> = (TOTAL - 1_000..TOTAL)
+        .map(|i| (i % 1_000, i.to_string()))
+        .collect();
     assert_eq!(folded, expected);
     assert_eq!(contents(&table), expected);
     assert_eq!(table.stats().messages, TOTAL as u64);
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(i64, u8),
+        Delete(i64),
+        Commit,
+        Pause(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                6 => (0i64..6, 0u8..4).prop_map(|(k, v)| Op::Upsert(k, v)),
+                2 => (0i64..7).prop_map(Op::Delete),
+                1 => Just(Op::Commit),
+                1 => (1u64..120).prop_map(Op::Pause),
+            ],
+            0..80,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Folding every change batch gives the table, the final table is last-write-wins
+        /// over the input, and every batch is consolidated, ordered and later than the last.
+        #[test]
+        fn the_table_is_the_fold_of_its_change_batches(ops in ops(), max_batch in 1usize..8) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            runtime.block_on(async move {
+                let mut expected = BTreeMap::new();
+                for op in &ops {
+                    match op {
+                        Op::Upsert(k, v) => { expected.insert(*k, v.to_string()); }
+                        Op::Delete(k) => { expected.remove(k); }
+                        Op::Commit | Op::Pause(_) => {}
+                    }
+                }
+                let source = source_fn(move |ctx: SourceContext| async move {
+                    for op in ops {
+                        match op {
+                            Op::Upsert(k, v) => ctx.next_str(row(k, &v.to_string())).await?,
+                            Op::Delete(k) => ctx.delete(k).await?,
+                            Op::Commit => ctx.commit().await?,
+                            Op::Pause(ms) => tokio::time::sleep(MS * ms as u32).await,
+                        }
+                    }
+                    Ok(())
+                });
+                let mut pipeline = Pipeline::new();
+                let reader = Reader::json(schema()).max_batch_size(max_batch).autocommit_duration(MS * 50);
+                let table = pipeline.read("t", source, reader);
+                // Read the changes while the pipeline runs: an unread stream would
+                // (by design) hold the pipeline back once its queue is full.
+                let changes = tokio::spawn(table.changes().collect::<Vec<_>>());
+                pipeline.run().await.unwrap();
+
+                let mut folded = BTreeMap::new();
+                let mut last_time = 0;
+                for batch in changes.await.unwrap() {
+                    prop_assert!(!batch.is_empty());
+                    prop_assert!(batch.time().as_u64() > last_time);
+                    last_time = batch.time().as_u64();
+                    let changes = summary(&batch);
+                    let first_insertion = changes.iter().position(|c| c.2).unwrap_or(changes.len());
+                    prop_assert!(changes[first_insertion..].iter().all(|c| c.2), "retractions first: {:?}", changes);
+                    for (key, value, is_addition) in &changes {
+                        let same_key = changes.iter().filter(|c| c.0 == *key && c.2 == *is_addition).count();
+                        prop_assert_eq!(same_key, 1, "consolidated: {:?}", changes);
+                        if *is_addition {
+                            let retracted = changes.iter().find(|c| c.0 == *key && !c.2);
+                            prop_assert!(retracted.is_none_or(|r| &r.1 != value), "no-op update: {:?}", changes);
+                        }
+                    }
+                    for (key, value, is_addition) in changes {
+                        if is_addition {
+                            prop_assert!(folded.insert(key, value).is_none());
+                        } else {
+                            prop_assert_eq!(folded.remove(&key), Some(value));
+                        }
+                    }
+                }
+                prop_assert_eq!(&folded, &contents(&table));
+                prop_assert_eq!(&folded, &expected);
+                Ok(())
+            })?;
+        }
+    }
 }

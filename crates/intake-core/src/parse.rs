@@ -190,7 +190,9 @@ impl Parser {
             },
             (Format::Raw, Payload::Json(json)) => Ok(Arc::new([Value::from(json.to_string())])),
             (Format::Bytes, Payload::Bytes(bytes)) => Ok(Arc::new([Value::Bytes(bytes.clone())])),
-            (Format::Bytes, Payload::Json(json)) => Ok(Arc::new([Value::Bytes(Bytes::from(json.to_string()))])),
+            (Format::Bytes, Payload::Json(json)) => {
+                Ok(Arc::new([Value::Bytes(Bytes::from(json.to_string()))]))
+            }
         }
     }
 
@@ -705,7 +707,9 @@ mod tests {
         );
         let bytes = Parser::new(Schema::bytes(), Format::Bytes);
         assert_eq!(
-            &*bytes.parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd"))).unwrap(),
+            &*bytes
+                .parse(&Payload::Bytes(Bytes::from_static(b"ab\xffcd")))
+                .unwrap(),
             &[Value::Bytes(Bytes::from_static(b"ab\xffcd"))]
         );
     }

@@ -217,7 +217,7 @@ impl Pipeline {
         let name: Arc<str> = Arc::from(name.into());
         let table = Table::new(
             name.clone(),
-            reader.schema.clone(),
+            reader.schema,
             reader.subscriber_capacity,
             self.shared.clone(),
         );
@@ -303,7 +303,7 @@ impl Pipeline {
             let ctx = SourceContext::new(
                 name.clone(),
                 producer,
-                Parser::new(reader.schema.clone(), reader.format),
+                Parser::new(reader.schema, reader.format),
                 reader.error_policy,
                 table.shared().clone(),
                 shared.cancel.clone(),

@@ -58,14 +58,14 @@ impl Queue {
             max_batch,
             capacity: max_batch.saturating_add(headroom),
         });
-        let producer = Producer {
-            queue: queue.clone(),
-        };
+        let producer = Producer { queue: queue.clone() };
         (queue, producer)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits until a commit is due and returns its events: at most `max_batch`, and
@@ -108,11 +108,15 @@ impl Queue {
 
     fn take(&self, state: &mut State) -> Vec<Event> {
         let mut end = state.events.len().min(self.max_batch);
-        if state.markers > 0 {
-            if let Some(marker) = state.events[..end].iter().position(|e| matches!(e, Event::Commit)) {
-                end = marker + 1;
-                state.markers -= 1;
-            }
+        let marker = match state.markers {
+            0 => None,
+            _ => state.events[..end]
+                .iter()
+                .position(|e| matches!(e, Event::Commit)),
+        };
+        if let Some(marker) = marker {
+            end = marker + 1;
+            state.markers -= 1;
         }
         let taken = if end == state.events.len() {
             let spare = std::mem::take(&mut state.spare);

@@ -5,7 +5,7 @@ use std::ops::Index;
 use std::sync::Arc;
 
 use crate::schema::Schema;
-use crate::value::Value;
+use crate::value::{Timestamp, Value};
 
 /// Identifies a row of a [`Table`](crate::Table).
 ///
@@ -40,12 +40,13 @@ impl Key {
     /// The key made of these primary-key values, in schema order.
     pub fn new(values: impl IntoIterator<Item = Value>) -> Self {
         let mut values: Vec<Value> = values.into_iter().collect();
-        if values.len() == 1 {
-            if let Some(value) = values.pop() {
-                return Key(KeyRepr::Single(value));
+        match values.pop() {
+            Some(value) if values.is_empty() => Key(KeyRepr::Single(value)),
+            last => {
+                values.extend(last);
+                Key(KeyRepr::Composite(values.into()))
             }
         }
-        Key(KeyRepr::Composite(values.into()))
     }
 
     /// A generated key, as given to rows of a table without a primary key.
@@ -111,9 +112,34 @@ impl fmt::Display for Key {
     }
 }
 
-impl<T: Into<Value>> From<T> for Key {
-    fn from(value: T) -> Self {
-        Key(KeyRepr::Single(value.into()))
+/// Single-column keys from the types a key column can hold. (There is deliberately no
+/// conversion from `serde_json::Value`: JSON columns cannot be keys, so `json!(3)`
+/// would never match the int key `3`. Convert it to an `i64` or `&str` first.)
+macro_rules! key_from {
+    ($($t:ty),*) => {
+        $(impl From<$t> for Key {
+            fn from(value: $t) -> Self {
+                Key(KeyRepr::Single(Value::from(value)))
+            }
+        })*
+    };
+}
+
+key_from!(
+    i64,
+    i32,
+    u32,
+    bool,
+    &str,
+    String,
+    Arc<str>,
+    Timestamp,
+    bytes::Bytes
+);
+
+impl From<Value> for Key {
+    fn from(value: Value) -> Self {
+        Key(KeyRepr::Single(value))
     }
 }
 
@@ -148,10 +174,8 @@ pub struct Row {
 
 /// The hash behind [`Row`]'s fingerprint: fixed, so equal rows always agree.
 fn fingerprint(values: &[Value]) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut hasher = foldhash::fast::FixedState::with_seed(0x1a7a_6e5e_ed00_0001).build_hasher();
-    values.hash(&mut hasher);
-    hasher.finish()
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x1a7a_6e5e_ed00_0001).hash_one(values)
 }
 
 /// Why [`Row::new`] refused its values.

@@ -212,8 +212,13 @@ impl Schema {
         if let Some(existing) = interned.iter().find(|s| s.columns == columns) {
             return Schema(existing);
         }
-        let by_name = (columns.len() > SCAN_LIMIT)
-            .then(|| columns.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect());
+        let by_name = (columns.len() > SCAN_LIMIT).then(|| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect()
+        });
         let inner: &'static SchemaInner = Box::leak(Box::new(SchemaInner {
             columns,
             primary_key,
@@ -255,7 +260,6 @@ impl Schema {
     pub fn primary_key(&self) -> &[usize] {
         &self.0.primary_key
     }
-
 }
 
 impl PartialEq for Schema {
@@ -321,7 +325,8 @@ mod tests {
 
     #[test]
     fn equal_schemas_are_interned_once() {
-        let build = |name: &str| Schema::new([Column::new(name.to_owned(), DataType::Int).primary_key()]).unwrap();
+        let build =
+            |name: &str| Schema::new([Column::new(name.to_owned(), DataType::Int).primary_key()]).unwrap();
         assert_eq!(build("interned_a"), build("interned_a"));
         assert_ne!(build("interned_a"), build("interned_b"));
         assert_eq!(Schema::raw(), Schema::raw());

@@ -17,8 +17,8 @@ use crate::change::{Change, ChangeBatch, Time};
 type Rows = indexmap::IndexMap<Key, Slot, foldhash::fast::RandomState>;
 use crate::pipeline::PipelineShared;
 use crate::row::{Key, Row};
-use crate::source::Event;
 use crate::schema::Schema;
+use crate::source::Event;
 use crate::subscribe::Subscriber;
 
 /// A live, keyed, in-memory table fed by a source.
@@ -83,11 +83,17 @@ pub struct TableStats {
 /// A copy of a table's rows at one commit.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    schema: Schema,
     time: Option<Time>,
     rows: Vec<(Key, Row)>,
 }
 
 impl Snapshot {
+    /// The table's schema, for example to write a header.
+    pub fn schema(&self) -> Schema {
+        self.schema
+    }
+
     /// The time of the last commit included, or `None` before the first.
     pub fn time(&self) -> Option<Time> {
         self.time
@@ -177,7 +183,11 @@ impl Table {
         let time = state.time;
         drop(state);
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Snapshot { time, rows }
+        Snapshot {
+            schema: self.shared.schema,
+            time,
+            rows,
+        }
     }
 
     /// Counts of messages, rejections, commits and changes so far.
@@ -290,7 +300,9 @@ struct Slot {
 
 impl TableState {
     fn live_rows(&self) -> impl Iterator<Item = (&Key, &Row)> {
-        self.rows.iter().filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
+        self.rows
+            .iter()
+            .filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
     }
 
     /// Sets the row under `key` (`None` deletes it) as part of the current commit,
@@ -356,8 +368,13 @@ impl TableShared {
     /// Applies a commit's events to the rows, consolidating them per key. Returns the
     /// commit's changes and the subscribers to deliver them to, or `None` if it changed
     /// nothing.
-    pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Option<(ChangeBatch, Vec<mpsc::Sender<ChangeBatch>>)> {
-        self.stats.messages.fetch_add(events.len() as u64, Ordering::Relaxed);
+    pub(crate) fn apply(
+        &self,
+        events: &mut Vec<Event>,
+    ) -> Option<(ChangeBatch, Vec<mpsc::Sender<ChangeBatch>>)> {
+        self.stats
+            .messages
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut guard = self.write();
         let state = &mut *guard;
         state.applied += 1;
@@ -418,7 +435,9 @@ impl TableShared {
         let subscribers = state.subscribers.clone();
         drop(guard);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.stats.changes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .changes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Some((batch, subscribers))
     }
 

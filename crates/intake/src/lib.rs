@@ -32,9 +32,13 @@
 //! let mut pipeline = Pipeline::new();
 //! let prices = pipeline.read("ticks", from_stream(ticks), Reader::json(schema));
 //! pipeline.run().await?;
-//! assert_eq!(prices.get(&"AAPL".into()).unwrap()["price"].as_float(), Some(189.7));
+//! assert_eq!(prices.get(&"AAPL".into()).unwrap().get("price").and_then(|v| v.as_float()), Some(189.7));
 //! # Ok(())
 //! # }
 //! ```
 
 pub use intake_core::*;
+
+#[doc = include_str!("../../../docs/custom-source.md")]
+#[cfg(doctest)]
+pub struct CustomSourceGuide;
