@@ -842,3 +842,16 @@ mod model {
         }
     }
 }
+
+#[tokio::test]
+async fn dropping_a_pipeline_without_running_it_ends_its_tables() {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "never",
+        from_stream(stream::iter([row(1, "a")])),
+        Reader::json(schema()),
+    );
+    let changes = table.changes();
+    drop(pipeline);
+    assert!(changes.collect::<Vec<_>>().await.is_empty());
+}

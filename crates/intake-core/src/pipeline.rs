@@ -268,12 +268,11 @@ impl Pipeline {
     /// [`Error::SourcesFailed`] if any source failed, else
     /// [`Error::SubscriberPanicked`].
     pub async fn run(self) -> Result<(), Error> {
-        let Pipeline {
-            shared,
-            inputs,
-            fail_fast,
-            shutdown_timeout,
-        } = self;
+        let mut this = self;
+        let inputs = std::mem::take(&mut this.inputs);
+        let shared = this.shared.clone();
+        let (fail_fast, shutdown_timeout) = (this.fail_fast, this.shutdown_timeout);
+        drop(this);
         // Shutdown is cooperative until `hard_stop`, `shutdown_timeout` later.
         let hard_stop = CancellationToken::new();
         let watchdog = tokio::spawn({
@@ -345,6 +344,16 @@ impl Pipeline {
             Err(panic)
         } else {
             Ok(())
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    /// A pipeline dropped without running ends its tables, so their subscribers get
+    /// `on_end` instead of waiting forever.
+    fn drop(&mut self) {
+        for input in &self.inputs {
+            input.table.shared().close();
         }
     }
 }
