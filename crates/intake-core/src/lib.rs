@@ -7,7 +7,7 @@
 //! stream of [`ChangeBatch`]es.
 //!
 //! ```text
-//! Source ──messages──▶ parse (Schema) ──▶ bounded channel ──▶ commit driver ──▶ Table ──ChangeBatch──▶ subscribers
+//! Source ──messages──▶ parse (Schema) ──▶ bounded queue ──▶ commit driver ──▶ Table ──ChangeBatch──▶ subscribers
 //!                      bad input ──▶ ErrorPolicy (fail, or skip and report)
 //! ```
 //!

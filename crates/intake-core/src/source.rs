@@ -136,7 +136,7 @@ pub(crate) enum Event {
 
 /// The handle a [`Source`] sends messages through.
 ///
-/// Every send waits while the table's bounded channel is full, so a fast source
+/// Every send waits while the table's bounded queue is full, so a fast source
 /// cannot outrun its table. Parsing happens inside the send, on the source's task:
 /// bad input is dealt with by the reader's [`ErrorPolicy`] before the send returns.
 ///

@@ -212,7 +212,7 @@ impl Table {
     ///
     /// Each stream has a queue of [`Reader::subscriber_capacity`](crate::Reader::subscriber_capacity)
     /// batches. When it is full, the table's commits wait for the stream to be read, and
-    /// so, through their bounded channel, do its sources. Memory stays bounded; a stream
+    /// so, through their bounded queue, do its sources. Memory stays bounded; a stream
     /// that is never read stalls the table until it is dropped (or until shutdown's
     /// timeout, after which it is disconnected). Drop streams you no longer read.
     pub fn changes(&self) -> ChangeStream {
