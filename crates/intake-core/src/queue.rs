@@ -181,7 +181,7 @@ impl Producer {
 
     /// Appends `event` if there is room: `Err(Some(event))` when full, `Err(None)` when
     /// the queue is closed.
-    fn try_push(&self, event: Event) -> Result<(), Option<Event>> {
+    pub(crate) fn try_push(&self, event: Event) -> Result<(), Option<Event>> {
         let queue = &*self.queue;
         let mut state = queue.lock();
         if state.closed {

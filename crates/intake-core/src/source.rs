@@ -209,23 +209,31 @@ impl SourceContext {
     /// [`SendError::Rejected`] for bad input under [`ErrorPolicy::Fail`]. Bad input
     /// under [`ErrorPolicy::SkipAndReport`] is reported, not returned.
     pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        self.check_open()?;
-        let event = match message.into() {
-            Message::Bytes(bytes) => self.parse(Payload::Bytes(bytes)).await?,
-            Message::Json(json) => self.parse(Payload::Json(json)).await?,
-            Message::Delete(key) => match self.shared.parser.check_key(&key) {
-                Ok(()) => Some(Event::Delete(key)),
-                Err(reason) => {
-                    let raw = Bytes::from(format!("delete {key}"));
-                    return self.reject(raw, reason).await;
-                }
+        // The common path (parse, append to a queue with room) is synchronous, so large
+        // values are not moved through nested futures; awaiting happens only when the
+        // queue is full or a message is rejected.
+        match self.prepare(message.into())? {
+            Prepared::Event(event) => match self.producer.try_push(event) {
+                Ok(()) => Ok(()),
+                Err(Some(event)) => self.producer.push(event, &self.shared.cancel).await,
+                Err(None) => Err(SendError::ShuttingDown),
             },
-            Message::Commit => Some(Event::Commit),
-        };
-        match event {
-            Some(event) => self.push(event).await,
-            None => Ok(()),
+            Prepared::Rejected(raw, reason) => self.reject(raw, reason).await,
         }
+    }
+
+    /// Checks that the context may send, and parses the message.
+    fn prepare(&self, message: Message) -> Result<Prepared, SendError> {
+        self.check_open()?;
+        Ok(match message {
+            Message::Bytes(bytes) => self.parse(Payload::Bytes(bytes)),
+            Message::Json(json) => self.parse(Payload::Json(json)),
+            Message::Delete(key) => match self.shared.parser.check_key(&key) {
+                Ok(()) => Prepared::Event(Event::Delete(key)),
+                Err(reason) => Prepared::Rejected(Bytes::from(format!("delete {key}")), reason),
+            },
+            Message::Commit => Prepared::Event(Event::Commit),
+        })
     }
 
     /// Sends a message given as bytes (Pathway's `next_bytes`).
@@ -315,20 +323,19 @@ impl SourceContext {
         }
     }
 
-    async fn parse(&self, payload: Payload) -> Result<Option<Event>, SendError> {
+    fn parse(&self, payload: Payload) -> Prepared {
         let parser = &self.shared.parser;
         match parser.parse(&payload) {
             Ok(values) => {
-                let schema = parser.schema();
-                let event = if schema.primary_key().is_empty() {
-                    Event::Append(Row::new_unchecked(*schema, values))
+                let schema = *parser.schema();
+                Prepared::Event(if schema.primary_key().is_empty() {
+                    Event::Append(Row::new_unchecked(schema, values))
                 } else {
-                    let key = Key::of_row(schema, &values);
-                    Event::Upsert(key, Row::new_unchecked(*schema, values))
-                };
-                Ok(Some(event))
+                    let key = Key::of_row(&schema, &values);
+                    Event::Upsert(key, Row::new_unchecked(schema, values))
+                })
             }
-            Err(reason) => self.reject(payload.into_raw(), reason).await.map(|()| None),
+            Err(reason) => Prepared::Rejected(payload.into_raw(), reason),
         }
     }
 
@@ -348,10 +355,12 @@ impl SourceContext {
             }
         }
     }
+}
 
-    async fn push(&self, event: Event) -> Result<(), SendError> {
-        self.producer.push(event, &self.shared.cancel).await
-    }
+/// A message made ready to send: parsed, or refused with its raw bytes and reason.
+enum Prepared {
+    Event(Event),
+    Rejected(Bytes, ParseError),
 }
 
 impl fmt::Debug for SourceContext {
