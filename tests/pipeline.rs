@@ -855,3 +855,112 @@ async fn dropping_a_pipeline_without_running_it_ends_its_tables() {
     drop(pipeline);
     assert!(changes.collect::<Vec<_>>().await.is_empty());
 }
+
+#[tokio::test]
+async fn offsets_are_committed_with_the_messages_before_them() {
+    let mut pipeline = Pipeline::new();
+    let (tx, mut committed) = tokio::sync::mpsc::unbounded_channel::<Vec<(String, serde_json::Value)>>();
+    let table_slot: Arc<Mutex<Option<intake::Table>>> = Arc::default();
+    let slot = table_slot.clone();
+    let source = source_fn(move |ctx: SourceContext| async move {
+        assert_eq!(ctx.resume_offset(), Some(&serde_json::json!({"line": 7})));
+        let table = slot.lock().unwrap().clone().unwrap();
+        let wait_for = |time: u64| {
+            let table = table.clone();
+            async move {
+                while table.time().map_or(0, |t| t.as_u64()) < time {
+                    tokio::task::yield_now().await;
+                }
+                table.committed_offsets()
+            }
+        };
+        ctx.next_str(row(1, "a")).await?;
+        ctx.report_offset(serde_json::json!({"line": 8})).await?;
+        ctx.next_str(row(2, "b")).await?; // after the offset: not covered by it
+        ctx.commit().await?;
+        tx.send(wait_for(1).await).unwrap();
+        ctx.report_offset(serde_json::json!({"line": 9})).await?;
+        Ok(())
+    });
+    let reader = manual_commits().resume_from(serde_json::json!({"line": 7}));
+    let table = pipeline.read("lines", source, reader);
+    *table_slot.lock().unwrap() = Some(table.clone());
+    pipeline.run().await.unwrap();
+
+    let first = committed.recv().await.unwrap();
+    assert_eq!(first, vec![("lines".to_owned(), serde_json::json!({"line": 8}))]);
+    // The last offset arrived after the last row; the final commit records it even
+    // though it changed no row.
+    assert_eq!(
+        table.committed_offsets(),
+        vec![("lines".to_owned(), serde_json::json!({"line": 9}))]
+    );
+    assert_eq!(
+        table.stats().messages,
+        2,
+        "offsets and commits are not counted as messages"
+    );
+}
+
+#[tokio::test]
+async fn sinks_receive_every_commit_then_close() {
+    #[derive(Default)]
+    struct Recorded {
+        batches: Vec<Vec<(i64, String, bool)>>,
+        closed: bool,
+    }
+    struct Recorder(Arc<Mutex<Recorded>>);
+    #[async_trait::async_trait]
+    impl intake::Sink for Recorder {
+        async fn write_batch(&mut self, batch: &ChangeBatch) -> Result<(), BoxError> {
+            assert_eq!(batch.schema(), schema());
+            self.0.lock().unwrap().batches.push(summary(batch));
+            Ok(())
+        }
+        async fn close(&mut self) -> Result<(), BoxError> {
+            self.0.lock().unwrap().closed = true;
+            Ok(())
+        }
+    }
+    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "a")).await?;
+        ctx.commit().await?;
+        ctx.next_str(row(1, "b")).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("t", source, manual_commits());
+    table.sink("recorder", Recorder(recorded.clone()));
+    pipeline.run().await.unwrap();
+    let recorded = recorded.lock().unwrap();
+    assert_eq!(
+        recorded.batches,
+        vec![
+            vec![(1, "a".into(), true)],
+            vec![(1, "a".into(), false), (1, "b".into(), true)]
+        ]
+    );
+    assert!(recorded.closed, "close runs before Pipeline::run returns");
+}
+
+#[tokio::test]
+async fn a_failing_sink_shuts_the_pipeline_down_and_is_named() {
+    struct Full;
+    #[async_trait::async_trait]
+    impl intake::Sink for Full {
+        async fn write_batch(&mut self, _: &ChangeBatch) -> Result<(), BoxError> {
+            Err("no space left on device".into())
+        }
+    }
+    let (endless, _, stopped) = endless();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("t", endless, Reader::json(schema()).autocommit_duration(MS));
+    table.sink("disk", Full);
+    let error = pipeline.run().await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "sink `disk` of table `t` failed: no space left on device"
+    );
+    assert!(stopped.load(Ordering::SeqCst), "the sources were shut down");
+}

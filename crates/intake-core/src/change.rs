@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::row::{Key, Row};
+use crate::schema::Schema;
 
 /// The logical time of a commit. Each commit of a table that changes something gets a
 /// time strictly greater than the previous one; the first is 1.
@@ -58,16 +59,23 @@ impl Change {
 /// Cloning a batch is cheap: the changes are shared.
 #[derive(Debug, Clone)]
 pub struct ChangeBatch {
+    schema: Schema,
     time: Time,
     changes: Arc<Vec<Change>>,
 }
 
 impl ChangeBatch {
-    pub(crate) fn new(time: Time, changes: Vec<Change>) -> Self {
+    pub(crate) fn new(schema: Schema, time: Time, changes: Vec<Change>) -> Self {
         ChangeBatch {
+            schema,
             time,
             changes: Arc::new(changes),
         }
+    }
+
+    /// The schema of the table the changes belong to (every row's schema).
+    pub fn schema(&self) -> Schema {
+        self.schema
     }
 
     /// The commit's logical time.

@@ -62,6 +62,7 @@ mod queue;
 mod reader;
 mod row;
 mod schema;
+mod sink;
 mod source;
 mod subscribe;
 mod table;
@@ -74,6 +75,7 @@ pub use pipeline::{Error, Pipeline, RejectedStream, ShutdownHandle, SourceFailur
 pub use reader::{ErrorPolicy, Reader};
 pub use row::{Key, Row, RowError};
 pub use schema::{Column, Schema, SchemaError};
+pub use sink::Sink;
 pub use source::{
     BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
     from_try_stream, source_fn,

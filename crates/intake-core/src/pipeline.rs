@@ -32,6 +32,18 @@ pub enum Error {
     /// A reader with [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail) met bad input.
     #[error("{0}")]
     Rejected(Box<Rejected>),
+    /// A sink failed to write (or panicked); the pipeline was shut down, and the sink
+    /// received nothing after the failed batch.
+    #[error("sink `{name}` of table `{table}` failed: {cause}")]
+    SinkFailed {
+        /// The sink's name.
+        name: String,
+        /// The table it wrote.
+        table: String,
+        /// What went wrong.
+        #[source]
+        cause: BoxError,
+    },
     /// A subscriber's callback panicked; it received no further changes.
     #[error("a subscriber of table `{table}` panicked: {message}")]
     SubscriberPanicked {
@@ -78,6 +90,7 @@ pub(crate) struct PipelineShared {
 struct SharedState {
     rejected: Option<Box<Rejected>>,
     subscriber_panic: Option<Error>,
+    sink_failure: Option<Error>,
     rejected_subscribers: Vec<mpsc::Sender<Rejected>>,
     subscriber_tasks: Vec<JoinHandle<()>>,
 }
@@ -101,6 +114,18 @@ impl PipelineShared {
                 table: table.to_owned(),
                 message,
             });
+    }
+
+    /// Records a sink's failure and shuts the pipeline down: the changes it could not
+    /// write would otherwise be lost silently.
+    pub(crate) fn sink_failed(&self, name: &str, table: &str, cause: BoxError) {
+        tracing::error!(sink = name, table, error = %cause, "sink failed; shutting the pipeline down");
+        self.lock().sink_failure.get_or_insert(Error::SinkFailed {
+            name: name.to_owned(),
+            table: table.to_owned(),
+            cause,
+        });
+        self.cancel.cancel();
     }
 
     /// Records the first rejected message of a fail-policy reader and stops the pipeline.
@@ -265,7 +290,7 @@ impl Pipeline {
     /// # Errors
     ///
     /// [`Error::Rejected`] for bad input under a fail policy, else
-    /// [`Error::SourcesFailed`] if any source failed, else
+    /// [`Error::SourcesFailed`] if any source failed, else [`Error::SinkFailed`], else
     /// [`Error::SubscriberPanicked`].
     pub async fn run(self) -> Result<(), Error> {
         let mut this = self;
@@ -301,6 +326,7 @@ impl Pipeline {
             );
             let ctx = SourceContext::new(
                 name.clone(),
+                reader.resume.clone(),
                 producer,
                 Parser::new(reader.schema, reader.format),
                 reader.error_policy,
@@ -340,6 +366,8 @@ impl Pipeline {
             Err(Error::Rejected(rejected))
         } else if !failures.is_empty() {
             Err(Error::SourcesFailed(failures))
+        } else if let Some(failure) = state.sink_failure.take() {
+            Err(failure)
         } else if let Some(panic) = state.subscriber_panic.take() {
             Err(panic)
         } else {

@@ -50,6 +50,7 @@ pub struct Reader {
     pub(crate) channel_capacity: usize,
     pub(crate) subscriber_capacity: usize,
     pub(crate) error_policy: ErrorPolicy,
+    pub(crate) resume: Option<serde_json::Value>,
 }
 
 impl Reader {
@@ -75,6 +76,7 @@ impl Reader {
             channel_capacity: Self::DEFAULT_CHANNEL_CAPACITY,
             subscriber_capacity: Self::DEFAULT_SUBSCRIBER_CAPACITY,
             error_policy: ErrorPolicy::default(),
+            resume: None,
         }
     }
 
@@ -149,6 +151,14 @@ impl Reader {
     /// What to do with bad input. Default: [`ErrorPolicy::Fail`].
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.error_policy = policy;
+        self
+    }
+
+    /// Hands the source an offset to resume from, as
+    /// [`SourceContext::resume_offset`](crate::SourceContext::resume_offset). Sources
+    /// that report offsets document what they accept.
+    pub fn resume_from(mut self, offset: serde_json::Value) -> Self {
+        self.resume = Some(offset);
         self
     }
 

@@ -132,6 +132,8 @@ pub(crate) enum Event {
     Append(Row),
     Delete(Key),
     Commit,
+    /// The source's position after the events before this one.
+    Offset(Arc<str>, serde_json::Value),
 }
 
 /// The handle a [`Source`] sends messages through.
@@ -155,6 +157,7 @@ pub struct SourceContext {
 
 struct ContextShared {
     name: Arc<str>,
+    resume: Option<serde_json::Value>,
     parser: Parser,
     policy: ErrorPolicy,
     table: Arc<TableShared>,
@@ -165,6 +168,7 @@ struct ContextShared {
 impl SourceContext {
     pub(crate) fn new(
         name: Arc<str>,
+        resume: Option<serde_json::Value>,
         producer: Producer,
         parser: Parser,
         policy: ErrorPolicy,
@@ -175,6 +179,7 @@ impl SourceContext {
             producer,
             shared: Arc::new(ContextShared {
                 name,
+                resume,
                 parser,
                 policy,
                 table,
@@ -213,12 +218,17 @@ impl SourceContext {
         // values are not moved through nested futures; awaiting happens only when the
         // queue is full or a message is rejected.
         match self.prepare(message.into())? {
-            Prepared::Event(event) => match self.producer.try_push(event) {
-                Ok(()) => Ok(()),
-                Err(Some(event)) => self.producer.push(event, &self.shared.cancel).await,
-                Err(None) => Err(SendError::ShuttingDown),
-            },
+            Prepared::Event(event) => self.enqueue(event).await,
             Prepared::Rejected(raw, reason) => self.reject(raw, reason).await,
+        }
+    }
+
+    /// Appends an event to the table's queue, waiting only if it is full.
+    async fn enqueue(&self, event: Event) -> Result<(), SendError> {
+        match self.producer.try_push(event) {
+            Ok(()) => Ok(()),
+            Err(Some(event)) => self.producer.push(event, &self.shared.cancel).await,
+            Err(None) => Err(SendError::ShuttingDown),
         }
     }
 
@@ -300,6 +310,31 @@ impl SourceContext {
     /// As [`send`](Self::send).
     pub async fn commit(&self) -> Result<(), SendError> {
         self.send(Message::Commit).await
+    }
+
+    /// Records the source's position in its input (Pathway's `_report_offset`, Bytewax's
+    /// `snapshot`): an opaque JSON value, such as a byte offset and a file identity, that
+    /// covers every message sent before it. The table keeps, per source, the last
+    /// offset included in each commit ([`Table::committed_offsets`](crate::Table::committed_offsets)),
+    /// so a restart can resume from exactly what was committed (see
+    /// [`resume_offset`](Self::resume_offset)).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::ShuttingDown`] or [`SendError::Finished`], as for
+    /// [`send`](Self::send).
+    pub async fn report_offset(&self, offset: serde_json::Value) -> Result<(), SendError> {
+        self.check_open()?;
+        self.enqueue(Event::Offset(self.shared.name.clone(), offset))
+            .await
+    }
+
+    /// Where the source should resume: the offset given to
+    /// [`Reader::resume_from`](crate::Reader::resume_from), typically one that
+    /// [`Table::committed_offsets`](crate::Table::committed_offsets) returned before a
+    /// restart. `None` means start from the beginning.
+    pub fn resume_offset(&self) -> Option<&serde_json::Value> {
+        self.shared.resume.as_ref()
     }
 
     /// Completes when the pipeline starts shutting down. `select!` on it around long

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,8 +18,9 @@ type Rows = indexmap::IndexMap<Key, Slot, foldhash::fast::RandomState>;
 use crate::pipeline::PipelineShared;
 use crate::row::{Key, Row};
 use crate::schema::Schema;
+use crate::sink::Sink;
 use crate::source::Event;
-use crate::subscribe::Subscriber;
+use crate::subscribe::{Subscriber, panic_message};
 
 /// A live, keyed, in-memory table fed by a source.
 ///
@@ -50,6 +51,8 @@ struct TableState {
     touched: Vec<(usize, Option<Row>)>,
     /// Rows appended under generated keys so far.
     generated: u64,
+    /// Per source, the last offset reported within a commit.
+    offsets: std::collections::BTreeMap<Arc<str>, serde_json::Value>,
     time: Option<Time>,
     subscribers: Vec<mpsc::Sender<ChangeBatch>>,
     closed: bool,
@@ -67,8 +70,7 @@ pub(crate) struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TableStats {
-    /// Messages from the table's sources (rows, deletes and commits) that reached a
-    /// commit.
+    /// Rows and deletes from the table's sources that reached a commit.
     pub messages: u64,
     /// Messages rejected as bad input.
     pub rejected: u64,
@@ -132,6 +134,7 @@ impl Table {
                     applied: 0,
                     touched: Vec::new(),
                     generated: 0,
+                    offsets: std::collections::BTreeMap::new(),
                     time: None,
                     subscribers: Vec::new(),
                     closed: false,
@@ -190,6 +193,18 @@ impl Table {
         }
     }
 
+    /// Per source, the last offset it [reported](crate::SourceContext::report_offset)
+    /// before the last commit, sorted by source name. Every message sent before that
+    /// offset is in the table; resuming from it re-reads nothing that was committed.
+    pub fn committed_offsets(&self) -> Vec<(String, serde_json::Value)> {
+        let state = self.shared.read();
+        state
+            .offsets
+            .iter()
+            .map(|(source, offset)| (source.to_string(), offset.clone()))
+            .collect()
+    }
+
     /// Counts of messages, rejections, commits and changes so far.
     pub fn stats(&self) -> TableStats {
         let counters = &self.shared.stats;
@@ -228,7 +243,7 @@ impl Table {
                 })
                 .collect();
             // A non-empty table has had a commit.
-            ChangeBatch::new(state.time.unwrap_or(Time::new(0)), changes)
+            ChangeBatch::new(self.shared.schema, state.time.unwrap_or(Time::new(0)), changes)
         });
         if !state.closed {
             state.subscribers.push(sender);
@@ -257,6 +272,47 @@ impl Table {
         let pipeline = self.shared.pipeline.clone();
         let table = self.shared.name.clone();
         let task = tokio::spawn(subscriber.run(changes, table, pipeline.clone()));
+        pipeline.track_subscriber(task);
+    }
+}
+
+impl Table {
+    /// Writes every commit of this table to `sink`, on a task of its own; see [`Sink`].
+    ///
+    /// The sink sees the same batches as a [`changes`](Self::changes) stream, with the
+    /// same backpressure. If it fails (or panics), the pipeline shuts down and
+    /// [`Pipeline::run`](crate::Pipeline::run) returns
+    /// [`Error::SinkFailed`](crate::Error::SinkFailed) naming it.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    #[track_caller]
+    pub fn sink(&self, name: impl Into<String>, sink: impl Sink) {
+        let name = name.into();
+        let mut changes = self.changes();
+        let pipeline = self.shared.pipeline.clone();
+        let table = self.shared.name.clone();
+        let task = tokio::spawn({
+            let pipeline = pipeline.clone();
+            async move {
+                let mut sink = sink;
+                let written = std::panic::AssertUnwindSafe(async {
+                    while let Some(batch) = changes.next().await {
+                        sink.write_batch(&batch).await?;
+                    }
+                    sink.close().await
+                })
+                .catch_unwind()
+                .await;
+                let failure = match written {
+                    Ok(Ok(())) => return,
+                    Ok(Err(cause)) => cause,
+                    Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())).into(),
+                };
+                pipeline.sink_failed(&name, &table, failure);
+            }
+        });
         pipeline.track_subscriber(task);
     }
 }
@@ -372,12 +428,10 @@ impl TableShared {
         &self,
         events: &mut Vec<Event>,
     ) -> Option<(ChangeBatch, Vec<mpsc::Sender<ChangeBatch>>)> {
-        self.stats
-            .messages
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut guard = self.write();
         let state = &mut *guard;
         state.applied += 1;
+        let mut messages = 0;
         for event in events.drain(..) {
             match event {
                 Event::Upsert(key, row) => state.set(key, Some(row)),
@@ -386,9 +440,15 @@ impl TableShared {
                     state.set(Key::generated(state.generated), Some(row));
                 }
                 Event::Delete(key) => state.set(key, None),
-                Event::Commit => {}
+                Event::Commit => continue,
+                Event::Offset(source, offset) => {
+                    state.offsets.insert(source, offset);
+                    continue;
+                }
             }
+            messages += 1;
         }
+        self.stats.messages.fetch_add(messages, Ordering::Relaxed);
         let mut retractions = Vec::new();
         let mut insertions = Vec::with_capacity(state.touched.len());
         let mut emptied = Vec::new();
@@ -431,7 +491,7 @@ impl TableShared {
         let time = Time::new(state.time.map_or(1, |t| t.as_u64() + 1));
         state.time = Some(time);
         retractions.append(&mut insertions);
-        let batch = ChangeBatch::new(time, retractions);
+        let batch = ChangeBatch::new(self.schema, time, retractions);
         let subscribers = state.subscribers.clone();
         drop(guard);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
