@@ -74,7 +74,7 @@ pub use parse::{Format, ParseError, Rejected};
 pub use pipeline::{Error, Pipeline, RejectedStream, ShutdownHandle, SourceFailure};
 pub use reader::{ErrorPolicy, Reader};
 pub use row::{Key, Row, RowError};
-pub use schema::{Column, Schema, SchemaError};
+pub use schema::{Column, RowType, Schema, SchemaError};
 pub use sink::Sink;
 pub use source::{
     BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,

@@ -287,6 +287,15 @@ impl fmt::Debug for Schema {
     }
 }
 
+/// A Rust type whose values are rows of a known schema: derive it with
+/// `#[derive(intake::RowType)]` on a struct (each field a column), then read with
+/// `Reader::json(T::schema())`, send with [`SourceContext::next`](crate::SourceContext::next)
+/// and read rows back with [`Row::deserialize`](crate::Row::deserialize).
+pub trait RowType {
+    /// The schema of rows of this type.
+    fn schema() -> Schema;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

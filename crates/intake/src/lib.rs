@@ -39,6 +39,46 @@
 
 pub use intake_core::*;
 
+/// Derives [`RowType`] for a struct: each field a column, `Option` fields nullable,
+/// `#[intake(primary_key)]`, `#[intake(default = ...)]`, `#[intake(type = "...")]` and
+/// `#[intake(rename = "...")]` on fields.
+///
+/// # Examples
+///
+/// ```
+/// use intake::{Pipeline, Reader, RowType, SourceContext, source_fn};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, RowType, Debug, PartialEq)]
+/// struct Aggregate {
+///     #[intake(primary_key)]
+///     sym: String,
+///     #[serde(rename = "c")]
+///     #[intake(rename = "c")]
+///     close: f64,
+///     #[intake(default = 0)]
+///     volume: i64,
+///     note: Option<String>,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let source = source_fn(|ctx: SourceContext| async move {
+///     ctx.next_str(r#"{"sym": "AAPL", "c": 189.5}"#).await?;
+///     ctx.next(&Aggregate { sym: "MSFT".into(), close: 411.2, volume: 10, note: None }).await?;
+///     Ok(())
+/// });
+/// let mut pipeline = Pipeline::new();
+/// let table = pipeline.read("aggregates", source, Reader::json(Aggregate::schema()));
+/// pipeline.run().await?;
+///
+/// let aapl: Aggregate = table.get(&"AAPL".into()).unwrap().deserialize()?;
+/// assert_eq!(aapl, Aggregate { sym: "AAPL".into(), close: 189.5, volume: 0, note: None });
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "derive")]
+pub use intake_derive::RowType;
+
 #[doc = include_str!("../../../docs/custom-source.md")]
 #[cfg(doctest)]
 pub struct CustomSourceGuide;
