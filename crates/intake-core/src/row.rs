@@ -94,19 +94,14 @@ impl fmt::Debug for Key {
 
 impl fmt::Display for Key {
     /// A generated key prints as `#id`, a single value bare, several in parentheses.
+    /// Width and alignment are honoured.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            KeyRepr::Generated(id) => write!(f, "#{id}"),
-            KeyRepr::Single(value) => write!(f, "{value}"),
+            KeyRepr::Generated(id) => f.pad(&format!("#{id}")),
+            KeyRepr::Single(value) => fmt::Display::fmt(value, f),
             KeyRepr::Composite(values) => {
-                f.write_str("(")?;
-                for (i, value) in values.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{value}")?;
-                }
-                f.write_str(")")
+                let parts: Vec<String> = values.iter().map(ToString::to_string).collect();
+                f.pad(&format!("({})", parts.join(", ")))
             }
         }
     }

@@ -339,20 +339,20 @@ impl<H: Hasher> std::io::Write for HashWriter<'_, H> {
 
 impl fmt::Display for Value {
     /// Strings and bytes (when UTF-8) print bare; null prints as an empty string, which
-    /// is also what CSV expects.
+    /// is also what CSV expects. Width and alignment (`{:>8}`) are honoured.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Value::Null => Ok(()),
-            Value::Bool(b) => write!(f, "{b}"),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write!(f, "{x}"),
-            Value::String(s) => f.write_str(s),
+            Value::Null => f.pad(""),
+            Value::Bool(b) => fmt::Display::fmt(b, f),
+            Value::Int(i) => fmt::Display::fmt(i, f),
+            Value::Float(x) => fmt::Display::fmt(x, f),
+            Value::String(s) => f.pad(s),
             Value::Bytes(b) => match std::str::from_utf8(b) {
-                Ok(s) => f.write_str(s),
-                Err(_) => write!(f, "{b:?}"),
+                Ok(s) => f.pad(s),
+                Err(_) => f.pad(&format!("{b:?}")),
             },
-            Value::Json(j) => write!(f, "{j}"),
-            Value::Timestamp(t) => write!(f, "{t}"),
+            Value::Json(j) => f.pad(&j.to_string()),
+            Value::Timestamp(t) => f.pad(&t.to_string()),
         }
     }
 }
@@ -413,5 +413,14 @@ mod tests {
         assert_eq!(Value::from("a,b").to_string(), "a,b");
         assert_eq!(Value::Null.to_string(), "");
         assert_eq!(Value::from(serde_json::json!({"a": 1})).to_string(), r#"{"a":1}"#);
+        assert_eq!(
+            format!(
+                "[{:>4}|{:<3}|{:^5}]",
+                Value::Int(7),
+                Value::from("ab"),
+                Value::Null
+            ),
+            "[   7|ab |     ]"
+        );
     }
 }

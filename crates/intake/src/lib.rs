@@ -79,6 +79,10 @@ pub use intake_core::*;
 #[cfg(feature = "derive")]
 pub use intake_derive::RowType;
 
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct Readme;
+
 #[doc = include_str!("../../../docs/custom-source.md")]
 #[cfg(doctest)]
 pub struct CustomSourceGuide;
