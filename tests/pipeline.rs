@@ -964,3 +964,31 @@ async fn a_failing_sink_shuts_the_pipeline_down_and_is_named() {
     );
     assert!(stopped.load(Ordering::SeqCst), "the sources were shut down");
 }
+
+#[tokio::test]
+async fn sources_can_reject_input_themselves() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "ok")).await?;
+        ctx.reject("a,b,c,d", "line 2: expected 2 fields, found 4")
+            .await?;
+        ctx.next_str(row(2, "ok")).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "csv",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let rejected = tokio::spawn(pipeline.rejected(4).collect::<Vec<_>>());
+    pipeline.run().await.unwrap();
+    let rejected = rejected.await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(&rejected[0].raw()[..], b"a,b,c,d");
+    assert_eq!(
+        rejected[0].reason(),
+        &ParseError::Source("line 2: expected 2 fields, found 4".into())
+    );
+    assert_eq!(table.len(), 2);
+    assert_eq!(table.stats().rejected, 1);
+}

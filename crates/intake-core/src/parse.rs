@@ -96,6 +96,10 @@ pub enum ParseError {
     /// A typed message that could not be serialized.
     #[error("could not serialize the message: {0}")]
     Serialize(String),
+    /// The source found the input bad before parsing (see
+    /// [`SourceContext::reject`](crate::SourceContext::reject)).
+    #[error("{0}")]
+    Source(String),
     /// A key given to `delete` does not match the table's primary key.
     #[error("{0}")]
     InvalidKey(String),

@@ -219,7 +219,7 @@ impl SourceContext {
         // queue is full or a message is rejected.
         match self.prepare(message.into())? {
             Prepared::Event(event) => self.enqueue(event).await,
-            Prepared::Rejected(raw, reason) => self.reject(raw, reason).await,
+            Prepared::Rejected(raw, reason) => self.refuse(raw, reason).await,
         }
     }
 
@@ -285,7 +285,7 @@ impl SourceContext {
             Ok(json) => self.send(Message::Json(json)).await,
             Err(e) => {
                 self.check_open()?;
-                self.reject(Bytes::new(), ParseError::Serialize(e.to_string()))
+                self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()))
                     .await
             }
         }
@@ -310,6 +310,20 @@ impl SourceContext {
     /// As [`send`](Self::send).
     pub async fn commit(&self) -> Result<(), SendError> {
         self.send(Message::Commit).await
+    }
+
+    /// Reports input the source itself found bad, such as a CSV row with the wrong
+    /// number of fields, exactly as if the reader had refused it: under the reader's
+    /// [`ErrorPolicy`], with `raw` (the input as it arrived) and `reason`
+    /// ([`ParseError::Source`]). Valid messages around it are unaffected.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send): under [`ErrorPolicy::Fail`] this returns
+    /// [`SendError::Rejected`] and fails the pipeline.
+    pub async fn reject(&self, raw: impl Into<Bytes>, reason: impl Into<String>) -> Result<(), SendError> {
+        self.check_open()?;
+        self.refuse(raw.into(), ParseError::Source(reason.into())).await
     }
 
     /// Records the source's position in its input (Pathway's `_report_offset`, Bytewax's
@@ -374,7 +388,7 @@ impl SourceContext {
         }
     }
 
-    async fn reject(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
+    async fn refuse(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
         let table = &self.shared.table;
         table.counters().rejected.fetch_add(1, Ordering::Relaxed);
         let rejected = Rejected::new(self.shared.name.clone(), raw, reason);
