@@ -51,7 +51,10 @@ struct ColumnSpec {
 
 fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let Data::Struct(data) = &input.data else {
-        return Err(syn::Error::new(input.span(), "RowType can only be derived for structs"));
+        return Err(syn::Error::new(
+            input.span(),
+            "RowType can only be derived for structs",
+        ));
     };
     let Fields::Named(fields) = &data.fields else {
         return Err(syn::Error::new(
@@ -116,7 +119,9 @@ fn column(field: &syn::Field) -> syn::Result<ColumnSpec> {
                 let lit = meta.value()?.parse::<LitStr>()?;
                 explicit_type = Some(named_type(&lit)?);
             } else {
-                return Err(meta.error("expected `primary_key`, `default = ...`, `type = \"...\"` or `rename = \"...\"`"));
+                return Err(meta.error(
+                    "expected `primary_key`, `default = ...`, `type = \"...\"` or `rename = \"...\"`",
+                ));
             }
             Ok(())
         })?;

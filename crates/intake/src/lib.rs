@@ -79,6 +79,10 @@ pub use intake_core::*;
 #[cfg(feature = "derive")]
 pub use intake_derive::RowType;
 
+/// File, directory and fragment sources; CSV and JSON-lines sinks.
+#[cfg(feature = "file")]
+pub use intake_file as file;
+
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct Readme;
