@@ -39,6 +39,14 @@
 
 pub use intake_core::*;
 
+/// File, directory and fragment sources; CSV and JSON-lines sinks.
+#[cfg(feature = "file")]
+pub use intake_file as file;
+
+/// The WebSocket source: protocols (Polygon built in), reconnects, heartbeats.
+#[cfg(feature = "ws")]
+pub use intake_ws as ws;
+
 /// Derives [`RowType`] for a struct: each field a column, `Option` fields nullable,
 /// `#[intake(primary_key)]`, `#[intake(default = ...)]`, `#[intake(type = "...")]` and
 /// `#[intake(rename = "...")]` on fields.
@@ -78,10 +86,6 @@ pub use intake_core::*;
 /// ```
 #[cfg(feature = "derive")]
 pub use intake_derive::RowType;
-
-/// File, directory and fragment sources; CSV and JSON-lines sinks.
-#[cfg(feature = "file")]
-pub use intake_file as file;
 
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]

@@ -1,0 +1,55 @@
+//! A WebSocket source for [intake](intake_core): connect to a `ws://` or `wss://`
+//! server, talk its protocol (handshake, authentication, subscriptions), and read its
+//! data frames into a table, reconnecting with backoff when the connection is lost.
+//!
+//! - [`WebSocketSource`]: the source, with connect timeout, headers, maximum message
+//!   size, [`Reconnect`] policy, pings and a silence deadline.
+//! - [`Protocol`]: the hook that sees every frame and can reply; [`Polygon`] (the
+//!   Polygon.io stocks feed) and [`Generic`] (send fixed messages, emit every frame)
+//!   ship ready.
+//! - [`WsStats`]: live counters, such as reconnects.
+//! - [`WsError`]: why a source stopped for good.
+//!
+//! The guide, `docs/websocket.md`, is the counterpart of Pathway's WebSocket tutorial.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use intake_core::{Column, DataType, Pipeline, Reader, Schema};
+//! use intake_ws::{Polygon, WebSocketSource};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let schema = Schema::new([
+//!     Column::new("sym", DataType::String).primary_key(),
+//!     Column::new("o", DataType::Float),
+//!     Column::new("c", DataType::Float),
+//!     Column::new("v", DataType::Int),
+//! ])?;
+//! let source = WebSocketSource::new(Polygon::DELAYED_STOCKS_URL).protocol(Polygon::new("MY-API-KEY", "A.*"));
+//!
+//! let mut pipeline = Pipeline::new();
+//! let aggregates = pipeline.read("polygon", source, Reader::json(schema));
+//! pipeline.run().await?;
+//! # let _ = aggregates;
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod error;
+mod polygon;
+mod protocol;
+mod reconnect;
+mod source;
+
+pub use error::{ProtocolError, WsError};
+pub use polygon::Polygon;
+pub use protocol::{Frame, Generic, Protocol, Replies};
+pub use reconnect::{Reconnect, WsStats};
+pub use source::{WebSocketSource, install_crypto_provider};
+
+#[doc = include_str!("../../../docs/websocket.md")]
+#[cfg(doctest)]
+pub struct WebSocketGuide;

@@ -1,0 +1,245 @@
+//! The protocol hook: what the source says to the server, and what becomes a message.
+
+use bytes::Bytes;
+use intake_core::Message;
+use tokio_tungstenite::tungstenite;
+
+use crate::error::ProtocolError;
+
+/// A data frame received from the server: a whole message, reassembled from its
+/// fragments, text or binary. Pings, pongs and close frames are handled by the source
+/// and never reach the protocol.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    data: Bytes,
+    text: bool,
+}
+
+impl Frame {
+    /// A text frame. `text` is UTF-8 (the WebSocket layer has checked it).
+    pub fn text(text: impl Into<String>) -> Self {
+        Frame {
+            data: Bytes::from(text.into()),
+            text: true,
+        }
+    }
+
+    /// A binary frame.
+    pub fn binary(data: impl Into<Bytes>) -> Self {
+        Frame {
+            data: data.into(),
+            text: false,
+        }
+    }
+
+    /// Whether this is a text frame.
+    pub fn is_text(&self) -> bool {
+        self.text
+    }
+
+    /// The text of a text frame; `None` for a binary frame.
+    pub fn as_str(&self) -> Option<&str> {
+        if self.text {
+            std::str::from_utf8(&self.data).ok()
+        } else {
+            None
+        }
+    }
+
+    /// The frame's payload.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The frame's payload, taken.
+    pub fn into_bytes(self) -> Bytes {
+        self.data
+    }
+
+    /// The payload parsed as JSON (text and binary frames alike).
+    ///
+    /// # Errors
+    ///
+    /// If the payload is not valid JSON for `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
+
+    pub(crate) fn from_tungstenite(message: tungstenite::Message) -> Option<Self> {
+        match message {
+            tungstenite::Message::Text(text) => Some(Frame {
+                data: Bytes::from(text),
+                text: true,
+            }),
+            tungstenite::Message::Binary(data) => Some(Frame { data, text: false }),
+            _ => None,
+        }
+    }
+}
+
+/// Messages a [`Protocol`] sends to the server. They are sent in order, right after
+/// the hook that queued them returns.
+#[derive(Debug, Default)]
+pub struct Replies {
+    queued: Vec<tungstenite::Message>,
+}
+
+impl Replies {
+    /// Queues a text message.
+    pub fn text(&mut self, text: impl Into<String>) {
+        self.queued.push(tungstenite::Message::text(text.into()));
+    }
+
+    /// Queues a value serialized as a JSON text message, such as
+    /// `json!({"action": "auth", "params": key})`.
+    pub fn json<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(text) => self.text(text),
+            // Serializing to a string fails only for maps with non-string keys, a bug
+            // in the protocol: sending nothing would hang the handshake silently.
+            Err(e) => tracing::error!(error = %e, "a protocol reply could not be serialized; not sent"),
+        }
+    }
+
+    /// Queues a binary message.
+    pub fn binary(&mut self, data: impl Into<Bytes>) {
+        self.queued.push(tungstenite::Message::Binary(data.into()));
+    }
+
+    /// How many messages are queued.
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<tungstenite::Message> {
+        std::mem::take(&mut self.queued)
+    }
+}
+
+/// The conversation with a WebSocket server: the handshake it needs and which frames
+/// become table messages.
+///
+/// The source calls [`on_connect`](Self::on_connect) after every successful
+/// connection (the first and each reconnect), so a protocol that answers the server
+/// step by step replays the whole handshake (authentication, every subscription)
+/// each time. Then [`on_message`](Self::on_message) sees every data frame, in order.
+/// Replies queued in either hook are sent as soon as the hook returns.
+///
+/// # Examples
+///
+/// The Polygon handshake, written by hand (the crate ships it as
+/// [`Polygon`](crate::Polygon)):
+///
+/// ```
+/// use intake_core::Message;
+/// use intake_ws::{Frame, Protocol, ProtocolError, Replies};
+/// use serde_json::{json, Value};
+///
+/// struct Stocks { key: String, params: String }
+///
+/// impl Protocol for Stocks {
+///     fn on_message(&mut self, frame: Frame, replies: &mut Replies) -> Result<Vec<Message>, ProtocolError> {
+///         let events: Vec<Value> = frame.json().map_err(|e| ProtocolError::reconnect(e.to_string()))?;
+///         let mut rows = Vec::new();
+///         for event in events {
+///             match (event["ev"].as_str(), event["status"].as_str()) {
+///                 (Some("status"), Some("connected")) => replies.json(&json!({"action": "auth", "params": self.key})),
+///                 (Some("status"), Some("auth_success")) => replies.json(&json!({"action": "subscribe", "params": self.params})),
+///                 (Some("status"), Some("auth_failed")) => return Err(ProtocolError::fatal("authentication failed")),
+///                 (Some("A"), _) => rows.push(Message::Json(event)),
+///                 _ => {}
+///             }
+///         }
+///         Ok(rows)
+///     }
+/// }
+/// ```
+pub trait Protocol: Send + 'static {
+    /// Called once the connection is open, before any frame is read. Queue the
+    /// messages the server expects first. The default sends nothing.
+    ///
+    /// # Errors
+    ///
+    /// A [fatal](ProtocolError::fatal) error stops the source; any other drops the
+    /// connection and reconnects.
+    fn on_connect(&mut self, replies: &mut Replies) -> Result<(), ProtocolError> {
+        let _ = replies;
+        Ok(())
+    }
+
+    /// Called for every data frame. Returns the messages to send to the table, in
+    /// order (often none, for control frames of the protocol).
+    ///
+    /// # Errors
+    ///
+    /// As [`on_connect`](Self::on_connect).
+    fn on_message(&mut self, frame: Frame, replies: &mut Replies) -> Result<Vec<Message>, ProtocolError>;
+}
+
+/// A protocol for servers that need no conversation: it sends a fixed list of
+/// messages after every connect (such as a subscription) and emits every data frame
+/// as it is.
+///
+/// Frames become [`Message::Bytes`], parsed by the reader's format. With
+/// [`split_arrays`](Self::split_arrays), a frame holding a JSON array becomes one
+/// message per element instead.
+///
+/// # Examples
+///
+/// ```
+/// use intake_ws::{Generic, WebSocketSource};
+///
+/// let source = WebSocketSource::new("wss://stream.example.com/feed")
+///     .protocol(Generic::new().send_on_connect(r#"{"op": "subscribe", "channel": "trades"}"#).split_arrays(true));
+/// # let _ = source;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Generic {
+    on_connect: Vec<String>,
+    split_arrays: bool,
+}
+
+impl Generic {
+    /// Sends nothing and emits each frame as one message.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a text message to send after every connect, in the order added.
+    pub fn send_on_connect(mut self, message: impl Into<String>) -> Self {
+        self.on_connect.push(message.into());
+        self
+    }
+
+    /// Whether a frame holding a JSON array becomes one message per element (default:
+    /// no). Frames that are not JSON arrays are emitted whole either way.
+    pub fn split_arrays(mut self, split: bool) -> Self {
+        self.split_arrays = split;
+        self
+    }
+}
+
+impl Protocol for Generic {
+    fn on_connect(&mut self, replies: &mut Replies) -> Result<(), ProtocolError> {
+        for message in &self.on_connect {
+            replies.text(message.clone());
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, frame: Frame, _replies: &mut Replies) -> Result<Vec<Message>, ProtocolError> {
+        if self.split_arrays
+            && frame.as_bytes().trim_ascii_start().first() == Some(&b'[')
+            && let Ok(items) = frame.json::<Vec<serde_json::Value>>()
+        {
+            return Ok(items.into_iter().map(Message::Json).collect());
+        }
+        Ok(vec![Message::Bytes(frame.into_bytes())])
+    }
+}

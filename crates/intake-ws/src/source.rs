@@ -1,0 +1,613 @@
+//! The WebSocket source: connects, runs the protocol, reconnects.
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use intake_core::{BoxError, Source, SourceContext};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Error as TungsteniteError};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::WsError;
+use crate::protocol::{Frame, Generic, Protocol, Replies};
+use crate::reconnect::{Reconnect, WsStats};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long closing a connection politely may take before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Installs rustls' ring crypto provider as the process default, once. Without a
+/// default provider, rustls panics at the first `wss://` connect; if the application
+/// installed one already, that one is kept.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // Err means a provider is installed already, which is what we need.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A source that reads a WebSocket server into a table: connects (`ws://` or
+/// `wss://`), talks the server's [`Protocol`], and reconnects with backoff when the
+/// connection is lost, replaying the handshake.
+///
+/// Liveness: pings from the server are answered at once, even while the table
+/// applies backpressure (frames are read ahead, up to
+/// [`read_ahead`](Self::read_ahead) bytes, by a task of their own); the source can
+/// send pings of its own ([`ping_interval`](Self::ping_interval)) and treats a
+/// connection on which nothing arrives for [`silence_timeout`](Self::silence_timeout)
+/// as dead, and reconnects.
+///
+/// Close codes from the server: 1008 (policy violation) stops the source with
+/// [`WsError::PolicyViolation`]; 1000 (normal) reconnects unless
+/// [`reconnect_on_normal_close(false)`](Self::reconnect_on_normal_close), in which
+/// case the source ends; every other code (1001 going away, 1011 server error, …)
+/// reconnects. HTTP 401 or 403 on the upgrade stops the source with
+/// [`WsError::Unauthorized`].
+///
+/// On shutdown the source sends a close frame (1000) and waits up to a second for
+/// the server's reply.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use intake_core::{Column, DataType, Pipeline, Reader, Schema};
+/// use intake_ws::{Polygon, Reconnect, WebSocketSource};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::new([
+///     Column::new("sym", DataType::String).primary_key(),
+///     Column::new("c", DataType::Float),
+///     Column::new("v", DataType::Int),
+/// ])?;
+/// let source = WebSocketSource::new(Polygon::DELAYED_STOCKS_URL)
+///     .protocol(Polygon::new(std::env::var("POLYGON_API_KEY")?, "A.*"))
+///     .connect_timeout(Duration::from_secs(10))
+///     .silence_timeout(Duration::from_secs(60))
+///     .reconnect(Reconnect::default().max_retries(10));
+/// let stats = source.stats();
+///
+/// let mut pipeline = Pipeline::new();
+/// let aggregates = pipeline.read("polygon", source, Reader::json(schema));
+/// pipeline.run().await?;
+/// println!("{} symbols, {} reconnects", aggregates.len(), stats.reconnects());
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a source does nothing until a pipeline runs it"]
+pub struct WebSocketSource {
+    url: String,
+    protocol: Box<dyn Protocol>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    connect_timeout: Duration,
+    max_message_size: Option<usize>,
+    reconnect: Reconnect,
+    ping_interval: Option<Duration>,
+    silence_timeout: Option<Duration>,
+    reconnect_on_normal_close: bool,
+    read_ahead: usize,
+    stats: Arc<WsStats>,
+    stop: Option<CancellationToken>,
+}
+
+impl std::fmt::Debug for WebSocketSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketSource")
+            .field("url", &self.url)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("reconnect", &self.reconnect)
+            .field("ping_interval", &self.ping_interval)
+            .field("silence_timeout", &self.silence_timeout)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a connection ended, as far as reconnecting goes.
+enum SessionEnd {
+    /// The pipeline is shutting down.
+    Cancelled,
+    /// The server closed with 1000.
+    NormalClose(String),
+    /// Anything to reconnect after.
+    Lost(String),
+}
+
+/// Why connecting failed.
+enum ConnectError {
+    Fatal(WsError),
+    Retry(String),
+}
+
+impl WebSocketSource {
+    /// Default for [`connect_timeout`](Self::connect_timeout).
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default for [`read_ahead`](Self::read_ahead).
+    pub const DEFAULT_READ_AHEAD: usize = 4 << 20;
+
+    /// A source reading `url` (`ws://…` or `wss://…`) with the [`Generic`] protocol
+    /// until [`protocol`](Self::protocol) sets another.
+    pub fn new(url: impl Into<String>) -> Self {
+        WebSocketSource {
+            url: url.into(),
+            protocol: Box::new(Generic::new()),
+            headers: Vec::new(),
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            max_message_size: None,
+            reconnect: Reconnect::default(),
+            ping_interval: None,
+            silence_timeout: None,
+            reconnect_on_normal_close: true,
+            read_ahead: Self::DEFAULT_READ_AHEAD,
+            stats: Arc::default(),
+            stop: None,
+        }
+    }
+
+    /// The conversation with the server; see [`Protocol`], [`Polygon`](crate::Polygon)
+    /// and [`Generic`].
+    pub fn protocol(mut self, protocol: impl Protocol) -> Self {
+        self.protocol = Box::new(protocol);
+        self
+    }
+
+    /// Adds a header to the HTTP upgrade request, such as `Authorization`.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid header name or `value` not a valid header value.
+    #[track_caller]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let name = HeaderName::try_from(name).unwrap_or_else(|e| panic!("invalid header name `{name}`: {e}"));
+        let value =
+            HeaderValue::try_from(value).unwrap_or_else(|e| panic!("invalid value for header `{name}`: {e}"));
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The longest a connection attempt (TCP, TLS and the upgrade) may take; a
+    /// timed-out attempt is retried. Default: 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest message (and frame) accepted. A larger one drops the connection,
+    /// which is then made again. Default: tungstenite's, 64 MiB messages and 16 MiB
+    /// frames.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// The reconnect policy. Default: [`Reconnect::default`].
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Sends a ping every `interval`, so that a connection through idle proxies stays
+    /// up and (with a [`silence_timeout`](Self::silence_timeout)) a dead one is
+    /// noticed. Default: no pings.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = Some(interval);
+        self
+    }
+
+    /// Treats the connection as dead, and reconnects, when nothing at all (data, ping
+    /// or pong) arrives for `timeout`. Default: no deadline.
+    pub fn silence_timeout(mut self, timeout: Duration) -> Self {
+        self.silence_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether a close frame with code 1000 (normal closure) from the server leads to
+    /// a reconnect (default: yes) or ends the source successfully.
+    pub fn reconnect_on_normal_close(mut self, reconnect: bool) -> Self {
+        self.reconnect_on_normal_close = reconnect;
+        self
+    }
+
+    /// How many bytes of frames may be read ahead of the table while it applies
+    /// backpressure. Within this budget the socket keeps being read, so pings are
+    /// answered at once; beyond it, reading pauses (and TCP pushes back on the
+    /// server). Default: 4 MiB.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is zero.
+    #[track_caller]
+    pub fn read_ahead(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "read_ahead must be at least 1 byte");
+        self.read_ahead = bytes;
+        self
+    }
+
+    /// The source's counters (connects, reconnects, frames, messages, pongs), live
+    /// while it runs.
+    pub fn stats(&self) -> Arc<WsStats> {
+        self.stats.clone()
+    }
+
+    /// Connects once. Borrows fields, not `self`: the protocol need not be `Sync`.
+    fn connect(&self) -> impl Future<Output = Result<Socket, ConnectError>> + Send + 'static {
+        let url = self.url.clone();
+        let headers = self.headers.clone();
+        let connect_timeout = self.connect_timeout;
+        let max_message_size = self.max_message_size;
+        connect(url, headers, connect_timeout, max_message_size)
+    }
+
+    /// Runs one connection until it ends. Returns how it ended and whether it was
+    /// healthy (delivered data).
+    async fn session(&mut self, socket: Socket, ctx: &SourceContext) -> Result<(SessionEnd, bool), BoxError> {
+        let stop = CancellationToken::new();
+        self.stop = Some(stop.clone());
+        // Whatever way this returns (or is dropped), the socket task stops.
+        let _stop_on_drop = stop.clone().drop_guard();
+        let (frames_tx, mut frames) = mpsc::unbounded_channel();
+        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        let budget = self.read_ahead.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+        let reader = SocketTask {
+            socket,
+            frames: frames_tx,
+            replies: replies_rx,
+            read_ahead: Arc::new(Semaphore::new(budget)),
+            budget,
+            stop: stop.clone(),
+            ping_interval: self.ping_interval,
+            silence_timeout: self.silence_timeout,
+            stats: self.stats.clone(),
+        };
+        let mut task = tokio::spawn(reader.run());
+
+        let mut replies = Replies::default();
+        let mut healthy = false;
+        let mut outcome = self.protocol.on_connect(&mut replies);
+        send_replies(&mut replies, &replies_tx);
+        while outcome.is_ok() {
+            let received = tokio::select! {
+                biased;
+                () = ctx.cancelled() => {
+                    close(stop, task).await;
+                    return Ok((SessionEnd::Cancelled, healthy));
+                }
+                received = frames.recv() => received,
+            };
+            let Some((frame, permit)) = received else { break };
+            let _permit: OwnedSemaphorePermit = permit;
+            WsStats::add(&self.stats.frames, 1);
+            match self.protocol.on_message(frame, &mut replies) {
+                Ok(messages) => {
+                    send_replies(&mut replies, &replies_tx);
+                    if !messages.is_empty() {
+                        healthy = true;
+                        WsStats::add(&self.stats.messages, messages.len() as u64);
+                    }
+                    for message in messages {
+                        ctx.send(message).await?;
+                    }
+                }
+                Err(e) => outcome = Err(e),
+            }
+        }
+        if let Err(error) = outcome {
+            close(stop, task).await;
+            if error.is_fatal() {
+                return Err(WsError::Protocol(error.message().to_owned()).into());
+            }
+            return Ok((SessionEnd::Lost(error.message().to_owned()), healthy));
+        }
+        // The socket task ended and every frame it read was processed.
+        let end = match (&mut task).await {
+            Ok(end) => end,
+            Err(e) => SocketEnd::Failed(format!("the socket task failed: {e}")),
+        };
+        let end = match end {
+            SocketEnd::Stopped => SessionEnd::Cancelled,
+            SocketEnd::Closed(None) => SessionEnd::Lost("the server closed the connection".into()),
+            SocketEnd::Closed(Some(frame)) => match frame.code {
+                CloseCode::Policy => {
+                    return Err(WsError::PolicyViolation {
+                        reason: frame.reason.to_string(),
+                    }
+                    .into());
+                }
+                CloseCode::Normal => SessionEnd::NormalClose(format!(
+                    "the server closed the connection normally (1000): {}",
+                    frame.reason
+                )),
+                code => SessionEnd::Lost(format!(
+                    "the server closed the connection with code {}: {}",
+                    u16::from(code),
+                    frame.reason
+                )),
+            },
+            SocketEnd::Failed(error) => SessionEnd::Lost(error),
+            SocketEnd::Silent(timeout) => SessionEnd::Lost(format!(
+                "nothing received for {timeout:?}; the connection is treated as dead"
+            )),
+        };
+        Ok((end, healthy))
+    }
+}
+
+async fn connect(
+    url: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    connect_timeout: Duration,
+    max_message_size: Option<usize>,
+) -> Result<Socket, ConnectError> {
+    if url.starts_with("wss:") {
+        install_crypto_provider();
+    }
+    let invalid = |reason: String| {
+        ConnectError::Fatal(WsError::InvalidUrl {
+            url: url.clone(),
+            reason,
+        })
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| invalid(e.to_string()))?;
+    for (name, value) in &headers {
+        request.headers_mut().append(name.clone(), value.clone());
+    }
+    let mut config = WebSocketConfig::default();
+    if let Some(max) = max_message_size {
+        config = config.max_message_size(Some(max)).max_frame_size(Some(max));
+    }
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None);
+    match tokio::time::timeout(connect_timeout, connecting).await {
+        Err(_) => Err(ConnectError::Retry(format!(
+            "connecting timed out after {connect_timeout:?}"
+        ))),
+        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(TungsteniteError::Http(response))) => match response.status().as_u16() {
+            status @ (401 | 403) => Err(ConnectError::Fatal(WsError::Unauthorized { status })),
+            status => Err(ConnectError::Retry(format!(
+                "the server refused the WebSocket upgrade with HTTP {status}"
+            ))),
+        },
+        Ok(Err(TungsteniteError::Url(e))) => Err(invalid(e.to_string())),
+        Ok(Err(e)) => Err(ConnectError::Retry(format!("connecting failed: {e}"))),
+    }
+}
+
+fn send_replies(replies: &mut Replies, to: &mpsc::UnboundedSender<tungstenite::Message>) {
+    for reply in replies.take() {
+        // A closed channel means the socket is gone; the session notices that next.
+        let _ = to.send(reply);
+    }
+}
+
+/// Stops the socket task, which closes the connection politely.
+async fn close(stop: CancellationToken, task: tokio::task::JoinHandle<SocketEnd>) {
+    stop.cancel();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, task).await;
+}
+
+#[async_trait]
+impl Source for WebSocketSource {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        let mut backoff = self.reconnect.backoff();
+        let mut failures = 0usize;
+        loop {
+            let attempt = tokio::select! {
+                attempt = self.connect() => attempt,
+                () = ctx.cancelled() => return Ok(()),
+            };
+            let last_error = match attempt {
+                Err(ConnectError::Fatal(error)) => return Err(error.into()),
+                Err(ConnectError::Retry(error)) => error,
+                Ok(socket) => {
+                    WsStats::add(&self.stats.connects, 1);
+                    tracing::debug!(source = ctx.name(), url = %self.url, "WebSocket connected");
+                    let connected_at = Instant::now();
+                    let (end, delivered) = self.session(socket, &ctx).await?;
+                    if delivered || connected_at.elapsed() >= self.reconnect.healthy_duration() {
+                        backoff = self.reconnect.backoff();
+                        failures = 0;
+                    }
+                    match end {
+                        SessionEnd::Cancelled => return Ok(()),
+                        SessionEnd::NormalClose(reason) if !self.reconnect_on_normal_close => {
+                            tracing::info!(source = ctx.name(), %reason, "WebSocket closed; source ends");
+                            return Ok(());
+                        }
+                        SessionEnd::NormalClose(error) | SessionEnd::Lost(error) => error,
+                    }
+                }
+            };
+            failures += 1;
+            let Some(delay) = backoff.next() else {
+                return Err(WsError::GaveUp {
+                    attempts: failures,
+                    last_error,
+                }
+                .into());
+            };
+            WsStats::add(&self.stats.reconnects, 1);
+            tracing::warn!(
+                source = ctx.name(),
+                url = %self.url,
+                error = %last_error,
+                attempt = failures,
+                delay_ms = delay.as_millis() as u64,
+                "WebSocket connection lost; reconnecting"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = ctx.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    async fn on_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+    }
+}
+
+/// How the socket task ended.
+enum SocketEnd {
+    /// Stopped by the session (shutdown or a protocol error); closed politely.
+    Stopped,
+    /// The server sent a close frame (or ended the stream).
+    Closed(Option<CloseFrame>),
+    /// Reading or writing failed.
+    Failed(String),
+    /// Nothing arrived within the silence timeout.
+    Silent(Duration),
+}
+
+/// Owns the socket: reads frames ahead of the table, answers pings, sends replies
+/// and pings, and watches the silence deadline.
+struct SocketTask {
+    socket: Socket,
+    frames: mpsc::UnboundedSender<(Frame, OwnedSemaphorePermit)>,
+    replies: mpsc::UnboundedReceiver<tungstenite::Message>,
+    read_ahead: Arc<Semaphore>,
+    budget: usize,
+    stop: CancellationToken,
+    ping_interval: Option<Duration>,
+    silence_timeout: Option<Duration>,
+    stats: Arc<WsStats>,
+}
+
+impl SocketTask {
+    async fn run(mut self) -> SocketEnd {
+        let end = self.read_loop().await;
+        match &end {
+            SocketEnd::Stopped => {
+                let polite = async {
+                    let frame = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "client shutting down".into(),
+                    };
+                    let _ = self.socket.close(Some(frame)).await;
+                    // Wait for the server's close frame, which ends the stream.
+                    while let Some(Ok(_)) = self.socket.next().await {}
+                };
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, polite).await;
+            }
+            SocketEnd::Closed(_) => {
+                // Sends the close reply tungstenite queued.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.close(None)).await;
+            }
+            SocketEnd::Failed(_) | SocketEnd::Silent(_) => {}
+        }
+        end
+    }
+
+    async fn read_loop(&mut self) -> SocketEnd {
+        let far_future = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let silence = tokio::time::sleep_until(match self.silence_timeout {
+            Some(timeout) => Instant::now() + timeout,
+            None => far_future(),
+        });
+        tokio::pin!(silence);
+        let mut pings = self.ping_interval.map(|period| {
+            let mut pings = tokio::time::interval_at(Instant::now() + period, period);
+            pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pings
+        });
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return SocketEnd::Stopped,
+                Some(reply) = self.replies.recv() => {
+                    if let Err(e) = self.socket.send(reply).await {
+                        return SocketEnd::Failed(format!("sending failed: {e}"));
+                    }
+                    continue;
+                }
+                () = next_tick(&mut pings) => {
+                    if let Err(e) = self.socket.send(tungstenite::Message::Ping(Default::default())).await {
+                        return SocketEnd::Failed(format!("sending a ping failed: {e}"));
+                    }
+                    continue;
+                }
+                () = &mut silence => {
+                    return SocketEnd::Silent(self.silence_timeout.unwrap_or_default());
+                }
+                message = self.socket.next() => message,
+            };
+            if let Some(timeout) = self.silence_timeout {
+                silence.as_mut().reset(Instant::now() + timeout);
+            }
+            let message = match message {
+                None => return SocketEnd::Closed(None),
+                Some(Err(e)) => return SocketEnd::Failed(format!("reading failed: {e}")),
+                Some(Ok(message)) => message,
+            };
+            match message {
+                tungstenite::Message::Ping(_) => {
+                    // tungstenite queued the pong; send it now rather than at the next
+                    // read, which may be a while if the table is pushing back.
+                    if let Err(e) = self.socket.flush().await {
+                        return SocketEnd::Failed(format!("sending a pong failed: {e}"));
+                    }
+                    WsStats::add(&self.stats.pongs, 1);
+                }
+                tungstenite::Message::Close(frame) => return SocketEnd::Closed(frame),
+                message => {
+                    let Some(frame) = Frame::from_tungstenite(message) else {
+                        continue;
+                    };
+                    let cost = frame.as_bytes().len().clamp(1, self.budget) as u32;
+                    let permit = match self.read_ahead.clone().try_acquire_many_owned(cost) {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            // The table is behind by the whole read-ahead budget: stop
+                            // reading until it catches up.
+                            tokio::select! {
+                                () = self.stop.cancelled() => return SocketEnd::Stopped,
+                                permit = self.read_ahead.clone().acquire_many_owned(cost) => match permit {
+                                    Ok(permit) => permit,
+                                    Err(_) => return SocketEnd::Stopped,
+                                },
+                            }
+                        }
+                    };
+                    if self.frames.send((frame, permit)).is_err() {
+                        return SocketEnd::Stopped;
+                    }
+                    // Time spent waiting for the table is not silence from the server.
+                    if let Some(timeout) = self.silence_timeout {
+                        silence.as_mut().reset(Instant::now() + timeout);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next tick of `pings`, or never without pings.
+async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
+    match pings {
+        Some(pings) => {
+            pings.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

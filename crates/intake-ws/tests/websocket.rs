@@ -1,0 +1,823 @@
+//! The WebSocket source against in-process servers on 127.0.0.1.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use intake_core::{Column, DataType, Error, ErrorPolicy, Pipeline, Reader, Schema, Table};
+use intake_ws::{Generic, Polygon, Reconnect, WebSocketSource, WsError};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Serves WebSocket connections on 127.0.0.1:0; `handler` gets each connection and its
+/// index (0 for the first). Returns the URL and the number of TCP connections so far.
+async fn serve<F, Fut>(handler: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(Ws, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let handler = Arc::new(handler);
+    let connections = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let index = connections.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                    handler(ws, index).await;
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+fn aggregates_schema() -> Schema {
+    Schema::new([
+        Column::new("sym", DataType::String).primary_key(),
+        Column::new("c", DataType::Float),
+        Column::new("v", DataType::Int),
+    ])
+    .unwrap()
+}
+
+fn fast_reconnect() -> Reconnect {
+    Reconnect::default()
+        .min_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(20))
+        .max_retries(5)
+}
+
+fn aggregate(sym: &str, close: f64, volume: i64) -> Value {
+    json!({"ev": "A", "sym": sym, "v": volume, "av": volume * 10, "op": 1.0, "vw": close, "o": close,
+           "c": close, "h": close, "l": close, "a": close, "z": 1, "s": 1_700_000_000_000_i64, "e": 1_700_000_001_000_i64})
+}
+
+async fn text(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).await.unwrap();
+}
+
+/// Reads the next text message as JSON, skipping control frames.
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    while let Some(Ok(message)) = ws.next().await {
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).ok();
+        }
+    }
+    None
+}
+
+/// Server side of Polygon's handshake. Returns the subscribe params received, or
+/// `None` if the key was wrong (then `auth_failed` was sent).
+async fn polygon_handshake(ws: &mut Ws, key: &str, subscriptions: usize) -> Option<Vec<String>> {
+    text(
+        ws,
+        json!([{"ev": "status", "status": "connected", "message": "Connected Successfully"}]),
+    )
+    .await;
+    let auth = next_json(ws).await?;
+    assert_eq!(auth["action"], "auth");
+    if auth["params"] != key {
+        text(
+            ws,
+            json!([{"ev": "status", "status": "auth_failed", "message": "authentication failed"}]),
+        )
+        .await;
+        return None;
+    }
+    text(
+        ws,
+        json!([{"ev": "status", "status": "auth_success", "message": "authenticated"}]),
+    )
+    .await;
+    let mut params = Vec::new();
+    for _ in 0..subscriptions {
+        let subscribe = next_json(ws).await?;
+        assert_eq!(subscribe["action"], "subscribe");
+        params.push(subscribe["params"].as_str().unwrap().to_owned());
+    }
+    text(
+        ws,
+        json!([{"ev": "status", "status": "success", "message": "subscribed"}]),
+    )
+    .await;
+    Some(params)
+}
+
+async fn close_with(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let _ = ws
+        .close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await;
+    // Let the client's reply arrive.
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+fn price(table: &Table, sym: &str) -> Option<f64> {
+    table.get(&sym.into())?.get("c")?.as_float()
+}
+
+async fn run_with_timeout(pipeline: Pipeline) -> Result<(), Error> {
+    tokio::time::timeout(Duration::from_secs(10), pipeline.run())
+        .await
+        .expect("the pipeline did not finish")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_handshake_fills_a_table_keyed_by_sym() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let (url, _) = serve(move |mut ws, _| {
+        let record = record.clone();
+        async move {
+            let params = polygon_handshake(&mut ws, "KEY", 2).await.unwrap();
+            record.lock().unwrap().extend(params);
+            text(
+                &mut ws,
+                json!([aggregate("AAPL", 189.5, 100), aggregate("MSFT", 411.2, 50)]),
+            )
+            .await;
+            // Status-like noise and an event type not selected.
+            text(
+                &mut ws,
+                json!([{"ev": "status", "status": "something_new"}, {"ev": "XQ", "sym": "NOPE"}]),
+            )
+            .await;
+            text(&mut ws, json!([aggregate("AAPL", 189.7, 120)])).await;
+            close_with(&mut ws, CloseCode::Normal, "done").await;
+        }
+    })
+    .await;
+
+    let source = WebSocketSource::new(url)
+        .protocol(Polygon::new("KEY", "A.AAPL").subscribe("A.MSFT"))
+        .reconnect_on_normal_close(false);
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("polygon", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+
+    assert_eq!(*seen.lock().unwrap(), ["A.AAPL", "A.MSFT"]);
+    assert_eq!(table.len(), 2);
+    assert_eq!(price(&table, "AAPL"), Some(189.7));
+    assert_eq!(price(&table, "MSFT"), Some(411.2));
+    assert_eq!(stats.messages(), 3);
+    assert_eq!(stats.reconnects(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_auth_failure_stops_the_source_with_a_clear_error() {
+    let (url, connections) = serve(|mut ws, _| async move {
+        assert!(polygon_handshake(&mut ws, "RIGHT", 1).await.is_none());
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .protocol(Polygon::new("WRONG", "A.*"))
+        .reconnect(fast_reconnect());
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("polygon", source, Reader::json(aggregates_schema()));
+    let error = run_with_timeout(pipeline).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("source `polygon` failed"), "{message}");
+    assert!(message.contains("polygon authentication failed"), "{message}");
+    assert!(message.contains("check the API key"), "{message}");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "auth failure must not be retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_max_connections_is_fatal() {
+    let (url, connections) = serve(|mut ws, _| async move {
+        text(&mut ws, json!([{"ev": "status", "status": "max_connections", "message": "Maximum number of websocket connections exceeded."}])).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .protocol(Polygon::new("KEY", "A.*"))
+        .reconnect(fast_reconnect());
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("polygon", source, Reader::json(aggregates_schema()));
+    let message = run_with_timeout(pipeline).await.unwrap_err().to_string();
+    assert!(message.contains("maximum number of connections"), "{message}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_after_max_retries_without_a_healthy_connection() {
+    // Accepts, then drops every connection before any data.
+    let (url, connections) = serve(|ws, _| async move { drop(ws) }).await;
+    let source = WebSocketSource::new(url)
+        .protocol(Polygon::new("KEY", "A.*"))
+        .reconnect(fast_reconnect().max_retries(3));
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("polygon", source, Reader::json(aggregates_schema()));
+    let error = run_with_timeout(pipeline).await.unwrap_err();
+    let Error::SourcesFailed(failures) = &error else {
+        panic!("{error}")
+    };
+    let cause = failures[0].cause().downcast_ref::<WsError>().unwrap();
+    assert!(matches!(cause, WsError::GaveUp { attempts: 4, .. }), "{cause}");
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
+    assert_eq!(stats.reconnects(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reconnect_replays_auth_and_subscriptions_and_data_keeps_flowing() {
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
+    let record = handshakes.clone();
+    let (url, connections) = serve(move |mut ws, index| {
+        let record = record.clone();
+        async move {
+            let params = polygon_handshake(&mut ws, "KEY", 2).await.unwrap();
+            record.lock().unwrap().push(params);
+            text(&mut ws, json!([aggregate(&format!("S{index}"), index as f64, 1)])).await;
+            match index {
+                // Drop the TCP connection without a close frame.
+                0 => drop(ws),
+                1 => close_with(&mut ws, CloseCode::Away, "restarting").await,
+                2 => close_with(&mut ws, CloseCode::Error, "internal error").await,
+                _ => close_with(&mut ws, CloseCode::Normal, "done").await,
+            }
+        }
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .protocol(Polygon::new("KEY", "A.*").subscribe("AM.*"))
+        .reconnect(fast_reconnect().max_retries(1))
+        .reconnect_on_normal_close(false);
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("polygon", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
+    // max_retries(1) would have given up unless each data-delivering connection reset the backoff.
+    assert_eq!(stats.reconnects(), 3);
+    assert_eq!(stats.connects(), 4);
+    let handshakes = handshakes.lock().unwrap();
+    assert_eq!(handshakes.len(), 4);
+    assert!(
+        handshakes.iter().all(|params| params == &["A.*", "AM.*"]),
+        "{handshakes:?}"
+    );
+    for index in 0..4 {
+        assert_eq!(price(&table, &format!("S{index}")), Some(index as f64));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered_while_the_table_applies_backpressure() {
+    let (pong_tx, pong_rx) = tokio::sync::oneshot::channel();
+    let pong_tx = Arc::new(Mutex::new(Some(pong_tx)));
+    let client_close = Arc::new(Mutex::new(None));
+    let record_close = client_close.clone();
+    let (url, _) = serve(move |mut ws, _| {
+        let pong_tx = pong_tx.clone();
+        let record_close = record_close.clone();
+        async move {
+            for n in 0..200 {
+                text(&mut ws, json!({"sym": format!("S{n}"), "c": 1.0, "v": n})).await;
+            }
+            ws.send(Message::Ping("are you there".into())).await.unwrap();
+            let answered = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Pong(payload) = message {
+                        return &payload[..] == b"are you there";
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            if let Some(tx) = pong_tx.lock().unwrap().take() {
+                let _ = tx.send(answered);
+            }
+            if !answered {
+                // What a strict server does: give up on the client.
+                close_with(&mut ws, CloseCode::Policy, "no pong").await;
+                return;
+            }
+            // Wait for the client's close at shutdown.
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Close(frame) = message {
+                    *record_close.lock().unwrap() = frame.map(|f| f.code);
+                }
+            }
+        }
+    })
+    .await;
+
+    let source = WebSocketSource::new(url).protocol(Generic::new());
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new().shutdown_timeout(Duration::from_millis(300));
+    let reader = Reader::json(aggregates_schema())
+        .max_batch_size(1)
+        .channel_capacity(1)
+        .subscriber_capacity(1);
+    let table = pipeline.read("stalled", source, reader);
+    // A subscriber that never reads: commits wait for it, then the queue fills, then
+    // the source's sends wait.
+    let stalled = table.changes();
+    let shutdown = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+
+    let answered = tokio::time::timeout(Duration::from_secs(5), pong_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answered, "the ping was not answered within 500 ms");
+    assert!(stats.pongs() >= 1);
+    assert!(
+        stats.messages() < 200,
+        "the table was not applying backpressure: {}",
+        stats.messages()
+    );
+
+    drop(stalled);
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The source closed politely.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(*client_close.lock().unwrap(), Some(CloseCode::Normal));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_treated_as_dead_and_reconnected() {
+    let (url, connections) = serve(|mut ws, index| async move {
+        text(&mut ws, json!({"sym": format!("S{index}"), "c": 1.0, "v": 1})).await;
+        if index == 0 {
+            // Alive at the TCP level, silent at the WebSocket level.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        } else {
+            close_with(&mut ws, CloseCode::Normal, "done").await;
+        }
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .silence_timeout(Duration::from_millis(200))
+        .reconnect(fast_reconnect())
+        .reconnect_on_normal_close(false);
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("silent", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.reconnects(), 1);
+    assert_eq!(table.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pings_keep_a_quiet_connection_alive() {
+    let (url, _) = serve(|mut ws, _| async move {
+        // Quiet for longer than the silence timeout, but answering pings.
+        let quiet = tokio::time::timeout(Duration::from_millis(400), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        let _ = quiet.await;
+        text(&mut ws, json!({"sym": "S", "c": 1.0, "v": 1})).await;
+        close_with(&mut ws, CloseCode::Normal, "done").await;
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .ping_interval(Duration::from_millis(50))
+        .silence_timeout(Duration::from_millis(200))
+        .reconnect(Reconnect::never())
+        .reconnect_on_normal_close(false);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("quiet", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+    assert_eq!(table.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_skipped_and_reported_and_later_frames_still_count() {
+    let (url, _) = serve(|mut ws, _| async move {
+        text(&mut ws, json!({"sym": "A", "c": 1.0, "v": 1})).await;
+        ws.send(Message::text("{\"sym\": \"B\", \"c\": ")).await.unwrap();
+        text(&mut ws, json!({"sym": "C", "c": 3.0, "v": 3})).await;
+        close_with(&mut ws, CloseCode::Normal, "done").await;
+    })
+    .await;
+    let source = WebSocketSource::new(url).reconnect_on_normal_close(false);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "feed",
+        source,
+        Reader::json(aggregates_schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let rejected = pipeline.rejected(16);
+    run_with_timeout(pipeline).await.unwrap();
+    let rejected: Vec<_> = rejected.collect().await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].source_name(), "feed");
+    assert_eq!(&rejected[0].raw()[..], b"{\"sym\": \"B\", \"c\": ");
+    assert_eq!(table.len(), 2);
+    assert_eq!(price(&table, "C"), Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_polygon_frame_under_the_fail_policy_fails_the_pipeline() {
+    let (url, _) = serve(|mut ws, _| async move {
+        polygon_handshake(&mut ws, "KEY", 1).await.unwrap();
+        ws.send(Message::text("[{\"ev\": \"A\", oops")).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let source = WebSocketSource::new(url).protocol(Polygon::new("KEY", "A.*"));
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("polygon", source, Reader::json(aggregates_schema()));
+    let error = run_with_timeout(pipeline).await.unwrap_err();
+    assert!(matches!(error, Error::Rejected(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_fragmented_and_split_array_frames() {
+    let (url, _) = serve(|mut ws, _| async move {
+        // A binary frame.
+        ws.send(Message::binary(
+            json!({"sym": "BIN", "c": 1.0, "v": 1}).to_string(),
+        ))
+        .await
+        .unwrap();
+        // A text message in three fragments.
+        let whole = json!({"sym": "FRAG", "c": 2.0, "v": 2}).to_string();
+        let (a, rest) = whole.split_at(5);
+        let (b, c) = rest.split_at(7);
+        ws.send(Message::Frame(Frame::message(
+            a.to_owned(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(
+            b.to_owned(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await
+        .unwrap();
+        ws.send(Message::Frame(Frame::message(
+            c.to_owned(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await
+        .unwrap();
+        // An array, split into one message per element.
+        text(
+            &mut ws,
+            json!([{"sym": "X", "c": 3.0, "v": 3}, {"sym": "Y", "c": 4.0, "v": 4}]),
+        )
+        .await;
+        close_with(&mut ws, CloseCode::Normal, "done").await;
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .protocol(Generic::new().split_arrays(true))
+        .reconnect_on_normal_close(false);
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("frames", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+    assert_eq!(stats.frames(), 3);
+    assert_eq!(price(&table, "BIN"), Some(1.0));
+    assert_eq!(price(&table, "FRAG"), Some(2.0));
+    assert_eq!(price(&table, "Y"), Some(4.0));
+    assert_eq!(table.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_protocol_sends_its_messages_after_every_connect() {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let record = received.clone();
+    let (url, _) = serve(move |mut ws, index| {
+        let record = record.clone();
+        async move {
+            let first = next_json(&mut ws).await.unwrap();
+            let second = next_json(&mut ws).await.unwrap();
+            record.lock().unwrap().push((first, second));
+            text(&mut ws, json!({"sym": format!("S{index}"), "c": 1.0, "v": 1})).await;
+            let code = if index == 0 {
+                CloseCode::Away
+            } else {
+                CloseCode::Normal
+            };
+            close_with(&mut ws, code, "bye").await;
+        }
+    })
+    .await;
+    let protocol = Generic::new()
+        .send_on_connect(r#"{"op": "login"}"#)
+        .send_on_connect(r#"{"op": "subscribe"}"#);
+    let source = WebSocketSource::new(url)
+        .protocol(protocol)
+        .reconnect(fast_reconnect())
+        .reconnect_on_normal_close(false);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("generic", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 2);
+    for (first, second) in received.iter() {
+        assert_eq!(first["op"], "login");
+        assert_eq!(second["op"], "subscribe");
+    }
+    assert_eq!(table.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes_policy_is_fatal_others_reconnect() {
+    for (code, fatal) in [
+        (CloseCode::Policy, true),
+        (CloseCode::Normal, false),
+        (CloseCode::Away, false),
+        (CloseCode::Error, false),
+    ] {
+        let (url, connections) = serve(move |mut ws, index| async move {
+            text(&mut ws, json!({"sym": format!("S{index}"), "c": 1.0, "v": 1})).await;
+            if index == 0 {
+                close_with(&mut ws, code, "first").await;
+            } else {
+                // The reconnect: end the test with a normal close.
+                close_with(&mut ws, CloseCode::Normal, "done").await;
+            }
+        })
+        .await;
+        // 1000 reconnects by default; ending on the second connection needs the
+        // source to stop on 1000, so count it by reconnect instead.
+        let source = WebSocketSource::new(url).reconnect(fast_reconnect().max_retries(1));
+        let stats = source.stats();
+        let mut pipeline = Pipeline::new();
+        let table = pipeline.read("codes", source, Reader::json(aggregates_schema()));
+        let shutdown = pipeline.shutdown_handle();
+        let running = tokio::spawn(pipeline.run());
+        if fatal {
+            let error = tokio::time::timeout(Duration::from_secs(5), running)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains("policy violation (close code 1008): first"),
+                "{message}"
+            );
+            assert_eq!(connections.load(Ordering::SeqCst), 1);
+        } else {
+            // Wait for the reconnect's data, then stop.
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while table.len() < 2 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no reconnect after close code {code}"));
+            assert!(stats.reconnects() >= 1, "{code}");
+            shutdown.shutdown();
+            tokio::time::timeout(Duration::from_secs(5), running)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_close_ends_the_source_when_configured() {
+    let (url, connections) = serve(|mut ws, _| async move {
+        close_with(&mut ws, CloseCode::Normal, "bye").await;
+    })
+    .await;
+    let source = WebSocketSource::new(url).reconnect_on_normal_close(false);
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("once", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+// tungstenite's handshake callback fixes the (large) error type.
+#[allow(clippy::result_large_err)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_rejected_with_401_is_fatal_and_headers_are_sent() {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/feed", listener.local_addr().unwrap());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let seen_token = Arc::new(Mutex::new(None));
+    let (count, token) = (attempts.clone(), seen_token.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let token = token.clone();
+            tokio::spawn(async move {
+                let callback = move |request: &Request,
+                                     _response: Response|
+                      -> Result<Response, ErrorResponse> {
+                    *token.lock().unwrap() = request
+                        .headers()
+                        .get("x-api-token")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let mut refusal = ErrorResponse::new(Some("no entry".into()));
+                    *refusal.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::UNAUTHORIZED;
+                    Err(refusal)
+                };
+                let _ = tokio_tungstenite::accept_hdr_async(tcp, callback).await;
+            });
+        }
+    });
+    let source = WebSocketSource::new(url)
+        .header("X-Api-Token", "secret")
+        .reconnect(fast_reconnect());
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("guarded", source, Reader::json(aggregates_schema()));
+    let error = run_with_timeout(pipeline).await.unwrap_err();
+    let Error::SourcesFailed(failures) = &error else {
+        panic!("{error}")
+    };
+    let cause = failures[0].cause().downcast_ref::<WsError>().unwrap();
+    assert!(matches!(cause, WsError::Unauthorized { status: 401 }), "{cause}");
+    assert!(error.to_string().contains("HTTP 401"), "{error}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(seen_token.lock().unwrap().as_deref(), Some("secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_drop_the_connection_and_reconnect() {
+    let (url, connections) = serve(|mut ws, index| async move {
+        if index == 0 {
+            let padding = "x".repeat(4096);
+            let _ = ws
+                .send(Message::text(
+                    json!({"sym": "BIG", "c": 1.0, "v": 1, "pad": padding}).to_string(),
+                ))
+                .await;
+            while let Some(Ok(_)) = ws.next().await {}
+        } else {
+            text(&mut ws, json!({"sym": "SMALL", "c": 1.0, "v": 1})).await;
+            close_with(&mut ws, CloseCode::Normal, "done").await;
+        }
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .max_message_size(1024)
+        .reconnect(fast_reconnect())
+        .reconnect_on_normal_close(false);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("sized", source, Reader::json(aggregates_schema()));
+    run_with_timeout(pipeline).await.unwrap();
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert!(table.get(&"BIG".into()).is_none());
+    assert_eq!(price(&table, "SMALL"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_is_retried_then_gives_up() {
+    // Accepts TCP connections but never answers the upgrade.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let source = WebSocketSource::new(url)
+        .connect_timeout(Duration::from_millis(50))
+        .reconnect(fast_reconnect().max_retries(2));
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("slow", source, Reader::json(aggregates_schema()));
+    let message = run_with_timeout(pipeline).await.unwrap_err().to_string();
+    assert!(
+        message.contains("gave up after 3 failed connection attempts"),
+        "{message}"
+    );
+    assert!(message.contains("timed out"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_connect_installs_a_crypto_provider_instead_of_panicking() {
+    intake_ws::install_crypto_provider();
+    intake_ws::install_crypto_provider();
+    // A plain TCP server: the TLS handshake fails, which must be an error, not a panic.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("wss://localhost:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    let source = WebSocketSource::new(url).reconnect(Reconnect::never());
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("tls", source, Reader::json(aggregates_schema()));
+    let message = run_with_timeout(pipeline).await.unwrap_err().to_string();
+    assert!(
+        message.contains("gave up after 1 failed connection attempts"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_source_waiting_to_reconnect() {
+    let (url, _) = serve(|ws, _| async move { drop(ws) }).await;
+    let source = WebSocketSource::new(url).reconnect(
+        Reconnect::default()
+            .min_delay(Duration::from_secs(60))
+            .jitter(false),
+    );
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read("waiting", source, Reader::json(aggregates_schema()));
+    let shutdown = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(2), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn polygon_protocol_answers_statuses_and_selects_events() {
+    use intake_core::Message as TableMessage;
+    use intake_ws::{Frame, Protocol, Replies};
+
+    let mut polygon = Polygon::new("KEY", "A.*").subscribe("T.AAPL");
+    let mut replies = Replies::default();
+    let frame = |value: Value| Frame::text(value.to_string());
+
+    let out = polygon
+        .on_message(
+            frame(json!([{"ev": "status", "status": "connected"}])),
+            &mut replies,
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(replies.len(), 1, "auth");
+    let out = polygon
+        .on_message(
+            frame(json!([{"ev": "status", "status": "auth_success"}])),
+            &mut replies,
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(replies.len(), 3, "auth, then one subscribe per subscription");
+
+    let events = json!([{"ev": "A", "sym": "A"}, {"ev": "AM", "sym": "B"}, {"ev": "T", "sym": "C"},
+                        {"ev": "Q", "sym": "D"}, {"ev": "LULD", "sym": "E"}, {"ev": "status", "status": "brand_new"}]);
+    let out = polygon.on_message(frame(events.clone()), &mut replies).unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(matches!(&out[2], TableMessage::Json(event) if event["sym"] == "C"));
+
+    let mut trades_only = Polygon::new("KEY", "T.*").events(["T"]);
+    assert_eq!(
+        trades_only.on_message(frame(events), &mut replies).unwrap().len(),
+        1
+    );
+
+    // A frame that is not JSON goes to the reader as it is.
+    let out = polygon.on_message(Frame::text("not json"), &mut replies).unwrap();
+    assert!(matches!(&out[..], [TableMessage::Bytes(raw)] if &raw[..] == b"not json"));
+
+    for status in ["auth_failed", "max_connections", "error"] {
+        let error = polygon
+            .on_message(
+                frame(json!([{"ev": "status", "status": status, "message": "nope"}])),
+                &mut replies,
+            )
+            .unwrap_err();
+        assert!(error.is_fatal(), "{status}");
+    }
+    assert!(
+        !format!("{polygon:?}").contains("KEY"),
+        "the API key must not be logged"
+    );
+}
