@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
-use intake_core::{Column, DataType, Pipeline, Reader, Schema};
+use intake_core::{Pipeline, Reader};
 use intake_ws::{Polygon, Reconnect, WebSocketSource};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -129,16 +129,8 @@ async fn serve(tcp: tokio::net::TcpStream, frames: Vec<Utf8Bytes>) -> anyhow::Re
 }
 
 async fn through_intake(url: &str) -> anyhow::Result<f64> {
-    let schema = Schema::new([
-        Column::new("sym", DataType::String).primary_key(),
-        Column::new("o", DataType::Float),
-        Column::new("c", DataType::Float),
-        Column::new("h", DataType::Float),
-        Column::new("l", DataType::Float),
-        Column::new("v", DataType::Int),
-        Column::new("s", DataType::Int),
-        Column::new("e", DataType::Int),
-    ])?;
+    // Polygon's aggregates ("A" events), keyed by symbol; other fields are ignored.
+    let schema = Polygon::aggregates_schema();
     let source = WebSocketSource::new(url)
         .protocol(Polygon::new("bench", "A.*"))
         .reconnect(Reconnect::never())

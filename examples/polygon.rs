@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use intake_core::{Column, DataType, Pipeline, Reader, Schema, Subscriber};
+use intake_core::{Pipeline, Reader, Subscriber};
 use intake_ws::{Polygon, Reconnect, WebSocketSource};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -32,17 +32,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    // Polygon's one-second aggregates ("A" events); extra fields are ignored.
-    let schema = Schema::new([
-        Column::new("sym", DataType::String).primary_key(),
-        Column::new("o", DataType::Float),
-        Column::new("c", DataType::Float),
-        Column::new("h", DataType::Float),
-        Column::new("l", DataType::Float),
-        Column::new("v", DataType::Int),
-        Column::new("s", DataType::Int),
-        Column::new("e", DataType::Int),
-    ])?;
+    // Polygon's aggregates ("A" events), keyed by symbol; other fields are ignored.
+    let schema = Polygon::aggregates_schema();
 
     let (source, demo) = match std::env::var("POLYGON_API_KEY") {
         Ok(key) => (

@@ -1,6 +1,6 @@
 //! The Polygon.io stocks WebSocket protocol.
 
-use intake_core::Message;
+use intake_core::{Column, DataType, Message, Schema};
 use serde_json::{Value, json};
 
 use crate::error::ProtocolError;
@@ -46,6 +46,32 @@ impl Polygon {
     pub const DELAYED_STOCKS_URL: &'static str = "wss://delayed.polygon.io/stocks";
     /// Polygon's real-time stocks feed.
     pub const STOCKS_URL: &'static str = "wss://socket.polygon.io/stocks";
+
+    /// The schema of aggregate events (`A` per second, `AM` per minute), keyed by
+    /// symbol so that the table holds each symbol's latest bar: `sym`, `o`, `c`, `h`,
+    /// `l` (prices), `v` (volume), `s` and `e` (start and end, in Unix milliseconds).
+    /// Polygon's other fields (`vw`, `av`, `op`, `a`, `z`, ...) are ignored; add
+    /// columns for the ones you need.
+    ///
+    /// # Panics
+    ///
+    /// Never: the schema is fixed and valid.
+    pub fn aggregates_schema() -> Schema {
+        let columns = [
+            Column::new("sym", DataType::String).primary_key(),
+            Column::new("o", DataType::Float),
+            Column::new("c", DataType::Float),
+            Column::new("h", DataType::Float),
+            Column::new("l", DataType::Float),
+            Column::new("v", DataType::Int),
+            Column::new("s", DataType::Timestamp),
+            Column::new("e", DataType::Timestamp),
+        ];
+        match Schema::new(columns) {
+            Ok(schema) => schema,
+            Err(error) => unreachable!("the aggregates schema is valid: {error}"),
+        }
+    }
 
     /// Authenticates with `api_key` and subscribes to `params`, such as `A.*` or
     /// `AM.AAPL,AM.MSFT`.
