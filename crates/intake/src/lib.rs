@@ -8,8 +8,10 @@
 //! they are enabled by cargo features (`full` enables all of them).
 //!
 //! Guides: `docs/custom-source.md` (writing a source, the counterpart of Pathway's
-//! custom Python connectors) and `docs/architecture.md` (the data flow and the
-//! semantics it keeps).
+//! custom Python connectors), `docs/websocket.md` (consuming a WebSocket feed such as
+//! Polygon; feature `ws`), `docs/files.md` (files, directories, fragments and file
+//! sinks; feature `file`) and `docs/architecture.md` (the data flow and the semantics
+//! it keeps).
 //!
 //! # Example
 //!
