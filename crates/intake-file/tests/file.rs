@@ -201,6 +201,24 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Follows the raw lines of `path` into a table, committing every 5 ms; returns the
+/// table, a shutdown handle and the running pipeline.
+fn follow(
+    path: &Path,
+    poll_interval: Duration,
+) -> (
+    Table,
+    intake_core::ShutdownHandle,
+    tokio::task::JoinHandle<Result<(), intake_core::Error>>,
+) {
+    let mut pipeline = Pipeline::new();
+    let source = FileSource::raw(path).follow(true).poll_interval(poll_interval);
+    let reader = Reader::raw().autocommit_duration(Duration::from_millis(5));
+    let table = pipeline.read("log", source, reader);
+    let shutdown = pipeline.shutdown_handle();
+    (table, shutdown, tokio::spawn(pipeline.run()))
+}
+
 fn append(path: &Path, text: &str) {
     let mut file = OpenOptions::new().append(true).create(true).open(path).unwrap();
     file.write_all(text.as_bytes()).unwrap();
@@ -212,17 +230,7 @@ async fn follow_mode_through_append_partial_line_truncation_and_rotation() {
     let path = dir.path().join("app.log");
     append(&path, "a\nb\n");
 
-    let mut pipeline = Pipeline::new();
-    let source = FileSource::raw(&path)
-        .follow(true)
-        .poll_interval(Duration::from_millis(50));
-    let table = pipeline.read(
-        "log",
-        source,
-        Reader::raw().autocommit_duration(Duration::from_millis(5)),
-    );
-    let shutdown = pipeline.shutdown_handle();
-    let running = tokio::spawn(pipeline.run());
+    let (table, shutdown, running) = follow(&path, Duration::from_millis(50));
 
     eventually("the first lines", || table.len() == 2).await;
 
@@ -262,17 +270,7 @@ async fn follow_mode_through_append_partial_line_truncation_and_rotation() {
 async fn follow_mode_waits_for_the_file_to_appear() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("later.log");
-    let mut pipeline = Pipeline::new();
-    let source = FileSource::raw(&path)
-        .follow(true)
-        .poll_interval(Duration::from_millis(20));
-    let table = pipeline.read(
-        "log",
-        source,
-        Reader::raw().autocommit_duration(Duration::from_millis(5)),
-    );
-    let shutdown = pipeline.shutdown_handle();
-    let running = tokio::spawn(pipeline.run());
+    let (table, shutdown, running) = follow(&path, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(50)).await;
     append(&path, "hello\n");
     eventually("the line of the new file", || table.len() == 1).await;
@@ -362,18 +360,8 @@ async fn follow_mode_is_woken_by_notifications_not_polling() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.log");
     append(&path, "a\n");
-    let mut pipeline = Pipeline::new();
     // With a poll interval this long, only a file-system notification can wake it.
-    let source = FileSource::raw(&path)
-        .follow(true)
-        .poll_interval(Duration::from_secs(60));
-    let table = pipeline.read(
-        "log",
-        source,
-        Reader::raw().autocommit_duration(Duration::from_millis(5)),
-    );
-    let shutdown = pipeline.shutdown_handle();
-    let running = tokio::spawn(pipeline.run());
+    let (table, shutdown, running) = follow(&path, Duration::from_secs(60));
     eventually("the first line", || table.len() == 1).await;
     let started = Instant::now();
     append(&path, "b\n");

@@ -469,27 +469,14 @@ async fn binary_fragmented_and_split_array_frames() {
         let whole = json!({"sym": "FRAG", "c": 2.0, "v": 2}).to_string();
         let (a, rest) = whole.split_at(5);
         let (b, c) = rest.split_at(7);
-        ws.send(Message::Frame(Frame::message(
-            a.to_owned(),
-            OpCode::Data(Data::Text),
-            false,
-        )))
-        .await
-        .unwrap();
-        ws.send(Message::Frame(Frame::message(
-            b.to_owned(),
-            OpCode::Data(Data::Continue),
-            false,
-        )))
-        .await
-        .unwrap();
-        ws.send(Message::Frame(Frame::message(
-            c.to_owned(),
-            OpCode::Data(Data::Continue),
-            true,
-        )))
-        .await
-        .unwrap();
+        for (part, opcode, fin) in [
+            (a, Data::Text, false),
+            (b, Data::Continue, false),
+            (c, Data::Continue, true),
+        ] {
+            let frame = Frame::message(part.to_owned(), OpCode::Data(opcode), fin);
+            ws.send(Message::Frame(frame)).await.unwrap();
+        }
         // An array, split into one message per element.
         text(
             &mut ws,
