@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use intake::{
     BoxError, ChangeBatch, Column, DataType, Error, ErrorPolicy, Key, ParseError, Pipeline, Reader, Schema,
-    SendError, Source, SourceContext, Subscriber, Value, from_stream, from_try_stream, source_fn,
+    SendError, Source, SourceContext, Subscriber, from_stream, from_try_stream, source_fn,
 };
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -705,11 +705,6 @@ async fn a_panicking_subscriber_is_reported_and_others_keep_receiving() {
     );
     let batches: Vec<ChangeBatch> = healthy.collect().await;
     assert_eq!(batches.iter().map(ChangeBatch::len).sum::<usize>(), 10);
-}
-
-#[test]
-fn values_display_as_their_text() {
-    assert_eq!(Value::from("x").to_string(), "x");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

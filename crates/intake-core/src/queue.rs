@@ -154,16 +154,17 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    /// Appends `event`, waiting while the queue is full.
+    /// Appends `event`, waiting for room: the slow path, after
+    /// [`try_push`](Self::try_push) found the queue full.
     ///
     /// Cancel safe: if the future is dropped before it completes, nothing was appended.
-    pub(crate) async fn push(&self, event: Event, cancel: &CancellationToken) -> Result<(), SendError> {
-        let mut event = match self.try_push(event) {
-            Ok(()) => return Ok(()),
-            Err(Some(event)) => event,
-            Err(None) => return Err(SendError::ShuttingDown),
-        };
+    pub(crate) async fn push_when_room(
+        &self,
+        mut event: Event,
+        cancel: &CancellationToken,
+    ) -> Result<(), SendError> {
         loop {
+            // Registered before checking, so room made in between is not missed.
             let room = self.queue.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();

@@ -227,7 +227,7 @@ impl SourceContext {
     async fn enqueue(&self, event: Event) -> Result<(), SendError> {
         match self.producer.try_push(event) {
             Ok(()) => Ok(()),
-            Err(Some(event)) => self.producer.push(event, &self.shared.cancel).await,
+            Err(Some(event)) => self.producer.push_when_room(event, &self.shared.cancel).await,
             Err(None) => Err(SendError::ShuttingDown),
         }
     }
