@@ -987,3 +987,72 @@ async fn sources_can_reject_input_themselves() {
     assert_eq!(table.len(), 2);
     assert_eq!(table.stats().rejected, 1);
 }
+
+#[tokio::test]
+async fn a_stream_reports_bad_input_with_message_invalid() {
+    let messages = stream::iter([
+        intake::Message::from(row(1, "ok")),
+        intake::Message::Invalid {
+            raw: "1;2;3".into(),
+            reason: "expected commas".into(),
+        },
+        intake::Message::from(row(2, "ok")),
+    ]);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "s",
+        from_stream(messages),
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let rejected = tokio::spawn(pipeline.rejected(4).collect::<Vec<_>>());
+    pipeline.run().await.unwrap();
+    let rejected = rejected.await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(&rejected[0].raw()[..], b"1;2;3");
+    assert_eq!(
+        rejected[0].reason(),
+        &ParseError::Source("expected commas".into())
+    );
+    assert_eq!(table.len(), 2);
+}
+
+/// Regression: `report_offset` was refused once shutdown began, so a source stopped
+/// mid-input could not say how far its committed messages went, and a resume re-read
+/// them.
+#[tokio::test(start_paused = true)]
+async fn an_offset_reported_after_shutdown_began_is_committed_with_the_last_messages() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        let mut line = 0;
+        loop {
+            match ctx.next_str(row(line, "x")).await {
+                Ok(()) => line += 1,
+                Err(SendError::ShuttingDown) => {
+                    // Everything up to `line` was sent; nothing after it.
+                    ctx.report_offset(serde_json::json!({ "line": line })).await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if line % 100 == 0 {
+                tokio::time::sleep(MS).await;
+            }
+        }
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("lines", source, Reader::json(schema()));
+    let shutdown = pipeline.shutdown_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(37)).await;
+        shutdown.shutdown();
+    });
+    pipeline.run().await.unwrap();
+    let committed = table.committed_offsets();
+    assert_eq!(committed.len(), 1);
+    let line = committed[0].1["line"].as_i64().unwrap();
+    assert!(line > 0);
+    assert_eq!(
+        table.len() as i64,
+        line,
+        "the offset covers exactly the committed rows"
+    );
+}

@@ -83,6 +83,8 @@ impl SourceFailure {
 /// State shared by a pipeline's tasks and handles.
 pub(crate) struct PipelineShared {
     cancel: CancellationToken,
+    /// Cancelled `shutdown_timeout` after `cancel`: shutdown stops being cooperative.
+    hard_stop: CancellationToken,
     state: Mutex<SharedState>,
 }
 
@@ -212,6 +214,7 @@ impl Pipeline {
         Pipeline {
             shared: Arc::new(PipelineShared {
                 cancel: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
                 state: Mutex::new(SharedState::default()),
             }),
             inputs: Vec::new(),
@@ -299,7 +302,7 @@ impl Pipeline {
         let (fail_fast, shutdown_timeout) = (this.fail_fast, this.shutdown_timeout);
         drop(this);
         // Shutdown is cooperative until `hard_stop`, `shutdown_timeout` later.
-        let hard_stop = CancellationToken::new();
+        let hard_stop = shared.hard_stop.clone();
         let watchdog = tokio::spawn({
             let cancel = shared.cancel.clone();
             let hard_stop = hard_stop.clone();
@@ -332,6 +335,7 @@ impl Pipeline {
                 reader.error_policy,
                 table.shared().clone(),
                 shared.cancel.clone(),
+                hard_stop.clone(),
             );
             sources.spawn(run_source(name, source, ctx, hard_stop.clone()));
             drivers.spawn(drive(table.shared().clone(), queue, hard_stop.clone()));

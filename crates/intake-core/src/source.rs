@@ -77,6 +77,17 @@ pub enum Message {
     Delete(Key),
     /// Commits what was sent so far now, instead of at the next automatic commit.
     Commit,
+    /// Input the source found bad itself, such as a CSV record with the wrong number of
+    /// fields or a frame its protocol could not read: it goes through the reader's
+    /// [`ErrorPolicy`] exactly like a message the reader refused, with `raw` (the input
+    /// as it arrived) and `reason` ([`ParseError::Source`]). Pull-style sources report
+    /// bad input with it; push-style ones can also call [`SourceContext::reject`].
+    Invalid {
+        /// The input as it arrived.
+        raw: Bytes,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl From<Bytes> for Message {
@@ -162,6 +173,8 @@ struct ContextShared {
     policy: ErrorPolicy,
     table: Arc<TableShared>,
     cancel: CancellationToken,
+    /// The shutdown deadline: offsets are accepted until then.
+    deadline: CancellationToken,
     finished: AtomicBool,
 }
 
@@ -174,6 +187,7 @@ impl SourceContext {
         policy: ErrorPolicy,
         table: Arc<TableShared>,
         cancel: CancellationToken,
+        deadline: CancellationToken,
     ) -> Self {
         SourceContext {
             producer,
@@ -184,6 +198,7 @@ impl SourceContext {
                 policy,
                 table,
                 cancel,
+                deadline,
                 finished: AtomicBool::new(false),
             }),
         }
@@ -243,6 +258,7 @@ impl SourceContext {
                 Err(reason) => Prepared::Rejected(Bytes::from(format!("delete {key}")), reason),
             },
             Message::Commit => Prepared::Event(Event::Commit),
+            Message::Invalid { raw, reason } => Prepared::Rejected(raw, ParseError::Source(reason)),
         })
     }
 
@@ -322,8 +338,11 @@ impl SourceContext {
     /// As [`send`](Self::send): under [`ErrorPolicy::Fail`] this returns
     /// [`SendError::Rejected`] and fails the pipeline.
     pub async fn reject(&self, raw: impl Into<Bytes>, reason: impl Into<String>) -> Result<(), SendError> {
-        self.check_open()?;
-        self.refuse(raw.into(), ParseError::Source(reason.into())).await
+        self.send(Message::Invalid {
+            raw: raw.into(),
+            reason: reason.into(),
+        })
+        .await
     }
 
     /// Records the source's position in its input (Pathway's `_report_offset`, Bytewax's
@@ -333,14 +352,29 @@ impl SourceContext {
     /// so a restart can resume from exactly what was committed (see
     /// [`resume_offset`](Self::resume_offset)).
     ///
+    /// Offsets are accepted during shutdown too, until the shutdown deadline: a source
+    /// whose send returned [`SendError::ShuttingDown`] reports where its last *sent*
+    /// message ended, and that offset is committed with it, so a clean stop followed by
+    /// a resume neither repeats nor skips a message.
+    ///
     /// # Errors
     ///
-    /// [`SendError::ShuttingDown`] or [`SendError::Finished`], as for
-    /// [`send`](Self::send).
+    /// [`SendError::Finished`] from a clone used after `run` returned, and
+    /// [`SendError::ShuttingDown`] once the shutdown deadline has passed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, no offset was recorded.
     pub async fn report_offset(&self, offset: serde_json::Value) -> Result<(), SendError> {
-        self.check_open()?;
-        self.enqueue(Event::Offset(self.shared.name.clone(), offset))
-            .await
+        if self.shared.finished.load(Ordering::Acquire) {
+            return Err(SendError::Finished);
+        }
+        let event = Event::Offset(self.shared.name.clone(), offset);
+        match self.producer.try_push(event) {
+            Ok(()) => Ok(()),
+            Err(Some(event)) => self.producer.push_when_room(event, &self.shared.deadline).await,
+            Err(None) => Err(SendError::ShuttingDown),
+        }
     }
 
     /// Where the source should resume: the offset given to
