@@ -104,6 +104,14 @@ impl PipelineShared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub(crate) fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub(crate) fn deadline_token(&self) -> &CancellationToken {
+        &self.hard_stop
+    }
+
     pub(crate) fn track_subscriber(&self, task: JoinHandle<()>) {
         self.lock().subscriber_tasks.push(task);
     }
@@ -334,8 +342,6 @@ impl Pipeline {
                 Parser::new(reader.schema, reader.format),
                 reader.error_policy,
                 table.shared().clone(),
-                shared.cancel.clone(),
-                hard_stop.clone(),
             );
             sources.spawn(run_source(name, source, ctx, hard_stop.clone()));
             drivers.spawn(drive(table.shared().clone(), queue, hard_stop.clone()));

@@ -186,9 +186,9 @@ impl SourceContext {
         parser: Parser,
         policy: ErrorPolicy,
         table: Arc<TableShared>,
-        cancel: CancellationToken,
-        deadline: CancellationToken,
     ) -> Self {
+        let cancel = table.pipeline().cancel_token().clone();
+        let deadline = table.pipeline().deadline_token().clone();
         SourceContext {
             producer,
             shared: Arc::new(ContextShared {
