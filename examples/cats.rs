@@ -153,14 +153,8 @@ async fn main() -> anyhow::Result<()> {
             .on_end(|| println!("the table will not change any more")),
     );
 
-    let shutdown = pipeline.shutdown_handle();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            shutdown.shutdown();
-        }
-    });
-
-    pipeline.run().await?;
+    // Ctrl-C shuts the pipeline down gracefully; run_until returns once it has.
+    pipeline.run_until(tokio::signal::ctrl_c()).await?;
     reports.await?;
 
     let stats = cats.stats();

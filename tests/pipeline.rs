@@ -304,7 +304,7 @@ async fn bad_input_is_skipped_and_reported_and_neighbours_are_kept() {
         source,
         Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
     );
-    let rejected = pipeline.rejected(2);
+    let rejected = pipeline.rejected(8);
     let collector = tokio::spawn(rejected.collect::<Vec<_>>());
     pipeline.run().await.unwrap();
 
@@ -1054,5 +1054,41 @@ async fn an_offset_reported_after_shutdown_began_is_committed_with_the_last_mess
         table.len() as i64,
         line,
         "the offset covers exactly the committed rows"
+    );
+}
+
+/// Regression: a `rejected()` stream that nobody drained stalled `run` at the n-th bad
+/// row, and shutdown did not wake it. Reporting is lossy now, and counted.
+#[tokio::test(start_paused = true)]
+async fn an_unread_rejected_stream_never_stalls_ingestion() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        for i in 0..1_000 {
+            ctx.next_str(row(i, "ok")).await?;
+            ctx.next_str("not json").await?;
+        }
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "feed",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let mut unread = pipeline.rejected(3);
+    tokio::time::timeout(Duration::from_secs(60), pipeline.run())
+        .await
+        .expect("run returns although nobody reads the rejected stream")
+        .unwrap();
+    assert_eq!(table.len(), 1_000);
+    assert_eq!(table.stats().rejected, 1_000);
+    assert_eq!(unread.missed(), 997);
+    let mut delivered = 0;
+    while let Some(report) = unread.next().await {
+        assert_eq!(&report.raw()[..], b"not json");
+        delivered += 1;
+    }
+    assert_eq!(
+        delivered, 3,
+        "the first reports are kept, and the stream ends with the pipeline"
     );
 }

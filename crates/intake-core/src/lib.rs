@@ -56,6 +56,9 @@
 
 mod batch;
 mod change;
+mod driver;
+mod error;
+mod lifecycle;
 mod parse;
 mod pipeline;
 mod queue;
@@ -70,8 +73,9 @@ mod value;
 
 pub use batch::{BatchAsync, batch_async};
 pub use change::{Change, ChangeBatch, Time};
+pub use error::{Error, SourceFailure};
 pub use parse::{Format, ParseError, Rejected};
-pub use pipeline::{Error, Pipeline, RejectedStream, ShutdownHandle, SourceFailure};
+pub use pipeline::{Pipeline, RejectedStream, ShutdownHandle};
 pub use reader::{ErrorPolicy, Reader};
 pub use row::{Key, Row, RowError};
 pub use schema::{Column, RowType, Schema, SchemaError};

@@ -1,169 +1,31 @@
-//! The pipeline: runs sources, commits their tables, and shuts everything down.
+//! The pipeline: registers sources and their tables, runs them, and shuts them down.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio::task::JoinSet;
 
+use crate::driver;
+use crate::error::{Error, SourceFailure};
+use crate::lifecycle::{Lifecycle, panic_message};
 use crate::parse::{Parser, Rejected};
 use crate::queue::Queue;
 use crate::reader::Reader;
-use crate::source::{BoxError, SendError, Source, SourceContext};
-use crate::subscribe::panic_message;
-use crate::table::{Table, TableShared};
-
-/// Why a pipeline failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// One or more sources failed. The others ran to their end (or were stopped, on a
-    /// [fail-fast](Pipeline::fail_fast) pipeline), and everything valid that was sent was
-    /// committed.
-    #[error("{}", list_failures(.0))]
-    SourcesFailed(Vec<SourceFailure>),
-    /// A reader with [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail) met bad input.
-    #[error("{0}")]
-    Rejected(Box<Rejected>),
-    /// A sink failed to write (or panicked); the pipeline was shut down, and the sink
-    /// received nothing after the failed batch.
-    #[error("sink `{name}` of table `{table}` failed: {cause}")]
-    SinkFailed {
-        /// The sink's name.
-        name: String,
-        /// The table it wrote.
-        table: String,
-        /// What went wrong.
-        #[source]
-        cause: BoxError,
-    },
-    /// A subscriber's callback panicked; it received no further changes.
-    #[error("a subscriber of table `{table}` panicked: {message}")]
-    SubscriberPanicked {
-        /// The table subscribed to.
-        table: String,
-        /// The panic's message.
-        message: String,
-    },
-}
-
-fn list_failures(failures: &[SourceFailure]) -> String {
-    let list: Vec<String> = failures.iter().map(ToString::to_string).collect();
-    list.join("; ")
-}
-
-/// A source that failed: its name and what went wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("source `{name}` failed: {cause}")]
-pub struct SourceFailure {
-    name: String,
-    #[source]
-    cause: BoxError,
-}
-
-impl SourceFailure {
-    /// The source's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// What went wrong.
-    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &*self.cause
-    }
-}
-
-/// State shared by a pipeline's tasks and handles.
-pub(crate) struct PipelineShared {
-    cancel: CancellationToken,
-    /// Cancelled `shutdown_timeout` after `cancel`: shutdown stops being cooperative.
-    hard_stop: CancellationToken,
-    state: Mutex<SharedState>,
-}
-
-#[derive(Default)]
-struct SharedState {
-    rejected: Option<Box<Rejected>>,
-    subscriber_panic: Option<Error>,
-    sink_failure: Option<Error>,
-    rejected_subscribers: Vec<mpsc::Sender<Rejected>>,
-    subscriber_tasks: Vec<JoinHandle<()>>,
-}
-
-impl PipelineShared {
-    fn lock(&self) -> MutexGuard<'_, SharedState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn cancel_token(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
-    pub(crate) fn deadline_token(&self) -> &CancellationToken {
-        &self.hard_stop
-    }
-
-    pub(crate) fn track_subscriber(&self, task: JoinHandle<()>) {
-        self.lock().subscriber_tasks.push(task);
-    }
-
-    pub(crate) fn subscriber_panicked(&self, table: &str, message: String) {
-        tracing::error!(table, %message, "a subscriber panicked; it receives no further changes");
-        self.lock()
-            .subscriber_panic
-            .get_or_insert(Error::SubscriberPanicked {
-                table: table.to_owned(),
-                message,
-            });
-    }
-
-    /// Records a sink's failure and shuts the pipeline down: the changes it could not
-    /// write would otherwise be lost silently.
-    pub(crate) fn sink_failed(&self, name: &str, table: &str, cause: BoxError) {
-        tracing::error!(sink = name, table, error = %cause, "sink failed; shutting the pipeline down");
-        self.lock().sink_failure.get_or_insert(Error::SinkFailed {
-            name: name.to_owned(),
-            table: table.to_owned(),
-            cause,
-        });
-        self.cancel.cancel();
-    }
-
-    /// Records the first rejected message of a fail-policy reader and stops the pipeline.
-    pub(crate) fn fail_on_rejected(&self, rejected: &Rejected) {
-        tracing::error!(source = rejected.source_name(), reason = %rejected.reason(), "bad input; failing the pipeline");
-        self.lock()
-            .rejected
-            .get_or_insert_with(|| Box::new(rejected.clone()));
-        self.cancel.cancel();
-    }
-
-    /// Delivers a skipped message to every `rejected()` stream, waiting for room.
-    pub(crate) async fn report_rejected(&self, rejected: Rejected) {
-        let subscribers = self.lock().rejected_subscribers.clone();
-        let mut gone = false;
-        for subscriber in &subscribers {
-            gone |= subscriber.send(rejected.clone()).await.is_err();
-        }
-        if gone {
-            self.lock().rejected_subscribers.retain(|s| !s.is_closed());
-        }
-    }
-}
+use crate::source::{SendError, Source, SourceContext};
+use crate::table::Table;
 
 /// Runs sources into tables and keeps the tables' subscribers fed.
 ///
 /// Register sources with [`read`](Self::read), which returns each one's [`Table`] at
-/// once so you can subscribe before anything runs; then [`run`](Self::run).
+/// once so you can subscribe before anything runs; then [`run`](Self::run), or
+/// [`run_until`](Self::run_until) a shutdown signal.
 ///
 /// # Examples
 ///
@@ -194,7 +56,7 @@ impl PipelineShared {
 /// ```
 #[must_use = "a pipeline does nothing until run"]
 pub struct Pipeline {
-    shared: Arc<PipelineShared>,
+    lifecycle: Arc<Lifecycle>,
     inputs: Vec<Input>,
     fail_fast: bool,
     shutdown_timeout: Duration,
@@ -220,11 +82,7 @@ impl Pipeline {
     /// An empty pipeline.
     pub fn new() -> Self {
         Pipeline {
-            shared: Arc::new(PipelineShared {
-                cancel: CancellationToken::new(),
-                hard_stop: CancellationToken::new(),
-                state: Mutex::new(SharedState::default()),
-            }),
+            lifecycle: Arc::new(Lifecycle::new(Self::DEFAULT_SHUTDOWN_TIMEOUT)),
             inputs: Vec::new(),
             fail_fast: false,
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
@@ -238,11 +96,18 @@ impl Pipeline {
         self
     }
 
-    /// How long sources get, after shutdown begins, to return from `run` before they
-    /// are dropped, and subscribers to take their last batches before they are
-    /// disconnected. Default: 5 seconds.
+    /// How long shutdown may take once it begins. Until this deadline shutdown is
+    /// cooperative: sources are asked to stop and may still report offsets, `on_stop`
+    /// hooks run, and every commit reaches every subscriber. At the deadline, sources
+    /// and `on_stop` hooks still running are dropped, and a subscriber whose queue is
+    /// full is disconnected (its stream reports
+    /// [`is_cut_off`](crate::ChangeStream::is_cut_off)); the tables then commit what
+    /// their sources had sent, and subscribers that keep reading (each commit waits
+    /// up to 100 ms for room) receive all of it. Default: 5 seconds; `Duration::MAX`
+    /// means no deadline.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
+        self.lifecycle.set_shutdown_timeout(timeout);
         self
     }
 
@@ -255,7 +120,7 @@ impl Pipeline {
             name.clone(),
             reader.schema,
             reader.subscriber_capacity,
-            self.shared.clone(),
+            self.lifecycle.clone(),
         );
         self.inputs.push(Input {
             name,
@@ -268,131 +133,179 @@ impl Pipeline {
 
     /// A stream of every message skipped as bad input by a reader with
     /// [`ErrorPolicy::SkipAndReport`](crate::ErrorPolicy::SkipAndReport), from the
-    /// moment of the call. It holds up to `capacity` reports, then the sources that
-    /// reject more wait for it to be read (so reports are never lost). It ends when
-    /// the pipeline does.
+    /// moment of the call. It ends when the pipeline does.
+    ///
+    /// The stream holds up to `capacity` reports. Reporting never waits for it: while
+    /// it is full, further reports are not delivered to it, and
+    /// [`RejectedStream::missed`] counts them (each is still counted in the table's
+    /// [`stats`](crate::Table::stats) and logged). Read it concurrently with the
+    /// pipeline, or give it room for every report you expect.
     ///
     /// # Panics
     ///
-    /// If `capacity` is zero.
+    /// If `capacity` is zero or larger than the largest channel Tokio supports
+    /// (`usize::MAX >> 3`).
     #[track_caller]
     pub fn rejected(&self, capacity: usize) -> RejectedStream {
-        let (sender, receiver) = mpsc::channel(capacity);
-        self.shared.lock().rejected_subscribers.push(sender);
-        RejectedStream(ReceiverStream::new(receiver))
+        assert!(
+            capacity > 0,
+            "the capacity of a rejected stream must be at least 1"
+        );
+        assert!(
+            capacity <= MAX_CHANNEL_CAPACITY,
+            "the capacity of a rejected stream must be at most {MAX_CHANNEL_CAPACITY}"
+        );
+        let (receiver, missed) = self.lifecycle.rejected_stream(capacity);
+        RejectedStream { receiver, missed }
     }
 
-    /// A handle that shuts the pipeline down from elsewhere, for example on Ctrl-C.
+    /// A handle that shuts the pipeline down from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shared.cancel.clone())
+        ShutdownHandle(self.lifecycle.clone())
     }
 
     /// Runs every source until all have ended, or until shutdown.
     ///
-    /// On shutdown (through a [`ShutdownHandle`], a fail-fast source failure, or bad
-    /// input under [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail)) sources are told to
-    /// stop; each table commits what it already received, and subscribers get every
-    /// commit and then `on_end`. Sources that have not returned within the
-    /// [shutdown timeout](Self::shutdown_timeout) are dropped.
+    /// On shutdown (through a [`ShutdownHandle`], a fail-fast source failure, a failing
+    /// sink, or bad input under [`ErrorPolicy::Fail`](crate::ErrorPolicy::Fail)) sources
+    /// are told to stop; each table commits what it already received, and subscribers
+    /// get every commit and then `on_end`, all within the
+    /// [shutdown timeout](Self::shutdown_timeout).
     ///
-    /// Returns once every table has made its final commit and every callback
-    /// subscriber has run `on_end`.
+    /// Returns once every table has made its final commit, every callback subscriber has
+    /// run `on_end` and every sink has closed.
+    ///
+    /// The pipeline runs on tasks of its own, so a current-thread runtime works, and
+    /// a multi-threaded one spreads sources, commits and subscribers over its workers.
     ///
     /// # Errors
     ///
     /// [`Error::Rejected`] for bad input under a fail policy, else
     /// [`Error::SourcesFailed`] if any source failed, else [`Error::SinkFailed`], else
     /// [`Error::SubscriberPanicked`].
-    pub async fn run(self) -> Result<(), Error> {
-        let mut this = self;
-        let inputs = std::mem::take(&mut this.inputs);
-        let shared = this.shared.clone();
-        let (fail_fast, shutdown_timeout) = (this.fail_fast, this.shutdown_timeout);
-        drop(this);
-        // Shutdown is cooperative until `hard_stop`, `shutdown_timeout` later.
-        let hard_stop = shared.hard_stop.clone();
-        let watchdog = tokio::spawn({
-            let cancel = shared.cancel.clone();
-            let hard_stop = hard_stop.clone();
-            async move {
-                cancel.cancelled().await;
-                tokio::time::sleep(shutdown_timeout).await;
-                hard_stop.cancel();
-            }
-        });
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future before it completes (as `select!` does when another
+    /// branch wins) shuts the pipeline down gracefully in the background, exactly as
+    /// [`ShutdownHandle::shutdown`] would: tables make their final commits, subscribers
+    /// get them and `on_end`, sinks close, within the shutdown timeout. Nothing waits
+    /// for that to finish, so a service that is about to exit should prefer
+    /// [`run_until`](Self::run_until), which returns only when it has.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    pub async fn run(mut self) -> Result<(), Error> {
+        let inputs = std::mem::take(&mut self.inputs);
+        let lifecycle = self.lifecycle.clone();
+        let fail_fast = self.fail_fast;
+        drop(self);
+        let running = tokio::spawn(run_inputs(inputs, lifecycle.clone(), fail_fast));
+        let on_drop = ShutdownOnDrop(Some(lifecycle));
+        let outcome = running.await;
+        on_drop.disarm();
+        match outcome {
+            Ok(result) => result,
+            Err(join_error) if join_error.is_panic() => std::panic::resume_unwind(join_error.into_panic()),
+            Err(_) => Err(Error::RuntimeShutdown),
+        }
+    }
 
-        let mut sources = JoinSet::new();
-        let mut drivers = JoinSet::new();
-        for Input {
-            name,
-            source,
-            reader,
-            table,
-        } in inputs
-        {
-            let (queue, producer) = Queue::new(
-                reader.autocommit_duration,
-                reader.max_batch_size,
-                reader.channel_capacity,
+    /// Runs the pipeline until it ends by itself or `signal` completes; then shuts it
+    /// down gracefully and returns once that is done. This is the entry point for a
+    /// service that stops on Ctrl-C:
+    ///
+    /// ```no_run
+    /// # async fn example(pipeline: intake_core::Pipeline) -> Result<(), intake_core::Error> {
+    /// // `tokio::signal` needs Tokio's `signal` feature.
+    /// pipeline.run_until(tokio::signal::ctrl_c()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Any future is a signal; here, a one-shot channel:
+    ///
+    /// ```
+    /// use intake_core::{source_fn, Pipeline, Reader, SourceContext};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), intake_core::Error> {
+    /// let endless = source_fn(|ctx: SourceContext| async move {
+    ///     ctx.cancelled().await;
+    ///     Ok(())
+    /// });
+    /// let mut pipeline = Pipeline::new();
+    /// let table = pipeline.read("lines", endless, Reader::raw());
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// stop.send(()).unwrap();
+    /// pipeline.run_until(stopped).await?;
+    /// assert!(table.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// The signal's output is
+    /// ignored: if `ctrl_c` fails to install its handler, it completes at once with an
+    /// error, and the pipeline shuts down at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run); a shutdown caused by `signal` is not an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run).
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    pub async fn run_until<F: Future>(self, signal: F) -> Result<(), Error> {
+        let shutdown = self.shutdown_handle();
+        let run = self.run();
+        tokio::pin!(run, signal);
+        tokio::select! {
+            result = &mut run => return result,
+            _ = &mut signal => shutdown.shutdown(),
+        }
+        run.await
+    }
+}
+
+/// The largest capacity a Tokio channel accepts.
+pub(crate) const MAX_CHANNEL_CAPACITY: usize = usize::MAX >> 3;
+
+/// Shuts the pipeline down when the future of [`Pipeline::run`] is dropped early.
+struct ShutdownOnDrop(Option<Arc<Lifecycle>>);
+
+impl ShutdownOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(lifecycle) = self.0.take() {
+            tracing::info!(
+                "the future of Pipeline::run was dropped; shutting the pipeline down in the background"
             );
-            let ctx = SourceContext::new(
-                name.clone(),
-                reader.resume.clone(),
-                producer,
-                Parser::new(reader.schema, reader.format),
-                reader.error_policy,
-                table.shared().clone(),
-            );
-            sources.spawn(run_source(name, source, ctx, hard_stop.clone()));
-            drivers.spawn(drive(table.shared().clone(), queue, hard_stop.clone()));
-        }
-
-        let mut failures = Vec::new();
-        while let Some(joined) = sources.join_next().await {
-            // run_source catches panics, so a join error means the runtime is going away.
-            if let Ok(Err(failure)) = joined {
-                tracing::error!(source = failure.name(), error = %failure.cause(), "source failed");
-                if fail_fast {
-                    shared.cancel.cancel();
-                }
-                failures.push(failure);
-            }
-        }
-        while drivers.join_next().await.is_some() {}
-        loop {
-            let tasks = std::mem::take(&mut shared.lock().subscriber_tasks);
-            if tasks.is_empty() {
-                break;
-            }
-            for task in tasks {
-                let _ = task.await;
-            }
-        }
-        watchdog.abort();
-
-        let mut state = shared.lock();
-        state.rejected_subscribers.clear();
-        if let Some(rejected) = state.rejected.take() {
-            Err(Error::Rejected(rejected))
-        } else if !failures.is_empty() {
-            Err(Error::SourcesFailed(failures))
-        } else if let Some(failure) = state.sink_failure.take() {
-            Err(failure)
-        } else if let Some(panic) = state.subscriber_panic.take() {
-            Err(panic)
-        } else {
-            Ok(())
+            lifecycle.shutdown();
         }
     }
 }
 
 impl Drop for Pipeline {
-    /// A pipeline dropped without running ends its tables, so their subscribers get
-    /// `on_end` instead of waiting forever.
+    /// A pipeline dropped without running ends its tables and rejected streams, so
+    /// their subscribers get `on_end` instead of waiting forever.
     fn drop(&mut self) {
+        if self.inputs.is_empty() {
+            return;
+        }
         for input in &self.inputs {
             input.table.shared().close();
         }
+        self.lifecycle.abandon();
     }
 }
 
@@ -407,12 +320,57 @@ impl fmt::Debug for Pipeline {
     }
 }
 
-/// Runs one source to its end and calls its `on_stop`.
+/// Runs every input: a task per source and one commit driver per table; waits for the
+/// sources, then for every tracked task (drivers, subscribers, sinks).
+async fn run_inputs(inputs: Vec<Input>, lifecycle: Arc<Lifecycle>, fail_fast: bool) -> Result<(), Error> {
+    let mut sources = JoinSet::new();
+    for Input {
+        name,
+        source,
+        reader,
+        table,
+    } in inputs
+    {
+        let (queue, producer) = Queue::new(
+            reader.autocommit_duration,
+            reader.max_batch_size,
+            reader.channel_capacity,
+        );
+        let ctx = SourceContext::new(
+            name.clone(),
+            reader.resume.clone(),
+            producer,
+            Parser::new(reader.schema, reader.format),
+            reader.error_policy,
+            table.shared().clone(),
+        );
+        sources.spawn(run_source(name, source, ctx, lifecycle.clone()));
+        lifecycle.spawn(driver::drive(table.shared().clone(), queue, lifecycle.clone()));
+    }
+    while let Some(joined) = sources.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => {
+                lifecycle.source_failed(failure);
+                if fail_fast {
+                    lifecycle.shutdown();
+                }
+            }
+            // run_source catches panics, so a join error means the runtime is going away.
+            Err(_) => return Err(Error::RuntimeShutdown),
+        }
+    }
+    lifecycle.wait_for_tasks().await;
+    lifecycle.outcome()
+}
+
+/// Runs one source to its end, finishes it (so its table can make its final commit),
+/// and calls its `on_stop`; all of it bounded by the shutdown deadline.
 async fn run_source(
     name: Arc<str>,
     mut source: Box<dyn Source>,
     ctx: SourceContext,
-    hard_stop: CancellationToken,
+    lifecycle: Arc<Lifecycle>,
 ) -> Result<(), SourceFailure> {
     let outcome = tokio::select! {
         outcome = AssertUnwindSafe(source.run(ctx.clone())).catch_unwind() => match outcome {
@@ -425,89 +383,79 @@ async fn run_source(
             },
             Err(panic) => Err(format!("panicked: {}", panic_message(panic.as_ref())).into()),
         },
-        () = hard_stop.cancelled() => {
+        () = lifecycle.deadline() => {
             tracing::warn!(source = %name, "source did not stop within the shutdown timeout and was dropped");
             Ok(())
         }
     };
     ctx.finish();
-    if let Err(panic) = AssertUnwindSafe(source.on_stop()).catch_unwind().await {
-        tracing::error!(source = %name, message = %panic_message(panic.as_ref()), "on_stop panicked");
-    }
-    outcome.map_err(|cause| SourceFailure {
-        name: name.to_string(),
-        cause,
-    })
-}
-
-/// The commit driver: takes each commit's events from the queue (which decides when a
-/// commit is due: autocommit duration since its first event, `max_batch_size` events,
-/// an explicit commit, or the end of every source) and applies them to the table.
-async fn drive(table: Arc<TableShared>, queue: Arc<Queue>, hard_stop: CancellationToken) {
-    let mut forced = false;
-    loop {
-        let events = tokio::select! {
-            events = queue.next_commit() => events,
-            () = hard_stop.cancelled(), if !forced => {
-                // Some context clone outlived shutdown: refuse new events, but commit
-                // everything already queued.
-                forced = true;
-                queue.close();
-                continue;
+    drop(ctx);
+    tokio::select! {
+        // An `on_stop` that does not wait completes even after the deadline.
+        biased;
+        stopped = AssertUnwindSafe(source.on_stop()).catch_unwind() => {
+            if let Err(panic) = stopped {
+                tracing::error!(source = %name, message = %panic_message(panic.as_ref()), "on_stop panicked");
             }
-        };
-        let Some(mut events) = events else { break };
-        let applied = compute_heavy(events.len(), || table.apply(&mut events));
-        queue.recycle(events);
-        if let Some((batch, subscribers)) = applied {
-            table.deliver(batch, subscribers, &hard_stop).await;
+        }
+        () = lifecycle.deadline() => {
+            tracing::warn!(source = %name, "on_stop did not return within the shutdown timeout and was dropped");
         }
     }
-    table.close();
-}
-
-/// Commits at least this large are applied off the async worker; see [`compute_heavy`].
-const HEAVY_COMMIT: usize = 256;
-
-/// Runs a commit's CPU-bound work. A large commit on a multi-threaded runtime runs
-/// under `block_in_place`, which hands this worker's other tasks (typically the
-/// source that just filled the queue) to another thread, so that parsing the next
-/// batch overlaps with applying this one instead of waiting behind it.
-fn compute_heavy<R>(events: usize, work: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_thread = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if events >= HEAVY_COMMIT && multi_thread {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
+    outcome.map_err(|cause| SourceFailure::new(name.to_string(), cause))
 }
 
 /// Shuts a pipeline down; see [`Pipeline::shutdown_handle`].
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle(CancellationToken);
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Lifecycle>);
 
 impl ShutdownHandle {
     /// Begins shutdown: sources are told to stop, tables commit what they received.
+    /// The [shutdown timeout](Pipeline::shutdown_timeout) counts from the first call.
     pub fn shutdown(&self) {
-        self.0.cancel();
+        self.0.shutdown();
     }
 
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.0.is_cancelled()
+        self.0.is_shutting_down()
     }
 }
 
-/// The stream returned by [`Pipeline::rejected`].
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}
+
+/// The stream returned by [`Pipeline::rejected`]: every message skipped as bad input,
+/// with its source, raw bytes and reason.
+///
+/// # Cancel safety
+///
+/// Polling it is cancel safe: a report is removed from the stream only when it is
+/// returned, so dropping a `next()` future loses nothing.
 #[derive(Debug)]
 #[must_use = "streams do nothing unless polled"]
-pub struct RejectedStream(ReceiverStream<Rejected>);
+pub struct RejectedStream {
+    receiver: mpsc::Receiver<Rejected>,
+    missed: Arc<AtomicU64>,
+}
+
+impl RejectedStream {
+    /// How many reports this stream missed because it was full (they were counted in
+    /// the tables' stats and logged, but not delivered here).
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+}
 
 impl Stream for RejectedStream {
     type Item = Rejected;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Rejected>> {
-        Pin::new(&mut self.0).poll_next(cx)
+        self.receiver.poll_recv(cx)
     }
 }

@@ -7,14 +7,14 @@
 //! leaving. Producers append under a mutex the driver takes once per commit, so a busy
 //! source pays no cross-thread wake-up per message.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::source::{Event, SendError};
+use crate::source::Event;
 
 pub(crate) struct Queue {
     state: Mutex<State>,
@@ -34,7 +34,6 @@ struct State {
     /// Explicit commit markers among `events`.
     markers: usize,
     producers: usize,
-    closed: bool,
     /// An emptied buffer kept for reuse, so that steady traffic does not reallocate.
     spare: Vec<Event>,
 }
@@ -49,7 +48,6 @@ impl Queue {
                 first_at: None,
                 markers: 0,
                 producers: 1,
-                closed: false,
                 spare: Vec::new(),
             }),
             driver: Notify::new(),
@@ -58,7 +56,10 @@ impl Queue {
             max_batch,
             capacity: max_batch.saturating_add(headroom),
         });
-        let producer = Producer { queue: queue.clone() };
+        let producer = Producer {
+            queue: queue.clone(),
+            finished: AtomicBool::new(false),
+        };
         (queue, producer)
     }
 
@@ -70,20 +71,23 @@ impl Queue {
 
     /// Waits until a commit is due and returns its events: at most `max_batch`, and
     /// never past an explicit commit marker. Returns `None` once every producer is gone
-    /// (or the queue is closed) and every event has been returned.
+    /// and every event has been returned.
     pub(crate) async fn next_commit(&self) -> Option<Vec<Event>> {
         loop {
             let notified = self.driver.notified();
             let deadline = {
                 let mut state = self.lock();
-                let finished = state.producers == 0 || state.closed;
+                let finished = state.producers == 0;
                 if state.events.is_empty() {
                     if finished {
                         return None;
                     }
                     None
                 } else {
-                    let deadline = state.first_at.map(|first| first + self.autocommit);
+                    // An autocommit too long to represent never falls due by time.
+                    let deadline = state
+                        .first_at
+                        .and_then(|first| first.checked_add(self.autocommit));
                     let due = finished
                         || state.markers > 0
                         || state.events.len() >= self.max_batch
@@ -138,58 +142,64 @@ impl Queue {
             state.spare = buffer;
         }
     }
-
-    /// Refuses further events; those already queued are still returned.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.room.notify_waiters();
-        self.driver.notify_one();
-    }
 }
 
-/// A handle that appends events to a [`Queue`]. The queue ends when every producer is
-/// dropped.
+/// Why an event was not appended.
+pub(crate) enum PushError {
+    /// The queue is full; the event is handed back.
+    Full(Event),
+    /// The wait for room was given up.
+    Stopped,
+    /// This producer has [finished](Producer::finish).
+    Finished,
+}
+
+/// The handle one source appends events to a [`Queue`] through. The queue ends once
+/// every producer has finished (or been dropped) and its events are taken.
 pub(crate) struct Producer {
     queue: Arc<Queue>,
+    /// Read and written only under the queue's lock, so that an event is either
+    /// appended before the producer finishes or refused.
+    finished: AtomicBool,
 }
 
 impl Producer {
     /// Appends `event`, waiting for room: the slow path, after
-    /// [`try_push`](Self::try_push) found the queue full.
+    /// [`try_push`](Self::try_push) found the queue full. Gives up when `stop`
+    /// completes.
     ///
     /// Cancel safe: if the future is dropped before it completes, nothing was appended.
     pub(crate) async fn push_when_room(
         &self,
         mut event: Event,
-        cancel: &CancellationToken,
-    ) -> Result<(), SendError> {
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), PushError> {
+        tokio::pin!(stop);
         loop {
             // Registered before checking, so room made in between is not missed.
             let room = self.queue.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             event = match self.try_push(event) {
-                Ok(()) => return Ok(()),
-                Err(Some(event)) => event,
-                Err(None) => return Err(SendError::ShuttingDown),
+                Err(PushError::Full(event)) => event,
+                other => return other,
             };
             tokio::select! {
                 () = room => {}
-                () = cancel.cancelled() => return Err(SendError::ShuttingDown),
+                () = &mut stop => return Err(PushError::Stopped),
             }
         }
     }
 
-    /// Appends `event` if there is room: `Err(Some(event))` when full, `Err(None)` when
-    /// the queue is closed.
-    pub(crate) fn try_push(&self, event: Event) -> Result<(), Option<Event>> {
+    /// Appends `event` if there is room.
+    pub(crate) fn try_push(&self, event: Event) -> Result<(), PushError> {
         let queue = &*self.queue;
         let mut state = queue.lock();
-        if state.closed {
-            return Err(None);
+        if self.finished.load(Ordering::Relaxed) {
+            return Err(PushError::Finished);
         }
         if state.events.len() >= queue.capacity {
-            return Err(Some(event));
+            return Err(PushError::Full(event));
         }
         let was_empty = state.events.is_empty();
         if was_empty {
@@ -205,26 +215,33 @@ impl Producer {
         }
         Ok(())
     }
-}
 
-impl Clone for Producer {
-    fn clone(&self) -> Self {
-        self.queue.lock().producers += 1;
-        Producer {
-            queue: self.queue.clone(),
-        }
+    /// Whether [`finish`](Self::finish) was called.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
     }
-}
 
-impl Drop for Producer {
-    fn drop(&mut self) {
+    /// Appends nothing more: the source has ended. Its events already queued are
+    /// still committed.
+    pub(crate) fn finish(&self) {
         let last = {
             let mut state = self.queue.lock();
+            if self.finished.swap(true, Ordering::Relaxed) {
+                return;
+            }
             state.producers -= 1;
             state.producers == 0
         };
         if last {
             self.queue.driver.notify_one();
         }
+        // A push waiting for room must learn that it never will be appended.
+        self.queue.room.notify_waiters();
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

@@ -96,7 +96,8 @@ impl Reader {
     }
 
     /// The longest a message waits before it is committed, counted from the first
-    /// message after the previous commit. Default: 100 ms.
+    /// message after the previous commit. Default: 100 ms. `Duration::MAX` means
+    /// commits happen only by size, explicit commits and the end of the sources.
     ///
     /// # Panics
     ///
@@ -140,10 +141,16 @@ impl Reader {
     ///
     /// # Panics
     ///
-    /// If `capacity` is zero.
+    /// If `capacity` is zero or larger than the largest channel Tokio supports
+    /// (`usize::MAX >> 3`).
     #[track_caller]
     pub fn subscriber_capacity(mut self, capacity: usize) -> Self {
         assert!(capacity > 0, "subscriber_capacity must be at least 1");
+        assert!(
+            capacity <= crate::pipeline::MAX_CHANNEL_CAPACITY,
+            "subscriber_capacity must be at most {}",
+            crate::pipeline::MAX_CHANNEL_CAPACITY
+        );
         self.subscriber_capacity = capacity;
         self
     }

@@ -4,15 +4,16 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::lifecycle::Lifecycle;
 use crate::parse::{ParseError, Parser, Payload, Rejected};
-use crate::queue::Producer;
+use crate::queue::{Producer, PushError};
 use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
 use crate::schema::Schema;
@@ -26,8 +27,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The runtime calls [`run`](Self::run) once, on a task of its own, with a
 /// [`SourceContext`] to send messages through; when `run` returns (or fails, or
 /// panics), it calls [`on_stop`](Self::on_stop). The source is finished when `run` has
-/// returned and every clone of its context is dropped; its table then makes its final
-/// commit.
+/// returned (clones of its context left in other tasks do not keep it open; their
+/// sends fail with [`SendError::Finished`]); its table then makes its final commit,
+/// while `on_stop` runs.
 ///
 /// # Examples
 ///
@@ -61,7 +63,9 @@ pub trait Source: Send + 'static {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError>;
 
     /// Called after `run` ends, whether it returned, failed, panicked or was stopped at
-    /// shutdown. Release connections and other resources here.
+    /// shutdown. Release connections and other resources here. During shutdown it is
+    /// bounded by the shutdown deadline like `run`: an `on_stop` still running then is
+    /// dropped.
     async fn on_stop(&mut self) {}
 }
 
@@ -154,28 +158,27 @@ pub(crate) enum Event {
 /// bad input is dealt with by the reader's [`ErrorPolicy`] before the send returns.
 ///
 /// The context is cheap to clone; hand clones to client callbacks that produce data
-/// (see the client-callback example in `docs/custom-source.md`).
+/// (see the client-callback example in `docs/custom-source.md`). Clones do not keep the
+/// source alive: it is finished when its `run` returns, and from then on every clone's
+/// sends fail with [`SendError::Finished`].
 ///
 /// # Cancel safety
 ///
 /// The send methods are cancel safe: if the future is dropped before it completes, the
-/// message was not sent.
+/// message was not sent and, if it was bad input, not reported.
 #[derive(Clone)]
 pub struct SourceContext {
-    producer: Producer,
     shared: Arc<ContextShared>,
 }
 
 struct ContextShared {
     name: Arc<str>,
     resume: Option<serde_json::Value>,
+    producer: Producer,
     parser: Parser,
     policy: ErrorPolicy,
     table: Arc<TableShared>,
-    cancel: CancellationToken,
-    /// The shutdown deadline: offsets are accepted until then.
-    deadline: CancellationToken,
-    finished: AtomicBool,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl SourceContext {
@@ -187,26 +190,24 @@ impl SourceContext {
         policy: ErrorPolicy,
         table: Arc<TableShared>,
     ) -> Self {
-        let cancel = table.pipeline().cancel_token().clone();
-        let deadline = table.pipeline().deadline_token().clone();
+        let lifecycle = table.lifecycle().clone();
         SourceContext {
-            producer,
             shared: Arc::new(ContextShared {
                 name,
                 resume,
+                producer,
                 parser,
                 policy,
                 table,
-                cancel,
-                deadline,
-                finished: AtomicBool::new(false),
+                lifecycle,
             }),
         }
     }
 
-    /// Marks the source finished: later sends through any clone fail.
+    /// Marks the source finished: later sends through any clone fail, and once every
+    /// source of its table has finished, the table makes its final commit.
     pub(crate) fn finish(&self) {
-        self.shared.finished.store(true, Ordering::Release);
+        self.shared.producer.finish();
     }
 
     /// The source's name.
@@ -234,16 +235,30 @@ impl SourceContext {
         // queue is full or a message is rejected.
         match self.prepare(message.into())? {
             Prepared::Event(event) => self.enqueue(event).await,
-            Prepared::Rejected(raw, reason) => self.refuse(raw, reason).await,
+            Prepared::Rejected(raw, reason) => self.refuse(raw, reason),
         }
     }
 
-    /// Appends an event to the table's queue, waiting only if it is full.
+    /// Appends an event to the table's queue, waiting only if it is full: until
+    /// shutdown begins for messages, until the shutdown deadline for offsets.
     async fn enqueue(&self, event: Event) -> Result<(), SendError> {
-        match self.producer.try_push(event) {
+        let producer = &self.shared.producer;
+        let lifecycle = &*self.shared.lifecycle;
+        let pushed = match producer.try_push(event) {
+            Err(PushError::Full(event @ Event::Offset(..))) => {
+                producer.push_when_room(event, lifecycle.deadline()).await
+            }
+            Err(PushError::Full(event)) => {
+                producer
+                    .push_when_room(event, lifecycle.shutdown_token().cancelled())
+                    .await
+            }
+            pushed => pushed,
+        };
+        match pushed {
             Ok(()) => Ok(()),
-            Err(Some(event)) => self.producer.push_when_room(event, &self.shared.cancel).await,
-            Err(None) => Err(SendError::ShuttingDown),
+            Err(PushError::Finished) => Err(SendError::Finished),
+            Err(PushError::Stopped | PushError::Full(_)) => Err(SendError::ShuttingDown),
         }
     }
 
@@ -302,7 +317,6 @@ impl SourceContext {
             Err(e) => {
                 self.check_open()?;
                 self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()))
-                    .await
             }
         }
     }
@@ -366,15 +380,8 @@ impl SourceContext {
     ///
     /// Cancel safe: if the future is dropped before it completes, no offset was recorded.
     pub async fn report_offset(&self, offset: serde_json::Value) -> Result<(), SendError> {
-        if self.shared.finished.load(Ordering::Acquire) {
-            return Err(SendError::Finished);
-        }
-        let event = Event::Offset(self.shared.name.clone(), offset);
-        match self.producer.try_push(event) {
-            Ok(()) => Ok(()),
-            Err(Some(event)) => self.producer.push_when_room(event, &self.shared.deadline).await,
-            Err(None) => Err(SendError::ShuttingDown),
-        }
+        self.enqueue(Event::Offset(self.shared.name.clone(), offset))
+            .await
     }
 
     /// Where the source should resume: the offset given to
@@ -388,18 +395,18 @@ impl SourceContext {
     /// Completes when the pipeline starts shutting down. `select!` on it around long
     /// waits that are not sends (sends notice shutdown by themselves).
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.shared.cancel.cancelled()
+        self.shared.lifecycle.shutdown_token().cancelled()
     }
 
     /// Whether the pipeline is shutting down.
     pub fn is_cancelled(&self) -> bool {
-        self.shared.cancel.is_cancelled()
+        self.shared.lifecycle.is_shutting_down()
     }
 
     fn check_open(&self) -> Result<(), SendError> {
-        if self.shared.cancel.is_cancelled() {
+        if self.shared.lifecycle.is_shutting_down() {
             Err(SendError::ShuttingDown)
-        } else if self.shared.finished.load(Ordering::Acquire) {
+        } else if self.shared.producer.is_finished() {
             Err(SendError::Finished)
         } else {
             Ok(())
@@ -422,18 +429,21 @@ impl SourceContext {
         }
     }
 
-    async fn refuse(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
+    /// Deals with bad input as the reader's policy says. Synchronous, so that a send
+    /// either reports its bad input completely or, dropped before it was polled, not at
+    /// all; and so that reporting never waits for a reader of the reports.
+    fn refuse(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
         let table = &self.shared.table;
         table.counters().rejected.fetch_add(1, Ordering::Relaxed);
         let rejected = Rejected::new(self.shared.name.clone(), raw, reason);
         match self.shared.policy {
             ErrorPolicy::SkipAndReport => {
                 tracing::warn!(source = %self.shared.name, table = %table.name(), reason = %rejected.reason(), "skipped bad input");
-                table.pipeline().report_rejected(rejected).await;
+                self.shared.lifecycle.report_rejected(&rejected);
                 Ok(())
             }
             ErrorPolicy::Fail => {
-                table.pipeline().fail_on_rejected(&rejected);
+                self.shared.lifecycle.fail_on_rejected(&rejected);
                 Err(SendError::Rejected(Box::new(rejected)))
             }
         }
@@ -450,7 +460,6 @@ impl fmt::Debug for SourceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SourceContext")
             .field("name", &self.shared.name)
-            .field("finished", &self.shared.finished.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 
 use crate::change::{ChangeBatch, Time};
-use crate::pipeline::PipelineShared;
+use crate::lifecycle::{Lifecycle, panic_message};
 use crate::row::{Key, Row};
 use crate::table::ChangeStream;
 
@@ -69,8 +69,10 @@ impl Subscriber {
         self
     }
 
-    /// Called once when the table will change no more: after its final commit, whether
-    /// the pipeline finished, was shut down or failed.
+    /// Called exactly once when the table will change no more for this subscriber:
+    /// after its final commit, whether the pipeline finished, was shut down or failed;
+    /// also after one of this subscriber's callbacks panicked, or after it was
+    /// disconnected for not keeping up at the shutdown deadline.
     pub fn on_end(mut self, f: impl FnOnce() + Send + 'static) -> Self {
         self.on_end = Some(Box::new(f));
         self
@@ -90,38 +92,25 @@ impl Subscriber {
         }
     }
 
-    /// Feeds every batch of `changes` to the callbacks; a panicking callback ends the
-    /// subscription and is reported to the pipeline.
-    pub(crate) async fn run(
-        mut self,
-        mut changes: ChangeStream,
-        table: Arc<str>,
-        pipeline: Arc<PipelineShared>,
-    ) {
-        let outcome = AssertUnwindSafe(async {
+    /// Feeds every batch of `changes` to the callbacks, then calls `on_end`. A
+    /// panicking callback ends the deliveries and is reported to the pipeline; `on_end`
+    /// still runs, since it is where subscribers release what they hold.
+    pub(crate) async fn run(mut self, mut changes: ChangeStream, table: Arc<str>, lifecycle: Arc<Lifecycle>) {
+        let delivered = AssertUnwindSafe(async {
             while let Some(batch) = changes.next().await {
                 self.deliver(&batch);
-            }
-            if let Some(on_end) = self.on_end.take() {
-                on_end();
             }
         })
         .catch_unwind()
         .await;
-        if let Err(panic) = outcome {
-            pipeline.subscriber_panicked(&table, panic_message(panic.as_ref()));
+        if let Err(panic) = delivered {
+            lifecycle.subscriber_panicked(&table, panic_message(panic.as_ref()));
         }
-    }
-}
-
-/// The text of a panic's payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
+        if let Some(on_end) = self.on_end.take()
+            && let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(on_end))
+        {
+            lifecycle.subscriber_panicked(&table, panic_message(panic.as_ref()));
+        }
     }
 }
 

@@ -2,25 +2,25 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::change::{Change, ChangeBatch, Time};
 
 /// The rows, with a slot per key. `IndexMap` gives every slot a stable position
 /// during a commit, so a commit looks each key up once and then works by position.
 type Rows = indexmap::IndexMap<Key, Slot, foldhash::fast::RandomState>;
-use crate::pipeline::PipelineShared;
+use crate::lifecycle::{Lifecycle, panic_message};
 use crate::row::{Key, Row};
 use crate::schema::Schema;
 use crate::sink::Sink;
 use crate::source::Event;
-use crate::subscribe::{Subscriber, panic_message};
+use crate::subscribe::Subscriber;
 
 /// A live, keyed, in-memory table fed by a source.
 ///
@@ -39,7 +39,7 @@ pub(crate) struct TableShared {
     subscriber_capacity: usize,
     state: RwLock<TableState>,
     stats: Counters,
-    pipeline: Arc<PipelineShared>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 struct TableState {
@@ -54,8 +54,31 @@ struct TableState {
     /// Per source, the last offset reported within a commit.
     offsets: std::collections::BTreeMap<Arc<str>, serde_json::Value>,
     time: Option<Time>,
-    subscribers: Vec<mpsc::Sender<ChangeBatch>>,
+    subscribers: Vec<SubscriberSlot>,
     closed: bool,
+}
+
+/// After the shutdown deadline, how long a commit waits for room in the queue of a
+/// subscriber that is still reading before the subscriber is disconnected.
+pub(crate) const AFTER_DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where a table delivers its commits to one subscriber.
+#[derive(Clone)]
+pub(crate) struct SubscriberSlot {
+    sender: mpsc::Sender<ChangeBatch>,
+    /// Set when the subscriber is disconnected for not keeping up at the shutdown
+    /// deadline, so that its stream can tell.
+    cut_off: Arc<AtomicBool>,
+}
+
+impl SubscriberSlot {
+    fn cut_off(&self, table: &str) {
+        tracing::warn!(
+            table,
+            "a subscriber did not keep up after the shutdown deadline and was disconnected; it misses the commits after its last one"
+        );
+        self.cut_off.store(true, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -122,7 +145,7 @@ impl Table {
         name: Arc<str>,
         schema: Schema,
         subscriber_capacity: usize,
-        pipeline: Arc<PipelineShared>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Table {
             shared: Arc::new(TableShared {
@@ -140,7 +163,7 @@ impl Table {
                     closed: false,
                 }),
                 stats: Counters::default(),
-                pipeline,
+                lifecycle,
             }),
         }
     }
@@ -232,6 +255,7 @@ impl Table {
     /// timeout, after which it is disconnected). Drop streams you no longer read.
     pub fn changes(&self) -> ChangeStream {
         let (sender, receiver) = mpsc::channel(self.shared.subscriber_capacity);
+        let cut_off = Arc::new(AtomicBool::new(false));
         let mut state = self.shared.write();
         let snapshot = (!state.rows.is_empty()).then(|| {
             let changes = state
@@ -246,9 +270,16 @@ impl Table {
             ChangeBatch::new(self.shared.schema, state.time.unwrap_or(Time::new(0)), changes)
         });
         if !state.closed {
-            state.subscribers.push(sender);
+            state.subscribers.push(SubscriberSlot {
+                sender,
+                cut_off: cut_off.clone(),
+            });
         }
-        ChangeStream { snapshot, receiver }
+        ChangeStream {
+            snapshot,
+            receiver,
+            cut_off,
+        }
     }
 
     /// Calls `subscriber`'s callbacks for every commit of this table, on a task of its
@@ -256,8 +287,11 @@ impl Table {
     ///
     /// For each commit: the batch callback, then `on_change` for every retraction and
     /// then every insertion, then `on_time_end`. After the final commit, `on_end`,
-    /// exactly once. [`Pipeline::run`](crate::Pipeline::run) returns only after every
-    /// subscriber has seen `on_end`.
+    /// exactly once, in every case: the pipeline finished, was shut down or failed, the
+    /// subscriber was disconnected at the shutdown deadline, or one of its callbacks
+    /// panicked (it then receives no further changes, and the panic is reported by
+    /// [`Pipeline::run`](crate::Pipeline::run)). `Pipeline::run` returns only after
+    /// every subscriber's `on_end` has returned.
     ///
     /// Callbacks run on a Tokio task: keep them short and non-blocking. A slow
     /// subscriber slows the table (see [`changes`](Self::changes)); it never makes
@@ -269,10 +303,11 @@ impl Table {
     #[track_caller]
     pub fn subscribe(&self, subscriber: Subscriber) {
         let changes = self.changes();
-        let pipeline = self.shared.pipeline.clone();
+        let lifecycle = self.shared.lifecycle.clone();
         let table = self.shared.name.clone();
-        let task = tokio::spawn(subscriber.run(changes, table, pipeline.clone()));
-        pipeline.track_subscriber(task);
+        self.shared
+            .lifecycle
+            .spawn(subscriber.run(changes, table, lifecycle));
     }
 }
 
@@ -291,29 +326,25 @@ impl Table {
     pub fn sink(&self, name: impl Into<String>, sink: impl Sink) {
         let name = name.into();
         let mut changes = self.changes();
-        let pipeline = self.shared.pipeline.clone();
+        let lifecycle = self.shared.lifecycle.clone();
         let table = self.shared.name.clone();
-        let task = tokio::spawn({
-            let pipeline = pipeline.clone();
-            async move {
-                let mut sink = sink;
-                let written = std::panic::AssertUnwindSafe(async {
-                    while let Some(batch) = changes.next().await {
-                        sink.write_batch(&batch).await?;
-                    }
-                    sink.close().await
-                })
-                .catch_unwind()
-                .await;
-                let failure = match written {
-                    Ok(Ok(())) => return,
-                    Ok(Err(cause)) => cause,
-                    Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())).into(),
-                };
-                pipeline.sink_failed(&name, &table, failure);
-            }
+        self.shared.lifecycle.spawn(async move {
+            let mut sink = sink;
+            let written = std::panic::AssertUnwindSafe(async {
+                while let Some(batch) = changes.next().await {
+                    sink.write_batch(&batch).await?;
+                }
+                sink.close().await
+            })
+            .catch_unwind()
+            .await;
+            let failure = match written {
+                Ok(Ok(())) => return,
+                Ok(Err(cause)) => cause,
+                Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())).into(),
+            };
+            lifecycle.sink_failed(&name, &table, failure);
         });
-        pipeline.track_subscriber(task);
     }
 }
 
@@ -333,6 +364,16 @@ impl fmt::Debug for Table {
 pub struct ChangeStream {
     snapshot: Option<ChangeBatch>,
     receiver: mpsc::Receiver<ChangeBatch>,
+    cut_off: Arc<AtomicBool>,
+}
+
+impl ChangeStream {
+    /// Whether the table disconnected this stream because it was still full at the
+    /// shutdown deadline: after the stream ends, `true` means it missed the commits
+    /// after the last one it yielded, `false` that it saw every commit of the table.
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
+    }
 }
 
 impl Stream for ChangeStream {
@@ -417,17 +458,14 @@ impl TableShared {
         &self.stats
     }
 
-    pub(crate) fn pipeline(&self) -> &Arc<PipelineShared> {
-        &self.pipeline
+    pub(crate) fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     /// Applies a commit's events to the rows, consolidating them per key. Returns the
     /// commit's changes and the subscribers to deliver them to, or `None` if it changed
     /// nothing.
-    pub(crate) fn apply(
-        &self,
-        events: &mut Vec<Event>,
-    ) -> Option<(ChangeBatch, Vec<mpsc::Sender<ChangeBatch>>)> {
+    pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Option<(ChangeBatch, Vec<SubscriberSlot>)> {
         let mut guard = self.write();
         let state = &mut *guard;
         state.applied += 1;
@@ -502,32 +540,50 @@ impl TableShared {
     }
 
     /// Delivers a commit's changes, waiting for room in every subscriber's queue.
-    /// `disconnect` ends that wait (on forced shutdown): subscribers still full by then
-    /// are dropped.
+    ///
+    /// A subscriber whose queue is full at the shutdown deadline is disconnected. After
+    /// the deadline, a subscriber that keeps reading still gets every commit: each
+    /// batch waits up to [`AFTER_DEADLINE_GRACE`] for room, so only one that stopped
+    /// reading is disconnected, and shutdown stays bounded.
     pub(crate) async fn deliver(
         &self,
         batch: ChangeBatch,
-        subscribers: Vec<mpsc::Sender<ChangeBatch>>,
-        disconnect: &CancellationToken,
+        subscribers: Vec<SubscriberSlot>,
+        lifecycle: &Lifecycle,
     ) {
         let mut gone = Vec::new();
-        for (i, subscriber) in subscribers.iter().enumerate() {
-            let delivered = tokio::select! {
-                sent = subscriber.send(batch.clone()) => sent.is_ok(),
-                () = disconnect.cancelled() => {
-                    tracing::warn!(table = %self.name, "a subscriber did not keep up during shutdown and was disconnected");
-                    false
+        for subscriber in &subscribers {
+            let delivered = match subscriber.sender.try_send(batch.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Closed(_)) => false,
+                Err(TrySendError::Full(batch)) => {
+                    let give_up = async {
+                        if lifecycle.deadline_passed() {
+                            tokio::time::sleep(AFTER_DEADLINE_GRACE).await;
+                        } else {
+                            lifecycle.deadline().await;
+                        }
+                    };
+                    tokio::select! {
+                        // Room, when there is some, wins over giving up at the same moment.
+                        biased;
+                        sent = subscriber.sender.send(batch) => sent.is_ok(),
+                        () = give_up => {
+                            subscriber.cut_off(&self.name);
+                            false
+                        }
+                    }
                 }
             };
             if !delivered {
-                gone.push(i);
+                gone.push(subscriber.sender.clone());
             }
         }
         if !gone.is_empty() {
             let mut state = self.write();
             state
                 .subscribers
-                .retain(|s| !gone.iter().any(|&i| s.same_channel(&subscribers[i])));
+                .retain(|s| !gone.iter().any(|g| s.sender.same_channel(g)));
         }
     }
 
