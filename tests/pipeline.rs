@@ -1092,3 +1092,47 @@ async fn an_unread_rejected_stream_never_stalls_ingestion() {
         "the first reports are kept, and the stream ends with the pipeline"
     );
 }
+
+/// Regression: settings at their extremes overflowed `Instant` arithmetic (autocommit,
+/// shutdown timeout) or panicked deep inside Tokio (a channel capacity above its limit).
+/// Each now works as documented or is refused where it is set.
+#[tokio::test(start_paused = true)]
+async fn settings_at_their_extremes_work_or_are_refused_up_front() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "a")).await?;
+        ctx.cancelled().await;
+        Ok(())
+    });
+    let reader = Reader::json(schema())
+        .autocommit_duration(Duration::MAX)
+        .max_batch_size(usize::MAX)
+        .channel_capacity(usize::MAX);
+    let mut pipeline = Pipeline::new().shutdown_timeout(Duration::MAX);
+    let table = pipeline.read("t", source, reader);
+    let mut changes = table.changes();
+    let stop = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(table.len(), 0, "no autocommit by time");
+    stop.shutdown();
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        changes.next().await.map(|b| b.len()),
+        Some(1),
+        "committed at shutdown"
+    );
+
+    let batches: Vec<Vec<i32>> = intake::batch_async(stream::iter([1, 2]), Duration::MAX, usize::MAX)
+        .collect()
+        .await;
+    assert_eq!(batches, vec![vec![1, 2]]);
+
+    for refused in [
+        std::panic::catch_unwind(|| Reader::json(schema()).subscriber_capacity(usize::MAX)).err(),
+        std::panic::catch_unwind(|| Pipeline::new().rejected(usize::MAX)).err(),
+    ] {
+        let message = refused.expect("refused where it is set");
+        let message = message.downcast_ref::<String>().unwrap();
+        assert!(message.contains("must be at most"), "{message}");
+    }
+}

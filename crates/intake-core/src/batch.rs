@@ -182,7 +182,10 @@ impl<S: Stream> Stream for BatchAsync<S> {
                         *this.weight = 0;
                     }
                     if this.batch.is_empty() {
-                        let deadline = Instant::now() + *this.timeout;
+                        // A timeout too long to represent never fires: about 30 years.
+                        let deadline = Instant::now()
+                            .checked_add(*this.timeout)
+                            .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 86_400));
                         this.deadline.as_mut().reset(deadline);
                     }
                     let boundary = this
