@@ -74,7 +74,7 @@ mod value;
 pub use batch::{BatchAsync, batch_async};
 pub use change::{Change, ChangeBatch, Time};
 pub use error::{Error, SourceFailure};
-pub use parse::{Format, ParseError, Rejected};
+pub use parse::{Format, MAX_JSON_DEPTH, ParseError, Rejected};
 pub use pipeline::{Pipeline, RejectedStream, ShutdownHandle};
 pub use reader::{ErrorPolicy, Reader};
 pub use row::{Key, Row, RowError};

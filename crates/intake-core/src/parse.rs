@@ -103,7 +103,17 @@ pub enum ParseError {
     /// A key given to `delete` does not match the table's primary key.
     #[error("{0}")]
     InvalidKey(String),
+    /// JSON nested deeper than [`MAX_JSON_DEPTH`] arrays and objects: refused the same
+    /// way whether it arrived as text or as a `serde_json::Value`, so that hostile
+    /// input cannot exhaust the stack.
+    #[error("the JSON nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
 }
+
+/// The deepest nesting of JSON arrays and objects a message may have (the message's
+/// own object counts as the first level): serde_json's limit for text, applied to
+/// JSON values too.
+pub const MAX_JSON_DEPTH: usize = 127;
 
 /// A message refused by a reader whose [`ErrorPolicy`](crate::ErrorPolicy) is
 /// `SkipAndReport`: what came in, why it was refused and from which source.
@@ -156,11 +166,92 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    /// The payload as bytes, for error reports.
+    /// The payload as bytes, for error reports. Works without recursion, so a value
+    /// refused for nesting too deeply is reported and dropped without exhausting the
+    /// stack.
     pub(crate) fn into_raw(self) -> Bytes {
         match self {
             Payload::Bytes(bytes) => bytes,
-            Payload::Json(json) => Bytes::from(json.to_string()),
+            Payload::Json(json) => {
+                let text = json_text(&json);
+                dismantle(json);
+                Bytes::from(text)
+            }
+        }
+    }
+}
+
+/// Whether `value` nests arrays and objects deeper than `max` levels; iterative.
+fn nests_deeper_than(value: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value as Json;
+    let mut stack = vec![(value, 0_usize)];
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            // A container at `depth` is level `depth + 1`.
+            Json::Array(_) | Json::Object(_) if depth >= max => return true,
+            Json::Array(items) => stack.extend(items.iter().map(|item| (item, depth + 1))),
+            Json::Object(map) => stack.extend(map.values().map(|item| (item, depth + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `value` as compact JSON text, like `to_string`, but iterative.
+fn json_text(value: &serde_json::Value) -> String {
+    use serde_json::Value as Json;
+    enum Step<'a> {
+        Value(&'a Json),
+        Key(&'a str),
+        Text(&'static str),
+    }
+    let mut out = String::new();
+    let mut steps = vec![Step::Value(value)];
+    while let Some(step) = steps.pop() {
+        match step {
+            Step::Text(text) => out.push_str(text),
+            Step::Key(key) => {
+                out.push_str(&Json::from(key).to_string());
+                out.push(':');
+            }
+            Step::Value(Json::Array(items)) => {
+                out.push('[');
+                steps.push(Step::Text("]"));
+                for (i, item) in items.iter().enumerate().rev() {
+                    steps.push(Step::Value(item));
+                    if i > 0 {
+                        steps.push(Step::Text(","));
+                    }
+                }
+            }
+            Step::Value(Json::Object(map)) => {
+                out.push('{');
+                steps.push(Step::Text("}"));
+                for (i, (key, item)) in map.iter().enumerate().collect::<Vec<_>>().into_iter().rev() {
+                    steps.push(Step::Value(item));
+                    steps.push(Step::Key(key));
+                    if i > 0 {
+                        steps.push(Step::Text(","));
+                    }
+                }
+            }
+            // Scalars serialize without recursion.
+            Step::Value(scalar) => out.push_str(&scalar.to_string()),
+        }
+    }
+    out
+}
+
+/// Drops `value` without recursion (dropping a deeply nested value recurses once per
+/// level).
+fn dismantle(value: serde_json::Value) {
+    use serde_json::Value as Json;
+    let mut stack = vec![value];
+    while let Some(mut value) = stack.pop() {
+        match &mut value {
+            Json::Array(items) => stack.append(items),
+            Json::Object(map) => stack.extend(std::mem::take(map).into_iter().map(|(_, item)| item)),
+            _ => {}
         }
     }
 }
@@ -183,6 +274,11 @@ impl Parser {
 
     /// The values of the row in `payload`, one per column.
     pub(crate) fn parse(&self, payload: &Payload) -> Result<Arc<[Value]>, ParseError> {
+        if let Payload::Json(json) = payload
+            && nests_deeper_than(json, MAX_JSON_DEPTH)
+        {
+            return Err(ParseError::TooDeep);
+        }
         match (self.format, payload) {
             (Format::Json, Payload::Bytes(bytes)) => self.parse_json_slice(bytes),
             (Format::Json, Payload::Json(json)) => self.parse_json_value(json),
@@ -211,9 +307,15 @@ impl Parser {
             .deserialize(&mut deserializer)
             .and_then(|values| deserializer.end().map(|()| values));
         parsed.map_err(|e| {
-            failure
-                .take()
-                .unwrap_or_else(|| ParseError::MalformedJson(e.to_string()))
+            failure.take().unwrap_or_else(|| {
+                let message = e.to_string();
+                // serde_json has no error code to match on; its message is stable.
+                if message.starts_with("recursion limit exceeded") {
+                    ParseError::TooDeep
+                } else {
+                    ParseError::MalformedJson(message)
+                }
+            })
         })
     }
 
@@ -522,6 +624,21 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         match self.column.data_type() {
             DataType::Float => Ok(Value::Float(v)),
+            // serde_json reads integers beyond u64 and below i64::MIN as floats; an
+            // integral value out of range is an integer out of range, not a fraction.
+            // (-2^63 itself arrives here only from a literal below i64::MIN that
+            // rounded to it: i64::MIN written as an integer is read as one.)
+            #[allow(clippy::cast_precision_loss)]
+            DataType::Int | DataType::Timestamp
+                if v.fract() == 0.0 && (v <= i64::MIN as f64 || v >= i64::MAX as f64) =>
+            {
+                Err(fail(
+                    self.failure,
+                    ParseError::IntegerOutOfRange {
+                        column: self.column.name().to_owned(),
+                    },
+                ))
+            }
             _ => Err(self.wrong_type("a number with a fraction or exponent")),
         }
     }
@@ -678,6 +795,103 @@ mod tests {
             parse(r#"{"key": 1, "name": "a", "at": "noon"}"#),
             Err(ParseError::InvalidTimestamp { .. })
         ));
+    }
+
+    /// Regression: integers beyond u64 or below i64::MIN were reported as "a number
+    /// with a fraction", not as out of range.
+    #[test]
+    fn integers_beyond_the_64_bit_range_are_out_of_range() {
+        for big in ["18446744073709551616", "-9223372036854775809", "1e30", "-1e300"] {
+            assert_eq!(
+                parse(&format!(r#"{{"key": {big}, "name": "a"}}"#)).unwrap_err(),
+                ParseError::IntegerOutOfRange { column: "key".into() },
+                "{big}"
+            );
+        }
+        for inexact in ["1e3", "1.5", "-0.5"] {
+            assert!(
+                matches!(
+                    parse(&format!(r#"{{"key": {inexact}, "name": "a"}}"#)),
+                    Err(ParseError::WrongType { .. })
+                ),
+                "{inexact}"
+            );
+        }
+        assert_eq!(
+            parse(r#"{"key": -9223372036854775808, "name": "a"}"#).unwrap()[0],
+            Value::Int(i64::MIN)
+        );
+    }
+
+    /// Regression: a JSON value nested about 11,000 deep sent as a value overflowed
+    /// the stack; text had serde_json's depth limit. Both have the same limit now.
+    #[test]
+    fn json_nested_too_deeply_is_refused_the_same_way_as_text_and_value() {
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"key": 1, "name": "a", "extra": {}{}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        // The message's own object is the first level.
+        assert!(parse(&nested(MAX_JSON_DEPTH - 1)).is_ok());
+        assert_eq!(parse(&nested(MAX_JSON_DEPTH)).unwrap_err(), ParseError::TooDeep);
+
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100_000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        // Built by hand: `json!` would serialize `deep` recursively.
+        let mut message = serde_json::Map::new();
+        message.insert("key".into(), 1.into());
+        message.insert("name".into(), "a".into());
+        message.insert("extra".into(), deep);
+        let message = serde_json::Value::Object(message);
+        let parser = Parser::new(schema(), Format::Json);
+        let payload = Payload::Json(message);
+        assert_eq!(parser.parse(&payload).unwrap_err(), ParseError::TooDeep);
+        let raw = payload.into_raw();
+        assert!(raw.starts_with(br#"{"extra":[[[["#), "{:?}", &raw[..20]);
+        assert_eq!(
+            raw.len(),
+            "{\"extra\":".len() + 100_000 * 2 + 1 + r#","key":1,"name":"a"}"#.len()
+        );
+        for format in [Format::Raw, Format::Bytes] {
+            let parser = Parser::new(
+                if format == Format::Raw {
+                    Schema::raw()
+                } else {
+                    Schema::bytes()
+                },
+                format,
+            );
+            let mut deep = serde_json::json!(1);
+            for _ in 0..100_000 {
+                deep = serde_json::Value::Object(std::iter::once(("a".to_owned(), deep)).collect());
+            }
+            let payload = Payload::Json(deep);
+            assert_eq!(parser.parse(&payload).unwrap_err(), ParseError::TooDeep);
+            drop(payload.into_raw());
+        }
+    }
+
+    proptest::proptest! {
+        /// Regression: without serde_json's `float_roundtrip`, about 8% of doubles
+        /// written as JSON (a row's display, `to_json`, the JSON-lines sink) read back
+        /// one ULP off.
+        #[test]
+        fn floats_read_back_identical(bits in proptest::prelude::any::<u64>()) {
+            let x = f64::from_bits(bits);
+            proptest::prop_assume!(x.is_finite());
+            let schema = Schema::new([Column::new("x", DataType::Float)]).unwrap();
+            let row = crate::Row::new(&schema, vec![Value::Float(x)]).unwrap();
+            let parser = Parser::new(schema, Format::Json);
+            for text in [row.to_string(), row.to_json().to_string()] {
+                let values = parser.parse(&Payload::Bytes(Bytes::from(text.clone()))).unwrap();
+                proptest::prop_assert_eq!(values[0].as_float().map(f64::to_bits), Some(bits), "{}", text);
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::parse::Format;
-use crate::schema::Schema;
+use crate::schema::{Schema, SchemaError};
+use crate::value::DataType;
 
 /// What to do with a message that cannot become a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,9 +66,34 @@ impl Reader {
 
     /// Reads messages of `format` into rows of `schema`.
     ///
-    /// For [`Format::Raw`] and [`Format::Bytes`], pass [`Schema::raw`] and
-    /// [`Schema::bytes`] (or use [`Reader::raw`] and [`Reader::bytes`]).
-    pub fn new(schema: Schema, format: Format) -> Self {
+    /// [`Format::Json`] takes any schema. [`Format::Raw`] and [`Format::Bytes`] fill
+    /// exactly one column, of type string and bytes: pass [`Schema::raw`] and
+    /// [`Schema::bytes`] (or use [`Reader::raw`] and [`Reader::bytes`]), or a schema of
+    /// one such column under a name of your own (it may be the primary key, which keeps
+    /// one row per distinct message).
+    ///
+    /// # Errors
+    ///
+    /// [`SchemaError::FormatMismatch`] when the schema does not fit the format.
+    pub fn new(schema: Schema, format: Format) -> Result<Self, SchemaError> {
+        let expected = match format {
+            Format::Json => None,
+            Format::Raw => Some(DataType::String),
+            Format::Bytes => Some(DataType::Bytes),
+        };
+        if let Some(expected) = expected
+            && !matches!(schema.columns(), [only] if only.data_type() == expected)
+        {
+            return Err(SchemaError::FormatMismatch {
+                format,
+                expected,
+                schema,
+            });
+        }
+        Ok(Self::unchecked(schema, format))
+    }
+
+    fn unchecked(schema: Schema, format: Format) -> Self {
         Reader {
             schema,
             format,
@@ -82,17 +108,17 @@ impl Reader {
 
     /// Reads each message as a JSON object into rows of `schema`.
     pub fn json(schema: Schema) -> Self {
-        Self::new(schema, Format::Json)
+        Self::unchecked(schema, Format::Json)
     }
 
     /// Reads each message as UTF-8 text into the `data` column of [`Schema::raw`].
     pub fn raw() -> Self {
-        Self::new(Schema::raw(), Format::Raw)
+        Self::unchecked(Schema::raw(), Format::Raw)
     }
 
     /// Reads each message as bytes into the `data` column of [`Schema::bytes`].
     pub fn bytes() -> Self {
-        Self::new(Schema::bytes(), Format::Bytes)
+        Self::unchecked(Schema::bytes(), Format::Bytes)
     }
 
     /// The longest a message waits before it is committed, counted from the first
@@ -172,5 +198,41 @@ impl Reader {
     /// The schema rows are parsed into.
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Column;
+
+    /// Regression: `Reader::new(schema, Format::Raw)` accepted any schema, and reading a
+    /// row's second column then panicked with an index out of bounds.
+    #[test]
+    fn a_format_refuses_a_schema_it_cannot_fill() {
+        let two = Schema::new([
+            Column::new("level", DataType::String),
+            Column::new("message", DataType::String),
+        ])
+        .unwrap();
+        for (format, schema) in [
+            (Format::Raw, two),
+            (Format::Bytes, two),
+            (Format::Raw, Schema::bytes()),
+            (Format::Bytes, Schema::raw()),
+        ] {
+            let error = Reader::new(schema, format).unwrap_err();
+            assert!(matches!(error, SchemaError::FormatMismatch { .. }), "{error}");
+        }
+        let line = Schema::new([Column::new("line", DataType::String).primary_key()]).unwrap();
+        assert!(
+            Reader::new(line, Format::Raw).is_ok(),
+            "one string column under any name"
+        );
+        assert!(Reader::new(two, Format::Json).is_ok());
+        assert_eq!(
+            Reader::new(two, Format::Raw).unwrap_err().to_string(),
+            "the Raw format fills exactly one string column, but the schema is [level: string, message: string]; use Schema::raw() or a schema of one string column"
+        );
     }
 }

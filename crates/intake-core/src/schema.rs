@@ -111,6 +111,18 @@ pub enum SchemaError {
     /// A primary-key column is nullable.
     #[error("column `{0}` is part of the primary key and so cannot be nullable")]
     NullableKey(String),
+    /// A reader's format needs a schema of another shape: [`Format::Raw`](crate::Format::Raw)
+    /// fills exactly one string column, [`Format::Bytes`](crate::Format::Bytes) exactly
+    /// one bytes column (such as [`Schema::raw`] and [`Schema::bytes`]).
+    #[error("the {format:?} format fills exactly one {expected} column, but the schema is {schema:?}; use Schema::{} or a schema of one {expected} column", if *expected == DataType::String { "raw()" } else { "bytes()" })]
+    FormatMismatch {
+        /// The reader's format.
+        format: crate::Format,
+        /// The type of the one column the format fills.
+        expected: DataType,
+        /// The schema given.
+        schema: Schema,
+    },
     /// A default value does not match its column's type.
     #[error("the default of column `{column}` is a {found}, but the column is {expected}")]
     DefaultTypeMismatch {
