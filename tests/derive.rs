@@ -66,15 +66,45 @@ fn the_schema_is_built_once() {
     assert_eq!(Everything::schema(), Everything::schema());
 }
 
+/// What the derive cannot check at compile time (the type of a default) is an error
+/// from `try_schema`, and a panic naming the type from `schema`.
 #[derive(RowType)]
 #[allow(dead_code)]
-struct Bad {
-    #[intake(primary_key)]
+struct BadDefault {
+    #[intake(default = "zero")]
+    count: i64,
+}
+
+#[test]
+fn an_invalid_default_is_a_returned_error() {
+    let error = BadDefault::try_schema().unwrap_err();
+    assert!(
+        matches!(error, intake::SchemaError::DefaultTypeMismatch { ref column, .. } if column == "count"),
+        "{error}"
+    );
+}
+
+#[test]
+#[should_panic(
+    expected = "the schema of `derive::BadDefault` is invalid: the default of column `count` is a string"
+)]
+fn schema_panics_with_the_reason() {
+    let _ = BadDefault::schema();
+}
+
+/// An integer default of a float field is a float default.
+#[derive(RowType)]
+#[allow(dead_code)]
+struct FloatDefault {
+    #[intake(default = 0)]
     price: f64,
 }
 
 #[test]
-#[should_panic(expected = "the schema derived for `Bad` is invalid: column `price` has type float")]
-fn an_invalid_derived_schema_panics_with_the_reason() {
-    let _ = Bad::schema();
+fn an_integer_default_of_a_float_field_works() {
+    let schema = FloatDefault::try_schema().unwrap();
+    assert_eq!(
+        schema.columns()[0].default_value(),
+        Some(&intake::Value::Float(0.0))
+    );
 }

@@ -908,7 +908,7 @@ async fn sinks_receive_every_commit_then_close() {
     #[async_trait::async_trait]
     impl intake::Sink for Recorder {
         async fn write_batch(&mut self, batch: &ChangeBatch) -> Result<(), BoxError> {
-            assert_eq!(batch.schema(), schema());
+            assert_eq!(batch.schema(), &schema());
             self.0.lock().unwrap().batches.push(summary(batch));
             Ok(())
         }

@@ -74,8 +74,8 @@ impl ChangeBatch {
     }
 
     /// The schema of the table the changes belong to (every row's schema).
-    pub fn schema(&self) -> Schema {
-        self.schema
+    pub fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     /// The commit's logical time.

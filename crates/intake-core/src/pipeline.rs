@@ -118,7 +118,7 @@ impl Pipeline {
         let name: Arc<str> = Arc::from(name.into());
         let table = Table::new(
             name.clone(),
-            reader.schema,
+            reader.schema.clone(),
             reader.subscriber_capacity,
             self.lifecycle.clone(),
         );
@@ -340,7 +340,7 @@ async fn run_inputs(inputs: Vec<Input>, lifecycle: Arc<Lifecycle>, fail_fast: bo
             name.clone(),
             reader.resume.clone(),
             producer,
-            Parser::new(reader.schema, reader.format),
+            Parser::new(reader.schema.clone(), reader.format),
             reader.error_policy,
             table.shared().clone(),
         );

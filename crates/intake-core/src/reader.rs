@@ -216,8 +216,8 @@ mod tests {
         ])
         .unwrap();
         for (format, schema) in [
-            (Format::Raw, two),
-            (Format::Bytes, two),
+            (Format::Raw, two.clone()),
+            (Format::Bytes, two.clone()),
             (Format::Raw, Schema::bytes()),
             (Format::Bytes, Schema::raw()),
         ] {
@@ -229,7 +229,7 @@ mod tests {
             Reader::new(line, Format::Raw).is_ok(),
             "one string column under any name"
         );
-        assert!(Reader::new(two, Format::Json).is_ok());
+        assert!(Reader::new(two.clone(), Format::Json).is_ok());
         assert_eq!(
             Reader::new(two, Format::Raw).unwrap_err().to_string(),
             "the Raw format fills exactly one string column, but the schema is [level: string, message: string]; use Schema::raw() or a schema of one string column"

@@ -224,7 +224,7 @@ impl Row {
                 });
             }
         }
-        Ok(Self::new_unchecked(*schema, values.into()))
+        Ok(Self::new_unchecked(schema.clone(), values.into()))
     }
 
     /// A row whose values the caller has already checked against `schema`.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use crate::value::{DataType, Value};
 
@@ -137,11 +137,9 @@ pub enum SchemaError {
 
 /// The columns of a table, their types, defaults and primary key.
 ///
-/// A schema is immutable and `Copy`: every row points to its schema, and a plain
-/// pointer keeps rows free of reference-count traffic between threads. Schemas are
-/// therefore interned for the life of the process: building a schema equal to one built
-/// before returns the same schema, and only distinct schemas take memory. Build a
-/// bounded number of distinct schemas (one per kind of data), not one per message.
+/// A schema is immutable and cheap to clone (a reference count). Build schemas at
+/// runtime as freely as you like (per tenant, per topic): each is freed with its last
+/// table, row and clone.
 ///
 /// # Examples
 ///
@@ -158,11 +156,8 @@ pub enum SchemaError {
 /// assert_eq!(schema.primary_key().len(), 1);
 /// # Ok::<(), intake_core::SchemaError>(())
 /// ```
-#[derive(Clone, Copy)]
-pub struct Schema(&'static SchemaInner);
-
-/// Every distinct schema built so far.
-static INTERNED: Mutex<Vec<&'static SchemaInner>> = Mutex::new(Vec::new());
+#[derive(Clone)]
+pub struct Schema(Arc<SchemaInner>);
 
 struct SchemaInner {
     columns: Vec<Column>,
@@ -182,11 +177,12 @@ impl Schema {
     /// See [`SchemaError`]: no columns, a repeated name, a float/JSON or nullable key
     /// column, or a default of the wrong type.
     pub fn new(columns: impl IntoIterator<Item = Column>) -> Result<Self, SchemaError> {
-        let columns: Vec<Column> = columns.into_iter().collect();
+        let mut columns: Vec<Column> = columns.into_iter().collect();
         if columns.is_empty() {
             return Err(SchemaError::Empty);
         }
-        for (i, column) in columns.iter().enumerate() {
+        for i in 0..columns.len() {
+            let column = &columns[i];
             if columns[..i].iter().any(|c| c.name == column.name) {
                 return Err(SchemaError::DuplicateColumn(column.name.to_string()));
             }
@@ -199,6 +195,13 @@ impl Schema {
             if column.primary_key && column.nullable {
                 return Err(SchemaError::NullableKey(column.name.to_string()));
             }
+            let column = &mut columns[i];
+            // An integer default of a float column is the float it names, as an
+            // integer in a message would be.
+            #[allow(clippy::cast_precision_loss)]
+            if let (DataType::Float, Some(Value::Int(int))) = (column.data_type, &column.default) {
+                column.default = Some(Value::Float(*int as f64));
+            }
             if let Some(default) = &column.default {
                 let ok = column.data_type.matches(default) || (default.is_null() && column.nullable);
                 if !ok {
@@ -206,6 +209,15 @@ impl Schema {
                         column: column.name.to_string(),
                         expected: column.data_type,
                         found: default.kind(),
+                    });
+                }
+                if let Value::Float(x) = default
+                    && !x.is_finite()
+                {
+                    return Err(SchemaError::DefaultTypeMismatch {
+                        column: column.name.to_string(),
+                        expected: column.data_type,
+                        found: "a non-finite float",
                     });
                 }
             }
@@ -216,14 +228,6 @@ impl Schema {
             .filter(|(_, c)| c.primary_key)
             .map(|(i, _)| i)
             .collect();
-        Ok(Self::intern(columns, primary_key))
-    }
-
-    fn intern(columns: Vec<Column>, primary_key: Vec<usize>) -> Self {
-        let mut interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(existing) = interned.iter().find(|s| s.columns == columns) {
-            return Schema(existing);
-        }
         let by_name = (columns.len() > SCAN_LIMIT).then(|| {
             columns
                 .iter()
@@ -231,27 +235,34 @@ impl Schema {
                 .map(|(i, c)| (c.name.clone(), i))
                 .collect()
         });
-        let inner: &'static SchemaInner = Box::leak(Box::new(SchemaInner {
+        Ok(Schema(Arc::new(SchemaInner {
             columns,
             primary_key,
             by_name,
-        }));
-        interned.push(inner);
-        Schema(inner)
+        })))
     }
 
     /// The schema of the `raw` format: one string column named `data`, no key.
     pub fn raw() -> Self {
-        Self::single_data_column(DataType::String)
+        static RAW: OnceLock<Schema> = OnceLock::new();
+        RAW.get_or_init(|| Self::single_data_column(DataType::String))
+            .clone()
     }
 
     /// The schema of the `bytes` format: one bytes column named `data`, no key.
     pub fn bytes() -> Self {
-        Self::single_data_column(DataType::Bytes)
+        static BYTES: OnceLock<Schema> = OnceLock::new();
+        BYTES
+            .get_or_init(|| Self::single_data_column(DataType::Bytes))
+            .clone()
     }
 
     fn single_data_column(data_type: DataType) -> Self {
-        Self::intern(vec![Column::new("data", data_type)], Vec::new())
+        Schema(Arc::new(SchemaInner {
+            columns: vec![Column::new("data", data_type)],
+            primary_key: Vec::new(),
+            by_name: None,
+        }))
     }
 
     /// The columns, in order.
@@ -275,9 +286,10 @@ impl Schema {
 }
 
 impl PartialEq for Schema {
-    /// Equal schemas are interned as one, so this compares pointers.
+    /// Schemas are equal when their columns are: names, types, nullability, keys and
+    /// defaults.
     fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self.0, other.0)
+        Arc::ptr_eq(&self.0, &other.0) || self.0.columns == other.0.columns
     }
 }
 
@@ -303,9 +315,34 @@ impl fmt::Debug for Schema {
 /// `#[derive(intake::RowType)]` on a struct (each field a column), then read with
 /// `Reader::json(T::schema())`, send with [`SourceContext::next`](crate::SourceContext::next)
 /// and read rows back with [`Row::deserialize`](crate::Row::deserialize).
+///
+/// The derive refuses at compile time what it can see is wrong (a float, JSON or
+/// `Option` primary key, two fields with one column name); what it cannot see (a
+/// default of the wrong type) makes [`try_schema`](Self::try_schema) return the error.
 pub trait RowType {
     /// The schema of rows of this type.
-    fn schema() -> Schema;
+    ///
+    /// # Errors
+    ///
+    /// The [`SchemaError`] that [`Schema::new`] returns for these columns.
+    fn try_schema() -> Result<Schema, SchemaError>;
+
+    /// The schema of rows of this type.
+    ///
+    /// # Panics
+    ///
+    /// If [`try_schema`](Self::try_schema) returns an error; call it instead to handle
+    /// the error.
+    #[track_caller]
+    fn schema() -> Schema {
+        match Self::try_schema() {
+            Ok(schema) => schema,
+            Err(error) => panic!(
+                "the schema of `{}` is invalid: {error}",
+                std::any::type_name::<Self>()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,11 +382,50 @@ mod tests {
     }
 
     #[test]
-    fn equal_schemas_are_interned_once() {
+    fn schemas_compare_by_their_columns() {
         let build =
             |name: &str| Schema::new([Column::new(name.to_owned(), DataType::Int).primary_key()]).unwrap();
-        assert_eq!(build("interned_a"), build("interned_a"));
-        assert_ne!(build("interned_a"), build("interned_b"));
+        assert_eq!(build("a"), build("a"));
+        assert_ne!(build("a"), build("b"));
+        assert_ne!(
+            Schema::new([Column::new("a", DataType::Int)]).unwrap(),
+            build("a"),
+            "keys differ"
+        );
         assert_eq!(Schema::raw(), Schema::raw());
+    }
+
+    /// Regression: every distinct schema was leaked into a global list searched
+    /// linearly, so building 20,000 took seconds and their memory never returned.
+    #[test]
+    fn schemas_built_at_runtime_are_freed_and_cost_the_same_each() {
+        let first = Schema::new([Column::new("tenant_0", DataType::Int)]).unwrap();
+        let weak = Arc::downgrade(&first.0);
+        drop(first);
+        assert!(weak.upgrade().is_none(), "freed with its last handle");
+        let started = std::time::Instant::now();
+        for tenant in 0..20_000 {
+            let schema = Schema::new([
+                Column::new(format!("tenant_{tenant}"), DataType::Int).primary_key(),
+                Column::new("value", DataType::String),
+            ])
+            .unwrap();
+            assert_eq!(schema.columns().len(), 2);
+        }
+        // Linear interning took seconds here; this takes milliseconds. The bound is
+        // loose so that a slow machine cannot fail it.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn integer_defaults_of_float_columns_are_floats_and_non_finite_ones_are_refused() {
+        let schema = Schema::new([Column::new("x", DataType::Float).default(0)]).unwrap();
+        assert_eq!(schema.columns()[0].default_value(), Some(&Value::Float(0.0)));
+        let nan = Schema::new([Column::new("x", DataType::Float).default(f64::NAN)]);
+        assert!(matches!(nan, Err(SchemaError::DefaultTypeMismatch { .. })));
     }
 }

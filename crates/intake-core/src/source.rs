@@ -417,7 +417,7 @@ impl SourceContext {
         let parser = &self.shared.parser;
         match parser.parse(&payload) {
             Ok(values) => {
-                let schema = *parser.schema();
+                let schema = parser.schema().clone();
                 Prepared::Event(if schema.primary_key().is_empty() {
                     Event::Append(Row::new_unchecked(schema, values))
                 } else {

@@ -115,8 +115,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The table's schema, for example to write a header.
-    pub fn schema(&self) -> Schema {
-        self.schema
+    pub fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     /// The time of the last commit included, or `None` before the first.
@@ -210,7 +210,7 @@ impl Table {
         drop(state);
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
-            schema: self.shared.schema,
+            schema: self.shared.schema.clone(),
             time,
             rows,
         }
@@ -267,7 +267,11 @@ impl Table {
                 })
                 .collect();
             // A non-empty table has had a commit.
-            ChangeBatch::new(self.shared.schema, state.time.unwrap_or(Time::new(0)), changes)
+            ChangeBatch::new(
+                self.shared.schema.clone(),
+                state.time.unwrap_or(Time::new(0)),
+                changes,
+            )
         });
         if !state.closed {
             state.subscribers.push(SubscriberSlot {
@@ -529,7 +533,7 @@ impl TableShared {
         let time = Time::new(state.time.map_or(1, |t| t.as_u64() + 1));
         state.time = Some(time);
         retractions.append(&mut insertions);
-        let batch = ChangeBatch::new(self.schema, time, retractions);
+        let batch = ChangeBatch::new(self.schema.clone(), time, retractions);
         let subscribers = state.subscribers.clone();
         drop(guard);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);

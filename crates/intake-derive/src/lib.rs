@@ -44,6 +44,8 @@ pub fn derive_row_type(input: TokenStream) -> TokenStream {
 struct ColumnSpec {
     name: String,
     data_type: TokenStream2,
+    /// Whether the column's type can be part of a primary key.
+    can_be_key: bool,
     nullable: bool,
     primary_key: bool,
     default: Option<Expr>,
@@ -62,9 +64,30 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             "RowType needs a struct with named fields: each field is a column",
         ));
     };
-    let mut columns = Vec::new();
+    let mut columns: Vec<ColumnSpec> = Vec::new();
     for field in &fields.named {
-        columns.push(column(field)?);
+        let spec = column(field)?;
+        // What `Schema::new` would refuse, refused at compile time where the field is.
+        if columns.iter().any(|c| c.name == spec.name) {
+            return Err(syn::Error::new(
+                field.span(),
+                format!("column `{}` is declared twice (check `rename`)", spec.name),
+            ));
+        }
+        if spec.primary_key && spec.nullable {
+            return Err(syn::Error::new(
+                field.ty.span(),
+                "a primary-key column cannot be nullable: use the type without `Option`",
+            ));
+        }
+        if spec.primary_key && !spec.can_be_key {
+            return Err(syn::Error::new(
+                field.ty.span(),
+                "this column type cannot be part of a primary key (float and json cannot: \
+                 equality on them is not what a key needs); use int, string, bool, bytes or timestamp",
+            ));
+        }
+        columns.push(spec);
     }
     let columns = columns.iter().map(|c| {
         let ColumnSpec {
@@ -73,6 +96,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             nullable,
             primary_key,
             default,
+            ..
         } = c;
         let mut column = quote! { ::intake::Column::new(#name, ::intake::DataType::#data_type) };
         if *nullable {
@@ -88,15 +112,15 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     });
     let ident = &input.ident;
     let (impl_generics, type_generics, where_clause) = input.generics.split_for_impl();
-    let message = format!("the schema derived for `{ident}` is invalid");
     Ok(quote! {
         impl #impl_generics ::intake::RowType for #ident #type_generics #where_clause {
-            fn schema() -> ::intake::Schema {
-                static SCHEMA: ::std::sync::OnceLock<::intake::Schema> = ::std::sync::OnceLock::new();
-                *SCHEMA.get_or_init(|| match ::intake::Schema::new([#(#columns),*]) {
-                    ::std::result::Result::Ok(schema) => schema,
-                    ::std::result::Result::Err(error) => ::std::panic!("{}: {}", #message, error),
-                })
+            fn try_schema() -> ::std::result::Result<::intake::Schema, ::intake::SchemaError> {
+                // The columns do not depend on generic parameters, so one schema serves
+                // every instantiation.
+                static SCHEMA: ::std::sync::OnceLock<
+                    ::std::result::Result<::intake::Schema, ::intake::SchemaError>,
+                > = ::std::sync::OnceLock::new();
+                SCHEMA.get_or_init(|| ::intake::Schema::new([#(#columns),*])).clone()
             }
         }
     })
@@ -140,10 +164,13 @@ fn column(field: &syn::Field) -> syn::Result<ColumnSpec> {
             )
         })?,
     };
+    let type_name = data_type.to_string();
+    let can_be_key = type_name != "Float" && type_name != "Json";
     let data_type = quote_spanned! {field.ty.span()=> #data_type};
     Ok(ColumnSpec {
         name,
         data_type,
+        can_be_key,
         nullable,
         primary_key,
         default,

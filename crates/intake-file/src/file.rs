@@ -281,7 +281,7 @@ const SEND_BATCH: usize = 256;
 
 impl FileReader {
     fn new(config: FileSource, ctx: SourceContext, handle: Handle, woken: mpsc::Receiver<()>) -> Self {
-        let decoder = LineDecoder::new(config.format, *ctx.schema());
+        let decoder = LineDecoder::new(config.format, ctx.schema().clone());
         FileReader {
             config,
             ctx,

@@ -176,7 +176,7 @@ impl FragmentParser {
                 Err(_) => messages.push(Decoded::Message(Message::Bytes(bytes.clone()))),
             },
             FragmentParser::Lines(format) => {
-                let mut decoder = LineDecoder::new(*format, *ctx.schema());
+                let mut decoder = LineDecoder::new(*format, ctx.schema().clone());
                 for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
                     messages.extend(decoder.decode(line, i as u64 + 1));
                 }

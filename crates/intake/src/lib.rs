@@ -86,6 +86,39 @@ pub use intake_ws as ws;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Compile errors
+///
+/// What `Schema::new` would refuse is refused where the field is written: a primary
+/// key of a float, JSON or `Option` type, and two fields with one column name.
+///
+/// ```compile_fail
+/// #[derive(intake::RowType)]
+/// struct Quote {
+///     #[intake(primary_key)]
+///     price: f64, // error: this column type cannot be part of a primary key
+/// }
+/// ```
+///
+/// ```compile_fail
+/// #[derive(intake::RowType)]
+/// struct Quote {
+///     #[intake(primary_key)]
+///     sym: Option<String>, // error: a primary-key column cannot be nullable
+/// }
+/// ```
+///
+/// ```compile_fail
+/// #[derive(intake::RowType)]
+/// struct Quote {
+///     close: f64,
+///     #[intake(rename = "close")]
+///     last: f64, // error: column `close` is declared twice
+/// }
+/// ```
+///
+/// A default of the wrong type cannot be seen by the derive:
+/// [`RowType::try_schema`] returns it as an error (and [`RowType::schema`] panics).
 #[cfg(feature = "derive")]
 pub use intake_derive::RowType;
 
