@@ -1136,3 +1136,54 @@ async fn settings_at_their_extremes_work_or_are_refused_up_front() {
         assert!(message.contains("must be at most"), "{message}");
     }
 }
+
+/// Regression: `ctx.next(&value)` turned NaN into null through `serde_json::to_value`,
+/// so the row took the column's default and nothing was reported.
+#[tokio::test]
+async fn a_typed_message_with_a_nan_is_reported_not_stored_as_the_default() {
+    #[derive(serde::Serialize)]
+    struct Tick {
+        key: i64,
+        value: String,
+        price: f64,
+    }
+    let schema = Schema::new([
+        Column::new("key", DataType::Int).primary_key(),
+        Column::new("value", DataType::String),
+        Column::new("price", DataType::Float).default(0.0),
+    ])
+    .unwrap();
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next(&Tick {
+            key: 1,
+            value: "a".into(),
+            price: f64::NAN,
+        })
+        .await?;
+        ctx.next(&Tick {
+            key: 2,
+            value: "b".into(),
+            price: 2.5,
+        })
+        .await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "ticks",
+        source,
+        Reader::json(schema).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let rejected = pipeline.rejected(4);
+    pipeline.run().await.unwrap();
+    let rejected: Vec<_> = rejected.collect().await;
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0].reason().to_string().contains("NaN"),
+        "{}",
+        rejected[0].reason()
+    );
+    assert_eq!(&rejected[0].raw()[..], br#"{"key":1,"value":"a","price":null}"#);
+    assert!(table.get(&1.into()).is_none());
+    assert_eq!(table.get(&2.into()).unwrap()["price"].as_float(), Some(2.5));
+}

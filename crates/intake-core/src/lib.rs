@@ -69,6 +69,7 @@ mod sink;
 mod source;
 mod subscribe;
 mod table;
+mod typed;
 mod value;
 
 pub use batch::{BatchAsync, batch_async};

@@ -272,6 +272,10 @@ impl Parser {
         &self.schema
     }
 
+    pub(crate) fn format(&self) -> Format {
+        self.format
+    }
+
     /// The values of the row in `payload`, one per column.
     pub(crate) fn parse(&self, payload: &Payload) -> Result<Arc<[Value]>, ParseError> {
         if let Payload::Json(json) = payload
@@ -363,9 +367,67 @@ impl Parser {
     }
 }
 
+/// One element of an array read as bytes: a number from 0 to 255.
+struct ByteSeed<'a, 'b>(&'a ValueSeed<'b>);
+
+impl<'de> DeserializeSeed<'de> for ByteSeed<'_, '_> {
+    type Value = u8;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<u8, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ByteSeed<'_, '_> {
+    type Value = u8;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u8, E> {
+        u8::try_from(v).map_err(|_| self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u8, E> {
+        u8::try_from(v).map_err(|_| self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<u8, E> {
+        Err(self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<u8, E> {
+        Err(self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<u8, E> {
+        Err(self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<u8, E> {
+        Err(self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<u8, A::Error> {
+        Err(self.0.wrong_type(NOT_BYTES))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<u8, A::Error> {
+        Err(self.0.wrong_type(NOT_BYTES))
+    }
+}
+
+/// What an array with an element other than a byte is called in a
+/// [`ParseError::WrongType`] for a bytes column.
+pub(crate) const NOT_BYTES: &str = "an array holding other than bytes (0 to 255)";
+
+/// What a non-finite float is called in a [`ParseError::WrongType`].
+pub(crate) const NON_FINITE: &str = "NaN or an infinity";
+
 /// Records the structured reason for a failure and returns the serde error that aborts
 /// deserialization; the caller prefers the recorded reason.
-fn fail<E: de::Error>(failure: &Cell<Option<ParseError>>, reason: ParseError) -> E {
+pub(crate) fn fail<E: de::Error>(failure: &Cell<Option<ParseError>>, reason: ParseError) -> E {
     let message = reason.to_string();
     failure.set(Some(reason));
     E::custom(message)
@@ -384,14 +446,45 @@ impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     }
 }
 
+/// A new row of `columns` nulls, not shared yet, to fill in place.
+pub(crate) fn empty_row(columns: usize) -> Arc<[Value]> {
+    // `repeat_n` has an exact length, so this allocates once.
+    std::iter::repeat_n(Value::Null, columns).collect()
+}
+
+/// Finishes a row after its message's fields were read: a column the message lacked,
+/// or set to null, takes its default, else stays null if nullable, else the row is
+/// refused.
+pub(crate) fn complete_row(columns: &[Column], values: &mut [Value], seen: &Seen) -> Result<(), ParseError> {
+    for (i, column) in columns.iter().enumerate() {
+        let present = seen.contains(i);
+        if present && !values[i].is_null() {
+            continue;
+        }
+        match (column.default_value(), column.is_nullable()) {
+            (Some(default), _) => values[i] = default.clone(),
+            (None, true) => values[i] = Value::Null,
+            (None, false) => {
+                let column = column.name().to_owned();
+                return Err(if present {
+                    ParseError::NullNotAllowed { column }
+                } else {
+                    ParseError::MissingField { column }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Which columns a message has set so far.
-enum Seen {
+pub(crate) enum Seen {
     Few(u128),
     Many(Vec<bool>),
 }
 
 impl Seen {
-    fn new(columns: usize) -> Self {
+    pub(crate) fn new(columns: usize) -> Self {
         if columns <= 128 {
             Seen::Few(0)
         } else {
@@ -400,7 +493,7 @@ impl Seen {
     }
 
     /// Marks `i` as seen; false if it already was.
-    fn insert(&mut self, i: usize) -> bool {
+    pub(crate) fn insert(&mut self, i: usize) -> bool {
         match self {
             Seen::Few(bits) => {
                 let bit = 1u128 << i;
@@ -429,9 +522,8 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Arc<[Value]>, A::Error> {
         let columns = self.schema.columns();
-        // Parse straight into the row's final, shared allocation: `repeat_n` has an exact
-        // length, so this allocates once, and the new `Arc` is not shared yet.
-        let mut row: Arc<[Value]> = std::iter::repeat_n(Value::Null, columns.len()).collect();
+        // Parse straight into the row's final, shared allocation.
+        let mut row = empty_row(columns.len());
         let Some(values) = Arc::get_mut(&mut row) else {
             return Err(de::Error::custom("internal error: a new row was shared"));
         };
@@ -452,27 +544,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 failure: self.failure,
             })?;
         }
-        for (i, column) in columns.iter().enumerate() {
-            if !seen.contains(i) {
-                values[i] = match (column.default_value(), column.is_nullable()) {
-                    (Some(default), _) => default.clone(),
-                    (None, true) => Value::Null,
-                    (None, false) => {
-                        let column = column.name().to_owned();
-                        return Err(fail(self.failure, ParseError::MissingField { column }));
-                    }
-                };
-            } else if values[i].is_null() {
-                match (column.default_value(), column.is_nullable()) {
-                    (Some(default), _) => values[i] = default.clone(),
-                    (None, true) => {}
-                    (None, false) => {
-                        let column = column.name().to_owned();
-                        return Err(fail(self.failure, ParseError::NullNotAllowed { column }));
-                    }
-                }
-            }
-        }
+        complete_row(columns, values, &seen).map_err(|reason| fail(self.failure, reason))?;
         Ok(row)
     }
 
@@ -528,10 +600,11 @@ impl<'de> Visitor<'de> for ColumnSeed<'_> {
     }
 }
 
-/// Reads one field's value as its column's type.
-struct ValueSeed<'a> {
-    column: &'a Column,
-    failure: &'a Cell<Option<ParseError>>,
+/// Reads one field's value as its column's type. Its visitor methods are also the
+/// conversions of the typed path (`typed.rs`), so both read values alike.
+pub(crate) struct ValueSeed<'a> {
+    pub(crate) column: &'a Column,
+    pub(crate) failure: &'a Cell<Option<ParseError>>,
 }
 
 impl ValueSeed<'_> {
@@ -623,7 +696,10 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         match self.column.data_type() {
-            DataType::Float => Ok(Value::Float(v)),
+            DataType::Float if v.is_finite() => Ok(Value::Float(v)),
+            // JSON text cannot hold them, and a JSON-lines sink could not write them
+            // back: refused on every path, not turned into null.
+            DataType::Float => Err(self.wrong_type(NON_FINITE)),
             // serde_json reads integers beyond u64 and below i64::MIN as floats; an
             // integral value out of range is an integer out of range, not a fraction.
             // (-2^63 itself arrives here only from a literal below i64::MIN that
@@ -660,8 +736,17 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         Ok(Value::Null)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
-        Err(self.wrong_type("an array"))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        if self.column.data_type() != DataType::Bytes {
+            return Err(self.wrong_type("an array"));
+        }
+        // Bytes that are not UTF-8 are written to JSON as an array of numbers
+        // (`Value::to_json`), so that is read back as bytes.
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64 * 1024));
+        while let Some(byte) = seq.next_element_seed(ByteSeed(&self))? {
+            bytes.push(byte);
+        }
+        Ok(Value::Bytes(Bytes::from(bytes)))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Value, A::Error> {

@@ -202,7 +202,8 @@ impl Row {
     ///
     /// # Errors
     ///
-    /// [`RowError`] when the count or a type is wrong, or a non-nullable column is null.
+    /// [`RowError`] when the count or a type is wrong, a non-nullable column is null,
+    /// or a float is NaN or infinite (no reader accepts those, so no row holds them).
     pub fn new(schema: &Schema, values: Vec<Value>) -> Result<Self, RowError> {
         if values.len() != schema.columns().len() {
             return Err(RowError::WrongArity {
@@ -211,6 +212,16 @@ impl Row {
             });
         }
         for (column, value) in schema.columns().iter().zip(&values) {
+            if let Value::Float(x) = value
+                && !x.is_finite()
+            {
+                // What no reader produces and no JSON sink could write back.
+                return Err(RowError::WrongType {
+                    column: column.name().to_owned(),
+                    expected: column.data_type().to_string(),
+                    found: crate::parse::NON_FINITE,
+                });
+            }
             let fits = column.data_type().matches(value) || (value.is_null() && column.is_nullable());
             if !fits {
                 return Err(RowError::WrongType {

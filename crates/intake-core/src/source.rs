@@ -12,12 +12,13 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::lifecycle::Lifecycle;
-use crate::parse::{ParseError, Parser, Payload, Rejected};
+use crate::parse::{Format, ParseError, Parser, Payload, Rejected};
 use crate::queue::{Producer, PushError};
 use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
 use crate::schema::Schema;
 use crate::table::TableShared;
+use crate::value::Value;
 
 /// The error type sources return: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -305,18 +306,42 @@ impl SourceContext {
         self.send(Message::Json(json)).await
     }
 
-    /// Sends any serializable value, such as a `#[derive(Serialize)]` struct whose
-    /// fields are the table's columns.
+    /// Sends any serializable value, such as a `#[derive(Serialize, RowType)]` struct
+    /// whose fields are the table's columns.
+    ///
+    /// With the JSON format the value becomes a row directly, field by field, with
+    /// exactly the outcome the same value written as JSON text would have (missing
+    /// fields take defaults, extra fields are ignored, wrong types are refused); what
+    /// JSON cannot carry is refused instead of altered: a non-finite float is
+    /// [`ParseError::WrongType`] (serde_json would write it as `null`), and nesting
+    /// deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) is [`ParseError::TooDeep`].
+    /// With the raw and bytes formats, the value's JSON text is the message.
     ///
     /// # Errors
     ///
-    /// As [`send`](Self::send); a value that fails to serialize is bad input.
+    /// As [`send`](Self::send); a value that cannot become a row is bad input, reported
+    /// with its JSON text as the raw bytes (empty if it has none).
     pub async fn next<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
-        match serde_json::to_value(value) {
-            Ok(json) => self.send(Message::Json(json)).await,
-            Err(e) => {
-                self.check_open()?;
-                self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()))
+        if self.shared.parser.format() != Format::Json {
+            return match serde_json::to_value(value) {
+                Ok(json) => self.send(Message::Json(json)).await,
+                Err(e) => {
+                    self.check_open()?;
+                    self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()))
+                }
+            };
+        }
+        self.check_open()?;
+        let schema = self.shared.parser.schema();
+        match crate::typed::row_values(schema, value) {
+            Ok(values) => self.enqueue(self.event(values)).await,
+            Err(reason) => {
+                // Writing a value nested too deeply would recurse as deeply.
+                let raw = match reason {
+                    ParseError::TooDeep => Bytes::new(),
+                    _ => serde_json::to_vec(value).map(Bytes::from).unwrap_or_default(),
+                };
+                self.refuse(raw, reason)
             }
         }
     }
@@ -414,18 +439,20 @@ impl SourceContext {
     }
 
     fn parse(&self, payload: Payload) -> Prepared {
-        let parser = &self.shared.parser;
-        match parser.parse(&payload) {
-            Ok(values) => {
-                let schema = parser.schema().clone();
-                Prepared::Event(if schema.primary_key().is_empty() {
-                    Event::Append(Row::new_unchecked(schema, values))
-                } else {
-                    let key = Key::of_row(&schema, &values);
-                    Event::Upsert(key, Row::new_unchecked(schema, values))
-                })
-            }
+        match self.shared.parser.parse(&payload) {
+            Ok(values) => Prepared::Event(self.event(values)),
             Err(reason) => Prepared::Rejected(payload.into_raw(), reason),
+        }
+    }
+
+    /// The event that puts a row of these values in the table.
+    fn event(&self, values: Arc<[Value]>) -> Event {
+        let schema = self.shared.parser.schema().clone();
+        if schema.primary_key().is_empty() {
+            Event::Append(Row::new_unchecked(schema, values))
+        } else {
+            let key = Key::of_row(&schema, &values);
+            Event::Upsert(key, Row::new_unchecked(schema, values))
         }
     }
 
