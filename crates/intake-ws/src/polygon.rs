@@ -91,13 +91,29 @@ impl Polygon {
     }
 
     /// The event types (`ev` values) that become messages. Default: `A`, `AM`, `T`,
-    /// `Q`. Events of other types are skipped.
+    /// `Q`. Events of other types are skipped without a report (logged at trace
+    /// level).
+    ///
+    /// # Panics
+    ///
+    /// If `events` is empty (the source would never deliver anything) or names
+    /// `status` (status events are the protocol's own and never become messages).
+    #[track_caller]
     pub fn events<I, S>(mut self, events: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.events = events.into_iter().map(Into::into).collect();
+        let events: Vec<String> = events.into_iter().map(Into::into).collect();
+        assert!(
+            !events.is_empty(),
+            "Polygon::events needs at least one event type, such as \"A\""
+        );
+        assert!(
+            !events.iter().any(|ev| ev == "status"),
+            "Polygon::events cannot select `status`: status events are the protocol's own and never become messages"
+        );
+        self.events = events;
         self
     }
 

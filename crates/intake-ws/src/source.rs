@@ -26,6 +26,11 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long closing a connection politely may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Longer than any process lives. A ping interval or silence timeout at least this
+/// long means never: tokio's timers and `Instant` arithmetic overflow on durations
+/// such as `Duration::MAX`, so they are not armed at all.
+const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Installs rustls' ring crypto provider as the process default, once. Without a
 /// default provider, rustls panics at the first `wss://` connect; if the application
 /// installed one already, that one is kept.
@@ -183,16 +188,35 @@ impl WebSocketSource {
     }
 
     /// The longest a connection attempt (TCP, TLS and the upgrade) may take; a
-    /// timed-out attempt is retried. Default: 10 s.
+    /// timed-out attempt is retried. Default: 10 s. `Duration::MAX` means no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: no attempt could ever succeed.
+    #[track_caller]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "connect_timeout must be longer than zero, or no connection attempt could succeed"
+        );
         self.connect_timeout = timeout;
         self
     }
 
-    /// The largest message (and frame) accepted. A larger one drops the connection,
-    /// which is then made again. Default: tungstenite's, 64 MiB messages and 16 MiB
-    /// frames.
+    /// The largest message (and frame) accepted, in bytes. Default: tungstenite's,
+    /// 64 MiB messages and 16 MiB frames; `usize::MAX` means no limit.
+    ///
+    /// A larger message drops the connection, which is then made again.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is zero: no message with a payload could be read.
+    #[track_caller]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
+        assert!(
+            bytes > 0,
+            "max_message_size must be at least 1 byte, or no message could be read"
+        );
         self.max_message_size = Some(bytes);
         self
     }
@@ -205,16 +229,33 @@ impl WebSocketSource {
 
     /// Sends a ping every `interval`, so that a connection through idle proxies stays
     /// up and (with a [`silence_timeout`](Self::silence_timeout)) a dead one is
-    /// noticed. Default: no pings.
+    /// noticed. Default: no pings. An interval of 30 years or more, such as
+    /// `Duration::MAX`, means no pings.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is zero.
+    #[track_caller]
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = Some(interval);
+        assert!(!interval.is_zero(), "ping_interval must be longer than zero");
+        self.ping_interval = (interval < NEVER).then_some(interval);
         self
     }
 
     /// Treats the connection as dead, and reconnects, when nothing at all (data, ping
-    /// or pong) arrives for `timeout`. Default: no deadline.
+    /// or pong) arrives for `timeout`. Default: no deadline. A timeout of 30 years or
+    /// more, such as `Duration::MAX`, means no deadline.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: every connection would be dead at once.
+    #[track_caller]
     pub fn silence_timeout(mut self, timeout: Duration) -> Self {
-        self.silence_timeout = Some(timeout);
+        assert!(
+            !timeout.is_zero(),
+            "silence_timeout must be longer than zero, or every connection would count as dead at once"
+        );
+        self.silence_timeout = (timeout < NEVER).then_some(timeout);
         self
     }
 
@@ -228,7 +269,8 @@ impl WebSocketSource {
     /// How many bytes of frames may be read ahead of the table while it applies
     /// backpressure. Within this budget the socket keeps being read, so pings are
     /// answered at once; beyond it, reading pauses (and TCP pushes back on the
-    /// server). Default: 4 MiB.
+    /// server). Default: 4 MiB. Budgets above 4 GiB (`u32::MAX` bytes), such as
+    /// `usize::MAX`, are treated as 4 GiB.
     ///
     /// # Panics
     ///
@@ -437,7 +479,7 @@ impl Source for WebSocketSource {
                     }
                 }
             };
-            failures += 1;
+            failures = failures.saturating_add(1);
             let Some(delay) = backoff.next() else {
                 return Err(WsError::GaveUp {
                     attempts: failures,
@@ -451,7 +493,7 @@ impl Source for WebSocketSource {
                 url = %self.url,
                 error = %last_error,
                 attempt = failures,
-                delay_ms = delay.as_millis() as u64,
+                delay_ms = saturating_millis(delay),
                 "WebSocket connection lost; reconnecting"
             );
             tokio::select! {
@@ -520,11 +562,8 @@ impl SocketTask {
     }
 
     async fn read_loop(&mut self) -> SocketEnd {
-        let far_future = || Instant::now() + Duration::from_secs(86_400 * 365);
-        let silence = tokio::time::sleep_until(match self.silence_timeout {
-            Some(timeout) => Instant::now() + timeout,
-            None => far_future(),
-        });
+        // The builders keep both durations below `NEVER`, so these sums cannot overflow.
+        let silence = tokio::time::sleep_until(Instant::now() + self.silence_timeout.unwrap_or(NEVER));
         tokio::pin!(silence);
         let mut pings = self.ping_interval.map(|period| {
             let mut pings = tokio::time::interval_at(Instant::now() + period, period);
@@ -602,6 +641,12 @@ impl SocketTask {
     }
 }
 
+/// `duration` in whole milliseconds, `u64::MAX` for longer ones (such as a
+/// reconnect delay of `Duration::MAX`), which `as u64` would wrap.
+fn saturating_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The next tick of `pings`, or never without pings.
 async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
     match pings {
@@ -609,5 +654,16 @@ async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
             pings.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_too_long_for_u64_milliseconds_are_logged_as_the_maximum() {
+        assert_eq!(saturating_millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(saturating_millis(Duration::MAX), u64::MAX);
     }
 }

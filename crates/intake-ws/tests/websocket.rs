@@ -816,3 +816,79 @@ fn polygon_protocol_answers_statuses_and_selects_events() {
         "the API key must not be logged"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Settings: every value a builder accepts works, or is refused at once.
+// ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_durations_and_largest_sizes_mean_no_limit() {
+    type Configure = fn(WebSocketSource) -> WebSocketSource;
+    let settings: [(&str, Configure); 3] = [
+        ("ping_interval(MAX)", |s| s.ping_interval(Duration::MAX)),
+        ("silence_timeout(MAX)", |s| s.silence_timeout(Duration::MAX)),
+        (
+            "connect_timeout(MAX), max_message_size(MAX), read_ahead(MAX)",
+            |s| {
+                s.connect_timeout(Duration::MAX)
+                    .max_message_size(usize::MAX)
+                    .read_ahead(usize::MAX)
+            },
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, configure) in settings {
+        let (url, _) = serve(|mut ws, _| async move {
+            text(&mut ws, json!({"sym": "S", "c": 1.0, "v": 1})).await;
+            close_with(&mut ws, CloseCode::Normal, "done").await;
+        })
+        .await;
+        let source = configure(WebSocketSource::new(url))
+            .reconnect(Reconnect::never())
+            .reconnect_on_normal_close(false);
+        let mut pipeline = Pipeline::new();
+        let table = pipeline.read("extreme", source, Reader::json(aggregates_schema()));
+        match run_with_timeout(pipeline).await {
+            Ok(()) if table.len() == 1 => {}
+            Ok(()) => failures.push(format!("{name}: {} rows", table.len())),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+#[should_panic(expected = "ping_interval must be longer than zero")]
+fn a_zero_ping_interval_is_refused() {
+    let _ = WebSocketSource::new("ws://127.0.0.1:9").ping_interval(Duration::ZERO);
+}
+
+#[test]
+#[should_panic(expected = "silence_timeout must be longer than zero")]
+fn a_zero_silence_timeout_is_refused() {
+    let _ = WebSocketSource::new("ws://127.0.0.1:9").silence_timeout(Duration::ZERO);
+}
+
+#[test]
+#[should_panic(expected = "connect_timeout must be longer than zero")]
+fn a_zero_connect_timeout_is_refused() {
+    let _ = WebSocketSource::new("ws://127.0.0.1:9").connect_timeout(Duration::ZERO);
+}
+
+#[test]
+#[should_panic(expected = "max_message_size must be at least 1 byte")]
+fn a_zero_max_message_size_is_refused() {
+    let _ = WebSocketSource::new("ws://127.0.0.1:9").max_message_size(0);
+}
+
+#[test]
+#[should_panic(expected = "Polygon::events needs at least one event type")]
+fn polygon_with_no_event_types_is_refused() {
+    let _ = Polygon::new("KEY", "A.*").events(Vec::<String>::new());
+}
+
+#[test]
+#[should_panic(expected = "Polygon::events cannot select `status`")]
+fn polygon_selecting_status_events_is_refused() {
+    let _ = Polygon::new("KEY", "A.*").events(["A", "status"]);
+}
