@@ -4,8 +4,9 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use intake_core::{BoxError, Source, SourceContext};
+use intake_core::{BoxError, Message, Source, SourceContext};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Error as TungsteniteError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::WsError;
+use crate::error::{ProtocolError, WsError};
 use crate::protocol::{Frame, Generic, Protocol, Replies};
 use crate::reconnect::{Reconnect, WsStats};
 
@@ -59,6 +60,12 @@ pub fn install_crypto_provider() {
 /// case the source ends; every other code (1001 going away, 1011 server error, …)
 /// reconnects. HTTP 401 or 403 on the upgrade stops the source with
 /// [`WsError::Unauthorized`].
+///
+/// Nothing read is dropped silently: a message the source cannot read (over
+/// [`max_message_size`](Self::max_message_size), or a text message that is not
+/// UTF-8) is reported through the reader's [`ErrorPolicy`](intake_core::ErrorPolicy)
+/// as [`Message::Invalid`] before the connection is made again, and every frame read
+/// reaches the [`Protocol`] (see [`Protocol::on_message`] for its errors).
 ///
 /// On shutdown the source sends a close frame (1000) and waits up to a second for
 /// the server's reply.
@@ -206,7 +213,10 @@ impl WebSocketSource {
     /// The largest message (and frame) accepted, in bytes. Default: tungstenite's,
     /// 64 MiB messages and 16 MiB frames; `usize::MAX` means no limit.
     ///
-    /// A larger message drops the connection, which is then made again.
+    /// A larger message cannot be read: it is reported through the reader's
+    /// [`ErrorPolicy`](intake_core::ErrorPolicy) as [`Message::Invalid`] (with an
+    /// empty `raw`, since it was never read, and its size in the reason), and the
+    /// connection, which cannot go on past it, is made again.
     ///
     /// # Panics
     ///
@@ -299,13 +309,33 @@ impl WebSocketSource {
 
     /// Runs one connection until it ends. Returns how it ended and whether it was
     /// healthy (delivered data).
-    async fn session(&mut self, socket: Socket, ctx: &SourceContext) -> Result<(SessionEnd, bool), BoxError> {
+    ///
+    /// Every frame read from the socket reaches the protocol before the session ends,
+    /// unless the pipeline shuts down or the protocol fails fatally: after a
+    /// non-fatal protocol error the socket stops being read, but the frames already
+    /// read ahead are still handed to the protocol, as they are when the server
+    /// closes the connection.
+    async fn session(
+        &mut self,
+        mut socket: Socket,
+        ctx: &SourceContext,
+    ) -> Result<(SessionEnd, bool), BoxError> {
+        let mut replies = Replies::default();
+        // Before the reader starts, so that a failed handshake reads (and drops) nothing.
+        if let Err(error) = self.protocol.on_connect(&mut replies) {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_politely(&mut socket)).await;
+            return match error.is_fatal() {
+                true => Err(WsError::Protocol(error.message().to_owned()).into()),
+                false => Ok((SessionEnd::Lost(error.message().to_owned()), false)),
+            };
+        }
         let stop = CancellationToken::new();
         self.stop = Some(stop.clone());
         // Whatever way this returns (or is dropped), the socket task stops.
         let _stop_on_drop = stop.clone().drop_guard();
         let (frames_tx, mut frames) = mpsc::unbounded_channel();
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        send_replies(&mut replies, &replies_tx);
         let budget = self.read_ahead.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         let reader = SocketTask {
             socket,
@@ -320,11 +350,10 @@ impl WebSocketSource {
         };
         let mut task = tokio::spawn(reader.run());
 
-        let mut replies = Replies::default();
         let mut healthy = false;
-        let mut outcome = self.protocol.on_connect(&mut replies);
-        send_replies(&mut replies, &replies_tx);
-        while outcome.is_ok() {
+        // The first non-fatal protocol error, which ends the connection.
+        let mut dropped: Option<ProtocolError> = None;
+        loop {
             let received = tokio::select! {
                 biased;
                 () = ctx.cancelled() => {
@@ -340,28 +369,45 @@ impl WebSocketSource {
                 Ok(messages) => {
                     send_replies(&mut replies, &replies_tx);
                     if !messages.is_empty() {
-                        healthy = true;
+                        // Reports of bad input do not make a connection healthy.
+                        healthy |= messages.iter().any(|m| !matches!(m, Message::Invalid { .. }));
                         WsStats::add(&self.stats.messages, messages.len() as u64);
                     }
                     for message in messages {
                         ctx.send(message).await?;
                     }
                 }
-                Err(e) => outcome = Err(e),
+                Err(error) if error.is_fatal() => {
+                    close(stop, task).await;
+                    return Err(WsError::Protocol(error.message().to_owned()).into());
+                }
+                Err(error) if dropped.is_none() => {
+                    // Stop reading; the frames read so far are still processed.
+                    stop.cancel();
+                    dropped = Some(error);
+                }
+                Err(error) => {
+                    tracing::warn!(source = ctx.name(), %error, "protocol error on a frame read before the connection closed");
+                }
             }
-        }
-        if let Err(error) = outcome {
-            close(stop, task).await;
-            if error.is_fatal() {
-                return Err(WsError::Protocol(error.message().to_owned()).into());
-            }
-            return Ok((SessionEnd::Lost(error.message().to_owned()), healthy));
         }
         // The socket task ended and every frame it read was processed.
         let end = match (&mut task).await {
             Ok(end) => end,
             Err(e) => SocketEnd::Failed(format!("the socket task failed: {e}")),
         };
+        if let SocketEnd::Unreadable(reason) = &end {
+            // The message is lost with the connection: the reader's error policy hears
+            // of it, like any bad input.
+            let report = Message::Invalid {
+                raw: Bytes::new(),
+                reason: reason.clone(),
+            };
+            ctx.send(report).await?;
+        }
+        if let Some(error) = dropped {
+            return Ok((SessionEnd::Lost(error.message().to_owned()), healthy));
+        }
         let end = match end {
             SocketEnd::Stopped => SessionEnd::Cancelled,
             SocketEnd::Closed(None) => SessionEnd::Lost("the server closed the connection".into()),
@@ -382,7 +428,7 @@ impl WebSocketSource {
                     frame.reason
                 )),
             },
-            SocketEnd::Failed(error) => SessionEnd::Lost(error),
+            SocketEnd::Failed(error) | SocketEnd::Unreadable(error) => SessionEnd::Lost(error),
             SocketEnd::Silent(timeout) => SessionEnd::Lost(format!(
                 "nothing received for {timeout:?}; the connection is treated as dead"
             )),
@@ -518,6 +564,9 @@ enum SocketEnd {
     Closed(Option<CloseFrame>),
     /// Reading or writing failed.
     Failed(String),
+    /// The server sent a message that cannot be read (over the size limit, or text
+    /// that is not UTF-8); the connection cannot go on past it.
+    Unreadable(String),
     /// Nothing arrived within the silence timeout.
     Silent(Duration),
 }
@@ -539,24 +588,21 @@ struct SocketTask {
 impl SocketTask {
     async fn run(mut self) -> SocketEnd {
         let end = self.read_loop().await;
+        // Closing the channel now lets the session process the last frames while the
+        // connection closes.
+        let SocketTask {
+            mut socket, frames, ..
+        } = self;
+        drop(frames);
         match &end {
             SocketEnd::Stopped => {
-                let polite = async {
-                    let frame = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "client shutting down".into(),
-                    };
-                    let _ = self.socket.close(Some(frame)).await;
-                    // Wait for the server's close frame, which ends the stream.
-                    while let Some(Ok(_)) = self.socket.next().await {}
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, polite).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_politely(&mut socket)).await;
             }
             SocketEnd::Closed(_) => {
                 // Sends the close reply tungstenite queued.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.close(None)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
             }
-            SocketEnd::Failed(_) | SocketEnd::Silent(_) => {}
+            SocketEnd::Failed(_) | SocketEnd::Unreadable(_) | SocketEnd::Silent(_) => {}
         }
         end
     }
@@ -596,6 +642,19 @@ impl SocketTask {
             }
             let message = match message {
                 None => return SocketEnd::Closed(None),
+                Some(Err(TungsteniteError::Capacity(e))) => {
+                    return SocketEnd::Unreadable(format!(
+                        "the server sent a message larger than max_message_size ({e}); it was not read, and the connection is made again"
+                    ));
+                }
+                // tungstenite keeps neither the message nor the offending bytes (only
+                // their lossy decoding), so the reason is all there is to report.
+                Some(Err(TungsteniteError::Utf8(_))) => {
+                    return SocketEnd::Unreadable(
+                        "the server sent a text message that is not valid UTF-8; it cannot be read, and the connection is made again"
+                            .to_owned(),
+                    );
+                }
                 Some(Err(e)) => return SocketEnd::Failed(format!("reading failed: {e}")),
                 Some(Ok(message)) => message,
             };
@@ -645,6 +704,16 @@ impl SocketTask {
 /// reconnect delay of `Duration::MAX`), which `as u64` would wrap.
 fn saturating_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sends a close frame (1000) and waits for the server's, which ends the stream.
+async fn close_politely(socket: &mut Socket) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "client shutting down".into(),
+    };
+    let _ = socket.close(Some(frame)).await;
+    while let Some(Ok(_)) = socket.next().await {}
 }
 
 /// The next tick of `pings`, or never without pings.
