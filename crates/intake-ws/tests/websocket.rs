@@ -1140,6 +1140,36 @@ async fn an_oversized_message_under_the_fail_policy_fails_the_pipeline() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_delivers_only_bad_input_is_not_healthy() {
+    // Garbage, then the connection drops: retrying must stop at max_retries instead
+    // of the garbage resetting the backoff forever.
+    let (url, connections) = serve(|mut ws, _| async move {
+        raw_text(&mut ws, "123").await;
+        drop(ws);
+    })
+    .await;
+    let source = WebSocketSource::new(url)
+        .protocol(Polygon::new("KEY", "A.*"))
+        .reconnect(fast_reconnect().max_retries(2));
+    let mut pipeline = Pipeline::new();
+    let reader = Reader::json(aggregates_schema()).error_policy(ErrorPolicy::SkipAndReport);
+    let _table = pipeline.read("garbage", source, reader);
+    let rejected = pipeline.rejected(16);
+    let error = tokio::time::timeout(Duration::from_secs(3), pipeline.run())
+        .await
+        .expect("bad input kept resetting the backoff")
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("gave up after 3 failed connection attempts"),
+        "{error}"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    assert_eq!(rejected.collect::<Vec<_>>().await.len(), 3);
+}
+
 /// Emits text frames as they are; `resync` is a (non-fatal) protocol error, and the
 /// frame `{"sym": "SLOW", ...}` takes a while, so that the frames behind it are read
 /// ahead before the error.
