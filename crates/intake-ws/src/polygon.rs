@@ -1,5 +1,6 @@
 //! The Polygon.io stocks WebSocket protocol.
 
+use bytes::Bytes;
 use intake_core::{Column, DataType, Message, Schema};
 use serde_json::{Value, json};
 
@@ -21,8 +22,23 @@ use crate::protocol::{Frame, Protocol, Replies};
 ///
 /// `auth_failed`, `max_connections` and `error` statuses stop the source with a clear
 /// error. `success` statuses (subscription confirmations) and unknown statuses are
-/// logged. A frame that is not JSON is passed to the reader as it is, so the reader's
-/// [`ErrorPolicy`](intake_core::ErrorPolicy) decides: fail, or skip and report.
+/// logged.
+///
+/// Bad input becomes [`Message::Invalid`], so the reader's
+/// [`ErrorPolicy`](intake_core::ErrorPolicy) decides (fail, or skip and report) and
+/// the other events of the same frame are kept:
+///
+/// - a frame that is not JSON: the frame as it arrived, with the JSON error (for
+///   `[{"ev":"A","v": `, `malformed JSON: EOF while parsing a value at line 1 column
+///   16`);
+/// - a frame that is JSON but neither an array nor an object (`123`, `"x"`, `null`);
+/// - an item of an array frame that is not an object, or an event without an `ev`
+///   field or with an `ev` that is not a string: that item, serialized, with which
+///   item of the frame it was (counted from 1) and what is wrong with it.
+///
+/// Events whose `ev` is a string but not one of the [selected types](Self::events)
+/// are skipped without a report (logged at trace level): that is the application's
+/// choice, not bad input.
 ///
 /// # Examples
 ///
@@ -91,13 +107,29 @@ impl Polygon {
     }
 
     /// The event types (`ev` values) that become messages. Default: `A`, `AM`, `T`,
-    /// `Q`. Events of other types are skipped.
+    /// `Q`. Events of other types are skipped without a report (logged at trace
+    /// level).
+    ///
+    /// # Panics
+    ///
+    /// If `events` is empty (the source would never deliver anything) or names
+    /// `status` (status events are the protocol's own and never become messages).
+    #[track_caller]
     pub fn events<I, S>(mut self, events: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.events = events.into_iter().map(Into::into).collect();
+        let events: Vec<String> = events.into_iter().map(Into::into).collect();
+        assert!(
+            !events.is_empty(),
+            "Polygon::events needs at least one event type, such as \"A\""
+        );
+        assert!(
+            !events.iter().any(|ev| ev == "status"),
+            "Polygon::events cannot select `status`: status events are the protocol's own and never become messages"
+        );
+        self.events = events;
         self
     }
 
@@ -145,24 +177,95 @@ impl Protocol for Polygon {
     fn on_message(&mut self, frame: Frame, replies: &mut Replies) -> Result<Vec<Message>, ProtocolError> {
         let events = match frame.json::<Value>() {
             Ok(Value::Array(events)) => events,
-            Ok(event @ Value::Object(_)) => vec![event],
-            // Not Polygon's JSON: the reader decides (fail, or skip and report).
-            Ok(_) | Err(_) => return Ok(vec![Message::Bytes(frame.into_bytes())]),
+            Ok(event @ Value::Object(_)) => {
+                return Ok(match self.on_event(event, replies)? {
+                    Event::Selected(message) => vec![message],
+                    Event::Skipped => Vec::new(),
+                    Event::Bad { problem, .. } => vec![Message::Invalid {
+                        raw: frame.into_bytes(),
+                        reason: problem,
+                    }],
+                });
+            }
+            Ok(other) => {
+                return Ok(vec![Message::Invalid {
+                    reason: format!(
+                        "the frame is {}, not an array of events or an event object",
+                        json_kind(&other)
+                    ),
+                    raw: frame.into_bytes(),
+                }]);
+            }
+            Err(error) => {
+                return Ok(vec![Message::Invalid {
+                    reason: format!("malformed JSON: {error}"),
+                    raw: frame.into_bytes(),
+                }]);
+            }
         };
         let mut messages = Vec::with_capacity(events.len());
-        for event in events {
-            let Some(ev) = event.get("ev").and_then(Value::as_str) else {
-                tracing::debug!(%event, "polygon: event without `ev`; skipped");
-                continue;
-            };
-            if ev == "status" {
-                self.on_status(&event, replies)?;
-            } else if self.events.iter().any(|wanted| wanted == ev) {
-                messages.push(Message::Json(event));
-            } else {
-                tracing::trace!(ev, "polygon: event type not selected; skipped");
+        for (index, event) in events.into_iter().enumerate() {
+            match self.on_event(event, replies)? {
+                Event::Selected(message) => messages.push(message),
+                Event::Skipped => {}
+                Event::Bad { event, problem } => {
+                    let item = index + 1;
+                    let reason = match event.is_object() {
+                        true => format!("item {item} of the frame: {problem}"),
+                        false => format!("item {item} of the frame is {problem}"),
+                    };
+                    messages.push(Message::Invalid {
+                        raw: Bytes::from(event.to_string()),
+                        reason,
+                    });
+                }
             }
         }
         Ok(messages)
+    }
+}
+
+/// What became of one event of a frame.
+enum Event {
+    /// An event of a selected type, for the table.
+    Selected(Message),
+    /// A status event (handled) or an event type not selected.
+    Skipped,
+    /// Not a Polygon event: reported through the reader's error policy.
+    Bad { event: Value, problem: String },
+}
+
+impl Polygon {
+    fn on_event(&self, event: Value, replies: &mut Replies) -> Result<Event, ProtocolError> {
+        let problem = match event.get("ev") {
+            Some(Value::String(ev)) if ev == "status" => {
+                self.on_status(&event, replies)?;
+                return Ok(Event::Skipped);
+            }
+            Some(Value::String(ev)) if self.events.iter().any(|wanted| wanted == ev) => {
+                return Ok(Event::Selected(Message::Json(event)));
+            }
+            Some(Value::String(ev)) => {
+                // Configuration, not bad input: the application chose the event types.
+                tracing::trace!(ev = ev.as_str(), "polygon: event type not selected; skipped");
+                return Ok(Event::Skipped);
+            }
+            Some(ev) => format!("the event's `ev` field is {}, not a string", json_kind(ev)),
+            None if event.is_object() => "the event has no `ev` field".to_owned(),
+            None => format!("{}, not an event object", json_kind(&event)),
+        };
+        Ok(Event::Bad { event, problem })
+    }
+}
+
+/// What a JSON value is, with its article, for error messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }

@@ -130,6 +130,12 @@ impl Replies {
 /// each time. Then [`on_message`](Self::on_message) sees every data frame, in order.
 /// Replies queued in either hook are sent as soon as the hook returns.
 ///
+/// Bad input is not an error of the conversation: return it as
+/// [`Message::Invalid`] (the frame or the part of it that is bad, and why), so that
+/// the reader's [`ErrorPolicy`](intake_core::ErrorPolicy) fails the pipeline or
+/// skips and reports it, and the good messages of the same frame are kept. A
+/// [`ProtocolError`] is for a conversation that cannot go on.
+///
 /// # Examples
 ///
 /// The Polygon handshake, written by hand (the crate ships it as
@@ -144,7 +150,10 @@ impl Replies {
 ///
 /// impl Protocol for Stocks {
 ///     fn on_message(&mut self, frame: Frame, replies: &mut Replies) -> Result<Vec<Message>, ProtocolError> {
-///         let events: Vec<Value> = frame.json().map_err(|e| ProtocolError::reconnect(e.to_string()))?;
+///         let events: Vec<Value> = match frame.json() {
+///             Ok(events) => events,
+///             Err(e) => return Ok(vec![Message::Invalid { reason: e.to_string(), raw: frame.into_bytes() }]),
+///         };
 ///         let mut rows = Vec::new();
 ///         for event in events {
 ///             match (event["ev"].as_str(), event["status"].as_str()) {
@@ -177,7 +186,11 @@ pub trait Protocol: Send + 'static {
     ///
     /// # Errors
     ///
-    /// As [`on_connect`](Self::on_connect).
+    /// A [fatal](ProtocolError::fatal) error stops the source. Any other error ends
+    /// the connection: the source stops reading it, still hands the frames it had
+    /// already read to this hook (their errors are logged), then reconnects. Either
+    /// way the frame given to this call produces no message, so report bad input
+    /// with [`Message::Invalid`] rather than an error.
     fn on_message(&mut self, frame: Frame, replies: &mut Replies) -> Result<Vec<Message>, ProtocolError>;
 }
 
@@ -218,7 +231,12 @@ impl Generic {
     }
 
     /// Whether a frame holding a JSON array becomes one message per element (default:
-    /// no). Frames that are not JSON arrays are emitted whole either way.
+    /// no). Frames that do not start with `[` are emitted whole either way.
+    ///
+    /// With splitting on, a frame that starts with `[` but is not valid JSON (such as
+    /// `[1, 2` cut short) becomes [`Message::Invalid`] with the JSON error as its
+    /// reason, so that the reader's [`ErrorPolicy`](intake_core::ErrorPolicy) reports
+    /// what is really wrong with it.
     pub fn split_arrays(mut self, split: bool) -> Self {
         self.split_arrays = split;
         self
@@ -234,11 +252,16 @@ impl Protocol for Generic {
     }
 
     fn on_message(&mut self, frame: Frame, _replies: &mut Replies) -> Result<Vec<Message>, ProtocolError> {
-        if self.split_arrays
-            && frame.as_bytes().trim_ascii_start().first() == Some(&b'[')
-            && let Ok(items) = frame.json::<Vec<serde_json::Value>>()
-        {
-            return Ok(items.into_iter().map(Message::Json).collect());
+        if self.split_arrays && frame.as_bytes().trim_ascii_start().first() == Some(&b'[') {
+            // Passed on whole, a broken array would be refused by the reader as "not an
+            // object", hiding the real problem.
+            return Ok(match frame.json::<Vec<serde_json::Value>>() {
+                Ok(items) => items.into_iter().map(Message::Json).collect(),
+                Err(error) => vec![Message::Invalid {
+                    reason: format!("malformed JSON: {error}"),
+                    raw: frame.into_bytes(),
+                }],
+            });
         }
         Ok(vec![Message::Bytes(frame.into_bytes())])
     }

@@ -59,26 +59,52 @@ impl Reconnect {
         Self::default().max_retries(0)
     }
 
-    /// The first delay. Default: 500 ms.
+    /// The first delay. Default: 500 ms. A `min_delay` above
+    /// [`max_delay`](Self::max_delay) is capped by it, whichever is set first.
+    ///
+    /// # Panics
+    ///
+    /// If `delay` is zero: the delays would never grow, and a server that is down
+    /// would be retried in a busy loop.
+    #[track_caller]
     pub fn min_delay(mut self, delay: Duration) -> Self {
+        assert!(
+            !delay.is_zero(),
+            "min_delay must be longer than zero, or reconnects would run in a busy loop"
+        );
         self.min_delay = delay;
         self
     }
 
-    /// The longest delay. Default: 30 s.
+    /// The longest delay, before jitter. Default: 30 s. `Duration::MAX` means no
+    /// limit: delays keep growing (saturating at `Duration::MAX`, which in effect
+    /// waits until shutdown).
+    ///
+    /// # Panics
+    ///
+    /// If `delay` is zero, for the reason given at [`min_delay`](Self::min_delay).
+    #[track_caller]
     pub fn max_delay(mut self, delay: Duration) -> Self {
+        assert!(
+            !delay.is_zero(),
+            "max_delay must be longer than zero, or reconnects would run in a busy loop"
+        );
         self.max_delay = delay;
         self
     }
 
-    /// How much each delay grows over the previous one. Default: 2.
+    /// How much each delay grows over the previous one. Default: 2. Growth
+    /// saturates: `f32::INFINITY` jumps straight from `min_delay` to `max_delay`.
     ///
     /// # Panics
     ///
-    /// If `factor` is below 1.
+    /// If `factor` is below 1 or NaN.
     #[track_caller]
     pub fn factor(mut self, factor: f32) -> Self {
-        assert!(factor >= 1.0, "the backoff factor must be at least 1");
+        assert!(
+            factor >= 1.0,
+            "the backoff factor must be at least 1, found {factor}"
+        );
         self.factor = factor;
         self
     }
@@ -104,7 +130,10 @@ impl Reconnect {
     }
 
     /// How long a connection must stay up to count as healthy and reset the backoff,
-    /// if it delivered no data before. Default: 30 s.
+    /// if it delivered no data before. Default: 30 s. `Duration::ZERO` counts every
+    /// connection that opens as healthy (so `max_retries` bounds only failed
+    /// connection attempts in a row); `Duration::MAX` counts only connections that
+    /// delivered data.
     pub fn healthy_after(mut self, duration: Duration) -> Self {
         self.healthy_after = duration;
         self
@@ -116,7 +145,8 @@ impl Reconnect {
 
     pub(crate) fn backoff(&self) -> ExponentialBackoff {
         let mut builder = ExponentialBuilder::new()
-            .with_min_delay(self.min_delay)
+            // backon returns `min_delay` as the first delay even above `max_delay`.
+            .with_min_delay(self.min_delay.min(self.max_delay))
             .with_max_delay(self.max_delay)
             .with_factor(self.factor);
         builder = match self.max_retries {
@@ -170,5 +200,79 @@ impl WsStats {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_delay_above_max_delay_is_capped_whichever_is_set_first() {
+        let secs = Duration::from_secs;
+        let delays: Vec<_> = Reconnect::default()
+            .jitter(false)
+            .max_retries(3)
+            .min_delay(secs(60))
+            .max_delay(secs(5))
+            .backoff()
+            .collect();
+        assert_eq!(delays, [secs(5); 3]);
+        let delays: Vec<_> = Reconnect::default()
+            .jitter(false)
+            .max_retries(2)
+            .max_delay(secs(5))
+            .min_delay(secs(60))
+            .backoff()
+            .collect();
+        assert_eq!(delays, [secs(5); 2]);
+    }
+
+    #[test]
+    fn extreme_delays_and_factors_saturate_instead_of_panicking() {
+        let delays: Vec<_> = Reconnect::default()
+            .max_retries(4)
+            .min_delay(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .factor(f32::INFINITY)
+            .backoff()
+            .collect();
+        assert_eq!(delays, [Duration::MAX; 4]);
+        let delays: Vec<_> = Reconnect::default()
+            .jitter(false)
+            .max_retries(3)
+            .min_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_secs(1))
+            .factor(f32::INFINITY)
+            .backoff()
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                Duration::from_millis(1),
+                Duration::from_secs(1),
+                Duration::from_secs(1)
+            ]
+        );
+        let mut unbounded = Reconnect::default().max_retries(usize::MAX).backoff();
+        assert!(unbounded.nth(10_000).is_some());
+    }
+
+    #[test]
+    #[should_panic(expected = "min_delay must be longer than zero")]
+    fn a_zero_min_delay_is_refused() {
+        let _ = Reconnect::default().min_delay(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_delay must be longer than zero")]
+    fn a_zero_max_delay_is_refused() {
+        let _ = Reconnect::default().max_delay(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "the backoff factor must be at least 1")]
+    fn a_nan_factor_is_refused() {
+        let _ = Reconnect::default().factor(f32::NAN);
     }
 }

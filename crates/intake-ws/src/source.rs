@@ -4,8 +4,9 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use intake_core::{BoxError, Source, SourceContext};
+use intake_core::{BoxError, Message, Source, SourceContext};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Error as TungsteniteError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::WsError;
+use crate::error::{ProtocolError, WsError};
 use crate::protocol::{Frame, Generic, Protocol, Replies};
 use crate::reconnect::{Reconnect, WsStats};
 
@@ -25,6 +26,11 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long closing a connection politely may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Longer than any process lives. A ping interval or silence timeout at least this
+/// long means never: tokio's timers and `Instant` arithmetic overflow on durations
+/// such as `Duration::MAX`, so they are not armed at all.
+const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// Installs rustls' ring crypto provider as the process default, once. Without a
 /// default provider, rustls panics at the first `wss://` connect; if the application
@@ -54,6 +60,12 @@ pub fn install_crypto_provider() {
 /// case the source ends; every other code (1001 going away, 1011 server error, …)
 /// reconnects. HTTP 401 or 403 on the upgrade stops the source with
 /// [`WsError::Unauthorized`].
+///
+/// Nothing read is dropped silently: a message the source cannot read (over
+/// [`max_message_size`](Self::max_message_size), or a text message that is not
+/// UTF-8) is reported through the reader's [`ErrorPolicy`](intake_core::ErrorPolicy)
+/// as [`Message::Invalid`] before the connection is made again, and every frame read
+/// reaches the [`Protocol`] (see [`Protocol::on_message`] for its errors).
 ///
 /// On shutdown the source sends a close frame (1000) and waits up to a second for
 /// the server's reply.
@@ -183,16 +195,38 @@ impl WebSocketSource {
     }
 
     /// The longest a connection attempt (TCP, TLS and the upgrade) may take; a
-    /// timed-out attempt is retried. Default: 10 s.
+    /// timed-out attempt is retried. Default: 10 s. `Duration::MAX` means no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: no attempt could ever succeed.
+    #[track_caller]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "connect_timeout must be longer than zero, or no connection attempt could succeed"
+        );
         self.connect_timeout = timeout;
         self
     }
 
-    /// The largest message (and frame) accepted. A larger one drops the connection,
-    /// which is then made again. Default: tungstenite's, 64 MiB messages and 16 MiB
-    /// frames.
+    /// The largest message (and frame) accepted, in bytes. Default: tungstenite's,
+    /// 64 MiB messages and 16 MiB frames; `usize::MAX` means no limit.
+    ///
+    /// A larger message cannot be read: it is reported through the reader's
+    /// [`ErrorPolicy`](intake_core::ErrorPolicy) as [`Message::Invalid`] (with an
+    /// empty `raw`, since it was never read, and its size in the reason), and the
+    /// connection, which cannot go on past it, is made again.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is zero: no message with a payload could be read.
+    #[track_caller]
     pub fn max_message_size(mut self, bytes: usize) -> Self {
+        assert!(
+            bytes > 0,
+            "max_message_size must be at least 1 byte, or no message could be read"
+        );
         self.max_message_size = Some(bytes);
         self
     }
@@ -205,16 +239,33 @@ impl WebSocketSource {
 
     /// Sends a ping every `interval`, so that a connection through idle proxies stays
     /// up and (with a [`silence_timeout`](Self::silence_timeout)) a dead one is
-    /// noticed. Default: no pings.
+    /// noticed. Default: no pings. An interval of 30 years or more, such as
+    /// `Duration::MAX`, means no pings.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is zero.
+    #[track_caller]
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = Some(interval);
+        assert!(!interval.is_zero(), "ping_interval must be longer than zero");
+        self.ping_interval = (interval < NEVER).then_some(interval);
         self
     }
 
     /// Treats the connection as dead, and reconnects, when nothing at all (data, ping
-    /// or pong) arrives for `timeout`. Default: no deadline.
+    /// or pong) arrives for `timeout`. Default: no deadline. A timeout of 30 years or
+    /// more, such as `Duration::MAX`, means no deadline.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: every connection would be dead at once.
+    #[track_caller]
     pub fn silence_timeout(mut self, timeout: Duration) -> Self {
-        self.silence_timeout = Some(timeout);
+        assert!(
+            !timeout.is_zero(),
+            "silence_timeout must be longer than zero, or every connection would count as dead at once"
+        );
+        self.silence_timeout = (timeout < NEVER).then_some(timeout);
         self
     }
 
@@ -228,7 +279,8 @@ impl WebSocketSource {
     /// How many bytes of frames may be read ahead of the table while it applies
     /// backpressure. Within this budget the socket keeps being read, so pings are
     /// answered at once; beyond it, reading pauses (and TCP pushes back on the
-    /// server). Default: 4 MiB.
+    /// server). Default: 4 MiB. Budgets above 4 GiB (`u32::MAX` bytes), such as
+    /// `usize::MAX`, are treated as 4 GiB.
     ///
     /// # Panics
     ///
@@ -257,13 +309,33 @@ impl WebSocketSource {
 
     /// Runs one connection until it ends. Returns how it ended and whether it was
     /// healthy (delivered data).
-    async fn session(&mut self, socket: Socket, ctx: &SourceContext) -> Result<(SessionEnd, bool), BoxError> {
+    ///
+    /// Every frame read from the socket reaches the protocol before the session ends,
+    /// unless the pipeline shuts down or the protocol fails fatally: after a
+    /// non-fatal protocol error the socket stops being read, but the frames already
+    /// read ahead are still handed to the protocol, as they are when the server
+    /// closes the connection.
+    async fn session(
+        &mut self,
+        mut socket: Socket,
+        ctx: &SourceContext,
+    ) -> Result<(SessionEnd, bool), BoxError> {
+        let mut replies = Replies::default();
+        // Before the reader starts, so that a failed handshake reads (and drops) nothing.
+        if let Err(error) = self.protocol.on_connect(&mut replies) {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_politely(&mut socket)).await;
+            return match error.is_fatal() {
+                true => Err(WsError::Protocol(error.message().to_owned()).into()),
+                false => Ok((SessionEnd::Lost(error.message().to_owned()), false)),
+            };
+        }
         let stop = CancellationToken::new();
         self.stop = Some(stop.clone());
         // Whatever way this returns (or is dropped), the socket task stops.
         let _stop_on_drop = stop.clone().drop_guard();
         let (frames_tx, mut frames) = mpsc::unbounded_channel();
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        send_replies(&mut replies, &replies_tx);
         let budget = self.read_ahead.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         let reader = SocketTask {
             socket,
@@ -278,11 +350,10 @@ impl WebSocketSource {
         };
         let mut task = tokio::spawn(reader.run());
 
-        let mut replies = Replies::default();
         let mut healthy = false;
-        let mut outcome = self.protocol.on_connect(&mut replies);
-        send_replies(&mut replies, &replies_tx);
-        while outcome.is_ok() {
+        // The first non-fatal protocol error, which ends the connection.
+        let mut dropped: Option<ProtocolError> = None;
+        loop {
             let received = tokio::select! {
                 biased;
                 () = ctx.cancelled() => {
@@ -298,28 +369,45 @@ impl WebSocketSource {
                 Ok(messages) => {
                     send_replies(&mut replies, &replies_tx);
                     if !messages.is_empty() {
-                        healthy = true;
+                        // Reports of bad input do not make a connection healthy.
+                        healthy |= messages.iter().any(|m| !matches!(m, Message::Invalid { .. }));
                         WsStats::add(&self.stats.messages, messages.len() as u64);
                     }
                     for message in messages {
                         ctx.send(message).await?;
                     }
                 }
-                Err(e) => outcome = Err(e),
+                Err(error) if error.is_fatal() => {
+                    close(stop, task).await;
+                    return Err(WsError::Protocol(error.message().to_owned()).into());
+                }
+                Err(error) if dropped.is_none() => {
+                    // Stop reading; the frames read so far are still processed.
+                    stop.cancel();
+                    dropped = Some(error);
+                }
+                Err(error) => {
+                    tracing::warn!(source = ctx.name(), %error, "protocol error on a frame read before the connection closed");
+                }
             }
-        }
-        if let Err(error) = outcome {
-            close(stop, task).await;
-            if error.is_fatal() {
-                return Err(WsError::Protocol(error.message().to_owned()).into());
-            }
-            return Ok((SessionEnd::Lost(error.message().to_owned()), healthy));
         }
         // The socket task ended and every frame it read was processed.
         let end = match (&mut task).await {
             Ok(end) => end,
             Err(e) => SocketEnd::Failed(format!("the socket task failed: {e}")),
         };
+        if let SocketEnd::Unreadable(reason) = &end {
+            // The message is lost with the connection: the reader's error policy hears
+            // of it, like any bad input.
+            let report = Message::Invalid {
+                raw: Bytes::new(),
+                reason: reason.clone(),
+            };
+            ctx.send(report).await?;
+        }
+        if let Some(error) = dropped {
+            return Ok((SessionEnd::Lost(error.message().to_owned()), healthy));
+        }
         let end = match end {
             SocketEnd::Stopped => SessionEnd::Cancelled,
             SocketEnd::Closed(None) => SessionEnd::Lost("the server closed the connection".into()),
@@ -340,7 +428,7 @@ impl WebSocketSource {
                     frame.reason
                 )),
             },
-            SocketEnd::Failed(error) => SessionEnd::Lost(error),
+            SocketEnd::Failed(error) | SocketEnd::Unreadable(error) => SessionEnd::Lost(error),
             SocketEnd::Silent(timeout) => SessionEnd::Lost(format!(
                 "nothing received for {timeout:?}; the connection is treated as dead"
             )),
@@ -437,7 +525,7 @@ impl Source for WebSocketSource {
                     }
                 }
             };
-            failures += 1;
+            failures = failures.saturating_add(1);
             let Some(delay) = backoff.next() else {
                 return Err(WsError::GaveUp {
                     attempts: failures,
@@ -451,7 +539,7 @@ impl Source for WebSocketSource {
                 url = %self.url,
                 error = %last_error,
                 attempt = failures,
-                delay_ms = delay.as_millis() as u64,
+                delay_ms = saturating_millis(delay),
                 "WebSocket connection lost; reconnecting"
             );
             tokio::select! {
@@ -476,6 +564,9 @@ enum SocketEnd {
     Closed(Option<CloseFrame>),
     /// Reading or writing failed.
     Failed(String),
+    /// The server sent a message that cannot be read (over the size limit, or text
+    /// that is not UTF-8); the connection cannot go on past it.
+    Unreadable(String),
     /// Nothing arrived within the silence timeout.
     Silent(Duration),
 }
@@ -497,34 +588,28 @@ struct SocketTask {
 impl SocketTask {
     async fn run(mut self) -> SocketEnd {
         let end = self.read_loop().await;
+        // Closing the channel now lets the session process the last frames while the
+        // connection closes.
+        let SocketTask {
+            mut socket, frames, ..
+        } = self;
+        drop(frames);
         match &end {
             SocketEnd::Stopped => {
-                let polite = async {
-                    let frame = CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "client shutting down".into(),
-                    };
-                    let _ = self.socket.close(Some(frame)).await;
-                    // Wait for the server's close frame, which ends the stream.
-                    while let Some(Ok(_)) = self.socket.next().await {}
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, polite).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_politely(&mut socket)).await;
             }
             SocketEnd::Closed(_) => {
                 // Sends the close reply tungstenite queued.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.close(None)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
             }
-            SocketEnd::Failed(_) | SocketEnd::Silent(_) => {}
+            SocketEnd::Failed(_) | SocketEnd::Unreadable(_) | SocketEnd::Silent(_) => {}
         }
         end
     }
 
     async fn read_loop(&mut self) -> SocketEnd {
-        let far_future = || Instant::now() + Duration::from_secs(86_400 * 365);
-        let silence = tokio::time::sleep_until(match self.silence_timeout {
-            Some(timeout) => Instant::now() + timeout,
-            None => far_future(),
-        });
+        // The builders keep both durations below `NEVER`, so these sums cannot overflow.
+        let silence = tokio::time::sleep_until(Instant::now() + self.silence_timeout.unwrap_or(NEVER));
         tokio::pin!(silence);
         let mut pings = self.ping_interval.map(|period| {
             let mut pings = tokio::time::interval_at(Instant::now() + period, period);
@@ -557,6 +642,19 @@ impl SocketTask {
             }
             let message = match message {
                 None => return SocketEnd::Closed(None),
+                Some(Err(TungsteniteError::Capacity(e))) => {
+                    return SocketEnd::Unreadable(format!(
+                        "the server sent a message larger than max_message_size ({e}); it was not read, and the connection is made again"
+                    ));
+                }
+                // tungstenite keeps neither the message nor the offending bytes (only
+                // their lossy decoding), so the reason is all there is to report.
+                Some(Err(TungsteniteError::Utf8(_))) => {
+                    return SocketEnd::Unreadable(
+                        "the server sent a text message that is not valid UTF-8; it cannot be read, and the connection is made again"
+                            .to_owned(),
+                    );
+                }
                 Some(Err(e)) => return SocketEnd::Failed(format!("reading failed: {e}")),
                 Some(Ok(message)) => message,
             };
@@ -602,6 +700,22 @@ impl SocketTask {
     }
 }
 
+/// `duration` in whole milliseconds, `u64::MAX` for longer ones (such as a
+/// reconnect delay of `Duration::MAX`), which `as u64` would wrap.
+fn saturating_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sends a close frame (1000) and waits for the server's, which ends the stream.
+async fn close_politely(socket: &mut Socket) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "client shutting down".into(),
+    };
+    let _ = socket.close(Some(frame)).await;
+    while let Some(Ok(_)) = socket.next().await {}
+}
+
 /// The next tick of `pings`, or never without pings.
 async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
     match pings {
@@ -609,5 +723,16 @@ async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
             pings.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_too_long_for_u64_milliseconds_are_logged_as_the_maximum() {
+        assert_eq!(saturating_millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(saturating_millis(Duration::MAX), u64::MAX);
     }
 }
