@@ -66,14 +66,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{time} {key:>6}  close {close:>8.2}  volume {volume:>6}");
         }
     }));
-    if !demo {
-        let shutdown = pipeline.shutdown_handle();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.shutdown();
-        });
+    if demo {
+        pipeline.run().await?;
+    } else {
+        // Ctrl-C shuts down gracefully; run_until returns once that is done.
+        pipeline.run_until(tokio::signal::ctrl_c()).await?;
     }
-    pipeline.run().await?;
 
     println!(
         "{} symbols; {} messages in {} frames; {} reconnects",

@@ -134,7 +134,10 @@ impl Rejected {
         &self.source
     }
 
-    /// The message as it arrived (JSON messages given as values are serialized).
+    /// The message as it arrived: JSON values and typed messages as their JSON text,
+    /// a line or record of a file as it was written. Empty when the source never had
+    /// the input's bytes (a WebSocket message refused by the transport for its size or
+    /// encoding, a value nested too deeply to write out); the reason says what it was.
     pub fn raw(&self) -> &Bytes {
         &self.raw
     }
