@@ -88,3 +88,31 @@ pub use source::{
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableStats};
 pub use value::{DataType, Timestamp, Value};
+
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`, as
+/// `cargo fuzz` does); not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::Bytes;
+
+    use crate::parse::{Format, ParseError, Parser, Payload};
+    use crate::{Schema, Value};
+
+    /// Parses `bytes` as a JSON message of `schema`, as a source's `next_bytes` would.
+    pub fn parse_json_bytes(schema: &Schema, bytes: &[u8]) -> Result<Vec<Value>, ParseError> {
+        Parser::new(schema.clone(), Format::Json)
+            .parse(&Payload::Bytes(Bytes::copy_from_slice(bytes)))
+            .map(|values| values.to_vec())
+    }
+
+    /// Parses `json` as a message of `schema`, as `next_json` would, and returns the
+    /// report's raw bytes alongside a refusal.
+    pub fn parse_json_value(schema: &Schema, json: serde_json::Value) -> Result<Vec<Value>, (ParseError, Bytes)> {
+        let payload = Payload::Json(json);
+        match Parser::new(schema.clone(), Format::Json).parse(&payload) {
+            Ok(values) => Ok(values.to_vec()),
+            Err(reason) => Err((reason, payload.into_raw())),
+        }
+    }
+}
