@@ -11,6 +11,28 @@ use serde_json::{Map, Value as Json};
 use crate::FileFormat;
 use crate::format::{BOM, typed};
 
+/// How many bytes of an input too long to keep its report shows.
+pub const SHOWN: usize = crate::format::SHOWN;
+
+/// `input` cut into chunks of 1 to 16 bytes, their lengths drawn from `seed`, as a
+/// followed file may see it written.
+pub fn chunks(input: &[u8], seed: u8) -> Vec<&[u8]> {
+    let mut state = u32::from(seed) | 0x100;
+    let mut chunks = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        // xorshift32: any sequence will do, as long as the seed picks it.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let length = (state % 16) as usize + 1;
+        let (chunk, after) = rest.split_at(length.min(rest.len()));
+        chunks.push(chunk);
+        rest = after;
+    }
+    chunks
+}
+
 /// What one record (or line) became.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
