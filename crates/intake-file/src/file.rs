@@ -38,7 +38,7 @@ const HEAD_BYTES: u64 = 1024;
 /// - **Resume**: the source [reports](SourceContext::report_offset) its position
 ///   (byte offset and the file's identity) every [`offset_every`](Self::offset_every)
 ///   lines, whenever it reaches the end of the file, and where it stopped when the
-///   pipeline shuts down. Given that offset back through `Reader::resume_from`, it
+///   pipeline shuts down or the source fails. Given that offset back through `Reader::resume_from`, it
 ///   continues after the last committed line: nothing committed is read twice, nothing
 ///   is skipped. A file that was rotated meanwhile is found beside the path by its
 ///   identity and read to its end before the new one. A file that was replaced or
@@ -571,12 +571,14 @@ impl FileReader {
             snapshot: files.snapshot(),
             reported: false,
         });
-        match self.read(&mut files).and_then(|()| self.flush()) {
-            Ok(()) => Ok(()),
-            Err(Stop::ShuttingDown) => {
-                self.report_stop(&mut files);
-                Ok(())
-            }
+        let result = self.read(&mut files).and_then(|()| self.flush());
+        if result.is_err() {
+            // Stopped early (shutdown, or a failure): the rows sent are committed, so
+            // the offset must cover exactly them.
+            self.report_stop(&mut files);
+        }
+        match result {
+            Ok(()) | Err(Stop::ShuttingDown) => Ok(()),
             Err(Stop::Failed(e)) => Err(e),
         }
     }
@@ -999,7 +1001,7 @@ impl FileReader {
         Ok(offset)
     }
 
-    /// Shutdown stopped reading: reports where the last message sent left it, so the
+    /// Reading stopped early: reports where the last message sent left it, so the
     /// committed offset covers exactly the committed rows.
     fn report_stop(&mut self, files: &mut Files) {
         let Some(sent) = self.sent.filter(|sent| !sent.reported) else {

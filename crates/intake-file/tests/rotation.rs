@@ -58,7 +58,7 @@ async fn after_rotate_wait_the_old_file_s_last_line_is_read_and_it_is_closed() {
     let path = dir.path().join("app.log");
     let rotated = dir.path().join("app.log.1");
     append(&path, "a\n");
-    let run = Running::start(follow(&path).rotate_wait(Duration::from_millis(300)), reader());
+    let run = Running::start(follow(&path).rotate_wait(Duration::from_millis(800)), reader());
     eventually("the first line", || run.table.len() == 1).await;
     std::fs::rename(&path, &rotated).unwrap();
     append(&path, "b\n");

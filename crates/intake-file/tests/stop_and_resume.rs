@@ -63,3 +63,17 @@ async fn a_stop_at_any_moment_then_a_resume_reads_every_line_exactly_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_under_the_fail_policy_commits_the_offset_of_the_rows_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.txt");
+    std::fs::write(&path, b"one\ntwo\nbad \xFF\nfour\n").unwrap();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("log", FileSource::raw(&path), Reader::raw());
+    assert!(pipeline.run().await.is_err());
+    assert_eq!(lines(&table), ["one", "two"]);
+    let offsets = table.committed_offsets();
+    assert_eq!(offsets.len(), 1, "{offsets:?}");
+    assert_eq!(offsets[0].1["position"], 8, "right after the rows committed");
+}
