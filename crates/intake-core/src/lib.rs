@@ -108,7 +108,10 @@ pub mod fuzzing {
 
     /// Parses `json` as a message of `schema`, as `next_json` would, and returns the
     /// report's raw bytes alongside a refusal.
-    pub fn parse_json_value(schema: &Schema, json: serde_json::Value) -> Result<Vec<Value>, (ParseError, Bytes)> {
+    pub fn parse_json_value(
+        schema: &Schema,
+        json: serde_json::Value,
+    ) -> Result<Vec<Value>, (ParseError, Bytes)> {
         let payload = Payload::Json(json);
         match Parser::new(schema.clone(), Format::Json).parse(&payload) {
             Ok(values) => Ok(values.to_vec()),

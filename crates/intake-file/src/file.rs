@@ -1,19 +1,19 @@
-//! The file source: a file read line by line, optionally followed like `tail -F`, with
-//! resume offsets.
+//! The file source: a file read line by line, optionally followed like `tail -F`
+//! through truncation and rotation, with resume offsets.
 
 use std::fs::{File, Metadata};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use intake_core::{BoxError, SendError, Source, SourceContext};
+use intake_core::{BoxError, Message, SendError, Source, SourceContext};
 use notify::Watcher;
 use serde_json::{Value as Json, json};
 use tokio::runtime::Handle;
 
-use crate::format::{Decoded, FileFormat, LineDecoder};
+use crate::format::{FileFormat, LineDecoder, SHOWN};
 
 /// How many bytes at the start of a file identify it (with its device and inode).
 const HEAD_BYTES: u64 = 1024;
@@ -26,22 +26,28 @@ const HEAD_BYTES: u64 = 1024;
 /// memory stays bounded whatever the file's size.
 ///
 /// - **Static** (the default): the source ends at the end of the file. A last line
-///   without a newline is read as a line.
+///   without a newline is read as a line, and a CSV record whose quoted field is still
+///   open there is reported as bad input.
 /// - **Follow** ([`follow`](Self::follow)): like `tail -F`, appended lines are sent as
 ///   they are written (woken by file-system notifications, with polling as a fallback);
 ///   a truncated file is read again from its start; a rotated file (renamed, and a new
-///   one created at the path) is read to its end and then the new file from its start.
-///   A last line is sent only once its newline is written. The source runs until the
-///   pipeline shuts down.
+///   one created at the path) is still read for [`rotate_wait`](Self::rotate_wait)
+///   after the rotation is noticed, for the lines its writer appends before reopening
+///   the path, while the new file is read from its start. A last line is sent only
+///   once its newline is written. The source runs until the pipeline shuts down.
 /// - **Resume**: the source [reports](SourceContext::report_offset) its position
 ///   (byte offset and the file's identity) every [`offset_every`](Self::offset_every)
-///   lines and whenever it reaches the end of the file. Given that offset back through
-///   `Reader::resume_from`, it continues after the last committed line. A file that was
-///   replaced or truncated meanwhile (different device/inode or first bytes, or shorter
-///   than the offset) is read from its start, with a warning.
+///   lines, whenever it reaches the end of the file, and where it stopped when the
+///   pipeline shuts down or the source fails. Given that offset back through `Reader::resume_from`, it
+///   continues after the last committed line: nothing committed is read twice, nothing
+///   is skipped. A file that was rotated meanwhile is found beside the path by its
+///   identity and read to its end before the new one. A file that was replaced or
+///   truncated (different device/inode or first bytes, or shorter than the offset) is
+///   read from its start, with a warning.
 ///
 /// Bad lines (malformed JSON, invalid UTF-8, CSV fields that do not convert to their
-/// column's type, records with the wrong number of fields) go through the reader's
+/// column's type, records with the wrong number of fields, lines or records longer
+/// than [`max_line_length`](Self::max_line_length)) go through the reader's
 /// `ErrorPolicy`: with `SkipAndReport` they are reported and their neighbours kept.
 ///
 /// # Examples
@@ -71,6 +77,7 @@ pub struct FileSource {
     poll_interval: Duration,
     offset_every: u64,
     max_line_length: usize,
+    rotate_wait: Duration,
 }
 
 impl FileSource {
@@ -80,9 +87,21 @@ impl FileSource {
     pub const DEFAULT_OFFSET_EVERY: u64 = 1_000;
     /// Default for [`max_line_length`](Self::max_line_length): 16 MiB.
     pub const DEFAULT_MAX_LINE_LENGTH: usize = 16 * 1024 * 1024;
+    /// Default for [`rotate_wait`](Self::rotate_wait): 5 seconds, like Fluent Bit's
+    /// `Rotate_Wait`.
+    pub const DEFAULT_ROTATE_WAIT: Duration = Duration::from_secs(5);
 
     /// Reads the file at `path` in `format`.
+    ///
+    /// # Panics
+    ///
+    /// If `format` is [`FileFormat::Delimited`] with `\n`, `\r` or `"`, which cannot
+    /// be delimiters.
+    #[track_caller]
     pub fn new(path: impl Into<PathBuf>, format: FileFormat) -> Self {
+        if let Err(problem) = format.check() {
+            panic!("{problem}");
+        }
         FileSource {
             path: path.into(),
             format,
@@ -90,6 +109,7 @@ impl FileSource {
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             offset_every: Self::DEFAULT_OFFSET_EVERY,
             max_line_length: Self::DEFAULT_MAX_LINE_LENGTH,
+            rotate_wait: Self::DEFAULT_ROTATE_WAIT,
         }
     }
 
@@ -121,7 +141,7 @@ impl FileSource {
 
     /// In follow mode, how often the file is checked when no file-system notification
     /// arrives (notifications may be unavailable, or lost on network file systems).
-    /// Default: 250 ms.
+    /// Default: 250 ms. [`Duration::MAX`] relies on notifications alone.
     ///
     /// # Panics
     ///
@@ -133,8 +153,9 @@ impl FileSource {
         self
     }
 
-    /// Reports the offset after every `lines` lines (and at each end of the file).
-    /// Default: 1,000.
+    /// Reports the offset after every `lines` lines (and at each end of the file, and
+    /// where reading stopped at shutdown). Default: 1,000. `u64::MAX` reports only at
+    /// those points.
     ///
     /// # Panics
     ///
@@ -148,7 +169,10 @@ impl FileSource {
 
     /// The longest line kept, in bytes, so that memory stays bounded even for a file
     /// without newlines. A longer line is not held in memory: it is reported as bad
-    /// input through the reader's error policy, with its first bytes. Default: 16 MiB.
+    /// input through the reader's error policy, with its first bytes. In the delimited
+    /// formats it also bounds a record whose quoted fields span lines: a longer record
+    /// is reported from the line it starts on, and reading goes on with the next line.
+    /// Default: 16 MiB. `usize::MAX` means no limit.
     ///
     /// # Panics
     ///
@@ -157,6 +181,19 @@ impl FileSource {
     pub fn max_line_length(mut self, bytes: usize) -> Self {
         assert!(bytes > 0, "max_line_length must be at least 1");
         self.max_line_length = bytes;
+        self
+    }
+
+    /// In follow mode, how long a rotated file (renamed, with a new file created at
+    /// the path, as logrotate's `create` mode does) is still read after the rotation is
+    /// noticed: its writer may append to it until it reopens the path. Meanwhile the
+    /// new file is read too; each line of either is sent once. Then the old file's
+    /// last line, even without a newline, is read and the file is closed. Zero reads
+    /// the old file to its end at once; [`Duration::MAX`] keeps reading it until the
+    /// next rotation. Default: 5 s, like Fluent Bit's `Rotate_Wait` (Vector's
+    /// `rotate_wait_secs` is the same idea).
+    pub fn rotate_wait(mut self, wait: Duration) -> Self {
+        self.rotate_wait = wait;
         self
     }
 
@@ -239,222 +276,65 @@ impl From<SendError> for Stop {
     }
 }
 
-/// An open file being read.
-struct Open {
-    reader: BufReader<File>,
-    identity: Option<Identity>,
-    /// Bytes of complete lines read so far: where to resume.
+/// A place in a file where the decoder holds nothing: after a complete record (or at
+/// the start). Offsets only ever point there, so a resume neither repeats nor splits
+/// a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Boundary {
+    /// Bytes from the start of the file.
     position: u64,
-    /// Lines read so far.
-    line_number: u64,
-    /// (length, hash) of the first bytes, once computed.
-    head: Option<(u64, u64)>,
+    /// Lines before it.
+    line: u64,
 }
 
-struct FileReader {
-    config: FileSource,
-    ctx: SourceContext,
-    handle: Handle,
-    woken: mpsc::Receiver<()>,
+/// A byte stream framed into lines, each bounded by `max_line_length`, and decoded
+/// into messages.
+pub(crate) struct Lines {
     decoder: LineDecoder,
-    /// The line being read; without its newline yet if the file ends mid-line. Of a
+    max_line_length: usize,
+    /// The line being read; without its newline yet if the input ends mid-line. Of a
     /// line longer than `max_line_length`, only the first bytes, for the report.
     line: Vec<u8>,
     /// The length of the line being read, in bytes, kept or not.
     line_length: u64,
     /// Whether the line being read is longer than `max_line_length`.
     line_too_long: bool,
-    lines_since_offset: u64,
-    /// Messages and offsets not sent yet: they are sent in batches, so that the
-    /// blocking thread enters the runtime once per batch rather than once per line.
-    unsent: Vec<Unsent>,
+    /// Bytes of complete lines read so far.
+    position: u64,
+    /// Complete lines read so far.
+    line_number: u64,
+    /// Where the last complete record ended: where reading can resume.
+    boundary: Boundary,
 }
 
-/// What waits in [`FileReader::unsent`].
-enum Unsent {
-    Message(Decoded),
-    Offset(Json),
-}
-
-/// How many messages are gathered before they are sent.
-const SEND_BATCH: usize = 256;
-
-impl FileReader {
-    fn new(config: FileSource, ctx: SourceContext, handle: Handle, woken: mpsc::Receiver<()>) -> Self {
-        let decoder = LineDecoder::new(config.format, ctx.schema().clone());
-        FileReader {
-            config,
-            ctx,
-            handle,
-            woken,
+impl Lines {
+    pub(crate) fn new(decoder: LineDecoder, max_line_length: usize) -> Self {
+        Lines {
             decoder,
+            max_line_length,
             line: Vec::with_capacity(256),
             line_length: 0,
             line_too_long: false,
-            lines_since_offset: 0,
-            unsent: Vec::with_capacity(SEND_BATCH),
+            position: 0,
+            line_number: 0,
+            boundary: Boundary::default(),
         }
     }
 
-    fn run(&mut self, wake: mpsc::Sender<()>) -> Result<(), BoxError> {
-        match self.read(wake).and_then(|()| self.flush()) {
-            Ok(()) | Err(Stop::ShuttingDown) => Ok(()),
-            Err(Stop::Failed(e)) => Err(e),
-        }
-    }
-
-    fn read(&mut self, wake: mpsc::Sender<()>) -> Result<(), Stop> {
-        let _watcher = if self.config.follow {
-            self.watch(wake)
-        } else {
-            None
-        };
-        let mut file = match self.open()? {
-            Some(file) => file,
-            None => self.wait_for_file()?,
-        };
-        if let Some(offset) = self.ctx.resume_offset().cloned() {
-            self.resume(&mut file, &offset)?;
-        }
-        loop {
-            self.read_to_end(&mut file)?;
-            if !self.config.follow {
-                self.finish_last_line(&mut file)?;
-                return self.report(&mut file);
-            }
-            if self.ctx.is_cancelled() {
-                return Err(Stop::ShuttingDown);
-            }
-            match std::fs::metadata(&self.config.path) {
-                Ok(metadata) if Identity::of(&metadata) != file.identity => {
-                    // Rotated: whatever was written to the old file before the switch is
-                    // read to its end, then the new file from its start.
-                    self.read_to_end(&mut file)?;
-                    self.finish_last_line(&mut file)?;
-                    self.report(&mut file)?;
-                    tracing::info!(path = %self.config.path.display(), "file rotated; reading the new file");
-                    if let Some(new) = self.open()? {
-                        file = new;
-                        continue;
-                    }
-                }
-                _ => {
-                    let length = file.reader.get_ref().metadata()?.len();
-                    if length < file.position + self.line_length {
-                        tracing::warn!(path = %self.config.path.display(), length, position = file.position, "file truncated; reading it again from the start");
-                        file.reader.seek(SeekFrom::Start(0))?;
-                        self.restart(&mut file);
-                        continue;
-                    }
-                }
-            }
-            self.wait()?;
-        }
-    }
-
-    /// Opens the file; `None` if it does not exist and the source follows it.
-    fn open(&mut self) -> Result<Option<Open>, Stop> {
-        match File::open(&self.config.path) {
-            Ok(file) => {
-                let identity = Identity::of(&file.metadata()?);
-                self.decoder.reset();
-                self.line.clear();
-                self.line_length = 0;
-                self.line_too_long = false;
-                Ok(Some(Open {
-                    reader: BufReader::with_capacity(64 * 1024, file),
-                    identity,
-                    position: 0,
-                    line_number: 0,
-                    head: None,
-                }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.config.follow => Ok(None),
-            Err(e) => Err(Stop::Failed(
-                format!("cannot open {}: {e}", self.config.path.display()).into(),
-            )),
-        }
-    }
-
-    fn wait_for_file(&mut self) -> Result<Open, Stop> {
-        tracing::info!(path = %self.config.path.display(), "waiting for the file to be created");
-        loop {
-            self.wait()?;
-            if let Some(file) = self.open()? {
-                return Ok(file);
-            }
-        }
-    }
-
-    /// Waits for a notification, a poll interval, or shutdown.
-    fn wait(&mut self) -> Result<(), Stop> {
-        self.flush()?;
-        let _ = self.woken.recv_timeout(self.config.poll_interval);
-        while self.woken.try_recv().is_ok() {}
-        if self.ctx.is_cancelled() {
-            Err(Stop::ShuttingDown)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Watches the file's directory, so that appends, truncation and rotation wake the
-    /// reader at once; without notifications, polling alone notices them.
-    fn watch(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        let directory = match self.config.path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            let _ = wake.send(());
-        })
-        .and_then(|mut watcher| {
-            watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
-            Ok(watcher)
-        });
-        match watcher {
-            Ok(watcher) => Some(watcher),
-            Err(error) => {
-                tracing::warn!(path = %self.config.path.display(), %error, "no file-system notifications; polling only");
-                None
-            }
-        }
-    }
-
-    /// Sends every complete line up to the end of the file.
-    fn read_to_end(&mut self, file: &mut Open) -> Result<(), Stop> {
-        while self.read_line(file)? {
-            self.take_line(file)?;
-        }
-        if self.lines_since_offset > 0 {
-            self.report(file)?;
-        }
-        Ok(())
-    }
-
-    /// At the end of a file that will not grow (static mode, or rotated away), a last
-    /// line without its newline is complete.
-    fn finish_last_line(&mut self, file: &mut Open) -> Result<(), Stop> {
-        if self.line_length > 0 {
-            self.take_line(file)?;
-        }
-        Ok(())
-    }
-
-    /// Reads the rest of the current line into `self.line`: true if it is complete,
-    /// false at the end of the file. Keeps at most `max_line_length` bytes.
-    fn read_line(&mut self, file: &mut Open) -> io::Result<bool> {
-        /// How much of a line that is too long is kept for the report.
-        const SHOWN: usize = 200;
+    /// Reads the rest of the current line: true if it is complete, false at the end of
+    /// the input (what was read is kept for the next call). Keeps at most
+    /// `max_line_length` bytes of it.
+    pub(crate) fn read_line<R: BufRead>(&mut self, reader: &mut R) -> io::Result<bool> {
         loop {
             let kept = self.line.len();
             let limit = if self.line_too_long {
                 64 * 1024
             } else {
                 // Room for the longest line and its newline.
-                self.config.max_line_length + 1 - kept
+                self.max_line_length.saturating_sub(kept).saturating_add(1)
             };
-            let read = (&mut file.reader)
+            let read = reader
+                .by_ref()
                 .take(limit as u64)
                 .read_until(b'\n', &mut self.line)?;
             self.line_length += read as u64;
@@ -475,147 +355,727 @@ impl FileReader {
         }
     }
 
-    fn take_line(&mut self, file: &mut Open) -> Result<(), Stop> {
-        file.position += self.line_length;
-        file.line_number += 1;
+    /// Decodes the line just read.
+    pub(crate) fn take_line(&mut self) -> Option<Message> {
+        self.position += self.line_length;
+        self.line_number += 1;
         let message = if self.line_too_long {
             self.decoder
-                .too_long(&self.line, self.line_length, file.line_number)
+                .too_long(&self.line, self.line_length, self.line_number)
         } else {
-            self.decoder.decode(&self.line, file.line_number)
+            self.decoder.decode(&self.line, self.line_number)
         };
+        self.clear_line();
+        if self.decoder.is_idle() {
+            self.boundary = Boundary {
+                position: self.position,
+                line: self.line_number,
+            };
+        }
+        message
+    }
+
+    /// At the end of an input that will not grow: a last line without its newline is
+    /// complete, and a record still open is reported.
+    pub(crate) fn finish(&mut self) -> impl Iterator<Item = Message> + use<> {
+        let last = if self.line_length > 0 {
+            self.take_line()
+        } else {
+            None
+        };
+        let open = self.decoder.finish();
+        self.boundary = Boundary {
+            position: self.position,
+            line: self.line_number,
+        };
+        last.into_iter().chain(open)
+    }
+
+    /// Starts again at the start of the input.
+    fn restart(&mut self) {
+        self.clear_line();
+        self.position = 0;
+        self.line_number = 0;
+        self.boundary = Boundary::default();
+        self.decoder.reset();
+    }
+
+    /// Continues at `boundary` (the input was positioned there).
+    fn resume_at(&mut self, boundary: Boundary) {
+        // A record the header lines left open (they are read again only for the
+        // header) is not this file's any more.
+        let _ = self.decoder.finish();
+        if boundary.position > 0 {
+            self.decoder.resumed();
+        }
+        self.clear_line();
+        self.position = boundary.position;
+        self.line_number = boundary.line;
+        self.boundary = boundary;
+    }
+
+    fn clear_line(&mut self) {
         self.line.clear();
         self.line_length = 0;
         self.line_too_long = false;
-        if let Some(message) = message {
-            self.send(message)?;
+    }
+
+    /// The bytes held for the line and the record being read.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn held(&self) -> usize {
+        self.line.len() + self.decoder.held()
+    }
+
+    /// The line the record of the last message started on.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn record_line(&self) -> u64 {
+        self.decoder.record_line()
+    }
+}
+
+/// An open file being read.
+struct Open {
+    reader: BufReader<File>,
+    identity: Option<Identity>,
+    /// (length, hash) of the first bytes, once computed.
+    head: Option<(u64, u64)>,
+    lines: Lines,
+}
+
+impl Open {
+    /// The part of an offset that describes this file at `boundary`.
+    fn offset(&mut self, boundary: Boundary) -> io::Result<Json> {
+        let head_length = boundary.position.min(HEAD_BYTES);
+        if self.head.is_none_or(|(length, _)| length < head_length) {
+            self.head = Some((head_length, head_hash(self.reader.get_ref(), head_length)?));
         }
-        self.lines_since_offset += 1;
-        if self.lines_since_offset >= self.config.offset_every {
-            self.report(file)?;
+        let (head_length, head_hash) = self.head.unwrap_or_default();
+        let mut offset = json!({
+            "position": boundary.position,
+            "line": boundary.line,
+            "head_length": head_length,
+            "head_hash": format!("{head_hash:016x}"),
+        });
+        if let Some(identity) = self.identity {
+            offset["device"] = identity.device.into();
+            offset["inode"] = identity.inode.into();
+        }
+        Ok(offset)
+    }
+}
+
+/// A file that was rotated away from the path, still read until `until` (`None`: until
+/// the next rotation).
+struct Rotated {
+    file: Open,
+    until: Option<Instant>,
+}
+
+/// The files being read: the one at the path, and the one rotated away from it during
+/// its grace period.
+struct Files {
+    current: Open,
+    rotated: Option<Rotated>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Current,
+    Rotated,
+}
+
+impl Files {
+    fn get(&mut self, which: Which) -> Option<&mut Open> {
+        match which {
+            Which::Current => Some(&mut self.current),
+            Which::Rotated => self.rotated.as_mut().map(|rotated| &mut rotated.file),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            current: self.current.lines.boundary,
+            rotated: self.rotated.as_ref().map(|r| r.file.lines.boundary),
+        }
+    }
+}
+
+/// Where reading is in each open file: what an offset reported then would say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    current: Boundary,
+    rotated: Option<Boundary>,
+}
+
+/// What was sent last: where it left reading, and whether it was an offset saying so.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    snapshot: Snapshot,
+    reported: bool,
+}
+
+/// What waits in [`FileReader::unsent`].
+enum Unsent {
+    Message(Message),
+    Offset(Json),
+}
+
+/// How many messages are gathered before they are sent.
+const SEND_BATCH: usize = 256;
+
+struct FileReader {
+    config: FileSource,
+    ctx: SourceContext,
+    handle: Handle,
+    woken: mpsc::Receiver<()>,
+    lines_since_offset: u64,
+    /// Messages and offsets not sent yet: they are sent in batches, so that the
+    /// blocking thread enters the runtime once per batch rather than once per line.
+    unsent: Vec<Unsent>,
+    /// For each of `unsent`, where reading was right after it: if shutdown stops the
+    /// sending halfway, the offset reported covers exactly what was sent.
+    unsent_after: Vec<Sent>,
+    /// What was sent last; at the start and after every change of the open files,
+    /// where reading is then (all before it having been sent).
+    sent: Option<Sent>,
+}
+
+impl FileReader {
+    fn new(config: FileSource, ctx: SourceContext, handle: Handle, woken: mpsc::Receiver<()>) -> Self {
+        FileReader {
+            config,
+            ctx,
+            handle,
+            woken,
+            lines_since_offset: 0,
+            unsent: Vec::with_capacity(SEND_BATCH),
+            unsent_after: Vec::with_capacity(SEND_BATCH),
+            sent: None,
+        }
+    }
+
+    fn run(&mut self, wake: mpsc::Sender<()>) -> Result<(), BoxError> {
+        let _watcher = if self.config.follow {
+            self.watch(wake)
+        } else {
+            None
+        };
+        let mut files = match self.start() {
+            Ok(files) => files,
+            Err(Stop::ShuttingDown) => return Ok(()),
+            Err(Stop::Failed(e)) => return Err(e),
+        };
+        // A stop before anything is sent still commits where reading starts (the
+        // resume offset, carried forward).
+        self.sent = Some(Sent {
+            snapshot: files.snapshot(),
+            reported: false,
+        });
+        let result = self.read(&mut files).and_then(|()| self.flush());
+        if result.is_err() {
+            // Stopped early (shutdown, or a failure): the rows sent are committed, so
+            // the offset must cover exactly them.
+            self.report_stop(&mut files);
+        }
+        match result {
+            Ok(()) | Err(Stop::ShuttingDown) => Ok(()),
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
+    fn read(&mut self, files: &mut Files) -> Result<(), Stop> {
+        loop {
+            self.read_to_end(files, Which::Rotated)?;
+            self.read_to_end(files, Which::Current)?;
+            if files
+                .rotated
+                .as_ref()
+                .is_some_and(|r| !self.config.follow || r.until.is_some_and(|until| Instant::now() >= until))
+            {
+                self.close_rotated(files)?;
+            }
+            if self.ctx.is_cancelled() {
+                return Err(Stop::ShuttingDown);
+            }
+            let rotated = matches!(
+                std::fs::metadata(&self.config.path),
+                Ok(metadata) if Identity::of(&metadata) != files.current.identity
+            );
+            let reopened = if rotated {
+                self.rotate(files)?
+            } else {
+                self.config.follow && self.truncated(files)?
+            };
+            if reopened {
+                continue;
+            }
+            if !self.config.follow {
+                self.finish(files, Which::Current)?;
+                return self.report(files);
+            }
+            let until = files.rotated.as_ref().and_then(|r| r.until);
+            self.wait(until)?;
+        }
+    }
+
+    /// Opens the file at the path and resumes from the offset, if any.
+    fn start(&mut self) -> Result<Files, Stop> {
+        let at_path = self.open_path()?;
+        let Some(offset) = self.ctx.resume_offset().cloned() else {
+            let current = match at_path {
+                Some(file) => file,
+                None => self.wait_for_file()?,
+            };
+            return Ok(Files {
+                current,
+                rotated: None,
+            });
+        };
+        let path = self.config.path.display().to_string();
+        let main = Part::parse(&offset)?;
+        let rotated = match offset.get("rotated") {
+            Some(rotated) => Some(Part::parse(rotated)?),
+            None => None,
+        };
+        let mut current = None;
+        let mut fresh = None;
+        let mut problem = "there is no file at the path";
+        if let Some(mut file) = at_path {
+            match main.problem(&file)? {
+                None => {
+                    self.seek(&mut file, &main)?;
+                    current = Some(file);
+                }
+                Some(why) => {
+                    problem = why;
+                    fresh = Some(file);
+                }
+            }
+        }
+        if current.is_none() {
+            // Rotated while the source was stopped: the rest of the old file is read
+            // first, and the new one is found at the path like any rotation.
+            if let Some(mut moved) = self.locate(&main, None)? {
+                self.seek(&mut moved, &main)?;
+                current = Some(moved);
+            } else {
+                tracing::warn!(
+                    path,
+                    position = main.position,
+                    "cannot resume: {problem} since the offset was reported; reading it from the start"
+                );
+            }
+        }
+        let current = match current.or(fresh) {
+            Some(file) => file,
+            None => self.wait_for_file()?,
+        };
+        let mut files = Files {
+            current,
+            rotated: None,
+        };
+        if let Some(part) = rotated {
+            // Stopped during a rotation's grace period: the rotated file gets another.
+            match self.locate(&part, files.current.identity)? {
+                Some(mut file) => {
+                    self.seek(&mut file, &part)?;
+                    files.rotated = Some(Rotated {
+                        file,
+                        until: self.grace_end(),
+                    });
+                }
+                None => tracing::warn!(
+                    path,
+                    "the rotated file that was being read when the offset was reported is gone from beside the path; lines written to it since are not read"
+                ),
+            }
+        }
+        tracing::info!(path, position = files.current.lines.position, "resuming the file");
+        Ok(files)
+    }
+
+    /// Opens the file at the path; `None` if it does not exist and the source follows
+    /// it.
+    fn open_path(&self) -> Result<Option<Open>, Stop> {
+        match File::open(&self.config.path) {
+            Ok(file) => Ok(Some(self.open(file)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.config.follow => Ok(None),
+            Err(e) => Err(Stop::Failed(
+                format!("cannot open {}: {e}", self.config.path.display()).into(),
+            )),
+        }
+    }
+
+    fn open(&self, file: File) -> Result<Open, Stop> {
+        let identity = Identity::of(&file.metadata()?);
+        let decoder = LineDecoder::new(
+            self.config.format,
+            self.ctx.schema().clone(),
+            self.config.max_line_length,
+        )
+        .map_err(|problem| Stop::Failed(problem.into()))?;
+        Ok(Open {
+            reader: BufReader::with_capacity(64 * 1024, file),
+            identity,
+            head: None,
+            lines: Lines::new(decoder, self.config.max_line_length),
+        })
+    }
+
+    /// The file beside the path (in its directory) that `part` describes, if it is
+    /// still there, unchanged; not the one with identity `other`.
+    fn locate(&self, part: &Part, other: Option<Identity>) -> Result<Option<Open>, Stop> {
+        let Some(identity) = part.identity.filter(|&identity| Some(identity) != other) else {
+            return Ok(None);
+        };
+        let Ok(entries) = std::fs::read_dir(self.directory()) else {
+            return Ok(None);
+        };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !metadata.is_file() || Identity::of(&metadata) != Some(identity) {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else {
+                continue;
+            };
+            let file = self.open(file)?;
+            if file.identity == Some(identity) && part.problem(&file)?.is_none() {
+                tracing::info!(
+                    path = %self.config.path.display(),
+                    found = %entry.path().display(),
+                    "the file was rotated since the offset was reported; reading the rest of it"
+                );
+                return Ok(Some(file));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Positions `file` at the boundary `part` describes.
+    fn seek(&self, file: &mut Open, part: &Part) -> Result<(), Stop> {
+        // A header is read again from the file's start; bad input in it was reported
+        // when it was first read.
+        let lines = &mut file.lines;
+        while !lines.decoder.has_header() && lines.position < part.position {
+            if !lines.read_line(&mut file.reader)? {
+                break;
+            }
+            let _ = lines.take_line();
+        }
+        file.reader.seek(SeekFrom::Start(part.position))?;
+        lines.resume_at(Boundary {
+            position: part.position,
+            line: part.line,
+        });
+        Ok(())
+    }
+
+    fn grace_end(&self) -> Option<Instant> {
+        Instant::now().checked_add(self.config.rotate_wait)
+    }
+
+    fn directory(&self) -> PathBuf {
+        match self.config.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn wait_for_file(&mut self) -> Result<Open, Stop> {
+        tracing::info!(path = %self.config.path.display(), "waiting for the file to be created");
+        loop {
+            self.wait(None)?;
+            if let Some(file) = self.open_path()? {
+                return Ok(file);
+            }
+        }
+    }
+
+    /// Sends what is gathered, then waits for a notification, a poll interval, the
+    /// instant `until`, or shutdown.
+    fn wait(&mut self, until: Option<Instant>) -> Result<(), Stop> {
+        self.flush()?;
+        let timeout = match until {
+            Some(until) => self
+                .config
+                .poll_interval
+                .min(until.saturating_duration_since(Instant::now())),
+            None => self.config.poll_interval,
+        };
+        let _ = self.woken.recv_timeout(timeout);
+        while self.woken.try_recv().is_ok() {}
+        if self.ctx.is_cancelled() {
+            Err(Stop::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Watches the file's directory, so that appends, truncation and rotation wake the
+    /// reader at once; without notifications, polling alone notices them.
+    fn watch(&self, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        let directory = self.directory();
+        let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+            let _ = wake.send(());
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
+            Ok(watcher)
+        });
+        match watcher {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(path = %self.config.path.display(), %error, "no file-system notifications; polling only");
+                None
+            }
+        }
+    }
+
+    /// A new file is at the path: the current one becomes the rotated one, read for
+    /// `rotate_wait` more, and the new one is read from its start. False if the new
+    /// file went away before it could be opened.
+    fn rotate(&mut self, files: &mut Files) -> Result<bool, Stop> {
+        if files.rotated.is_some() {
+            // Rotated again within the grace period: the older file is done.
+            self.read_to_end(files, Which::Rotated)?;
+            self.close_rotated(files)?;
+        }
+        let Some(new) = self.open_path()? else {
+            return Ok(false);
+        };
+        self.flush()?;
+        tracing::info!(
+            path = %self.config.path.display(),
+            rotate_wait = ?self.config.rotate_wait,
+            "file rotated; reading the new file, and the old one for rotate_wait more"
+        );
+        let old = std::mem::replace(&mut files.current, new);
+        files.rotated = Some(Rotated {
+            file: old,
+            until: self.grace_end(),
+        });
+        self.changed(files)?;
+        Ok(true)
+    }
+
+    /// The rotated file's grace period is over: its last line is read, and it is
+    /// closed.
+    fn close_rotated(&mut self, files: &mut Files) -> Result<(), Stop> {
+        self.finish(files, Which::Rotated)?;
+        self.flush()?;
+        files.rotated = None;
+        tracing::debug!(path = %self.config.path.display(), "done with the rotated file");
+        self.changed(files)
+    }
+
+    /// If the file got shorter than what was read, it is read again from its start;
+    /// what was read of the old content is finished first, as at the end of a file.
+    fn truncated(&mut self, files: &mut Files) -> Result<bool, Stop> {
+        let file = &mut files.current;
+        let length = file.reader.get_ref().metadata()?.len();
+        let read = file.lines.position + file.lines.line_length;
+        if length >= read {
+            return Ok(false);
+        }
+        tracing::warn!(path = %self.config.path.display(), length, position = read, "file truncated; reading it again from the start");
+        self.finish(files, Which::Current)?;
+        self.flush()?;
+        let file = &mut files.current;
+        file.reader.seek(SeekFrom::Start(0))?;
+        file.lines.restart();
+        file.head = None;
+        self.changed(files)?;
+        Ok(true)
+    }
+
+    /// After a change of the open files (everything before it sent): an offset for the
+    /// new state, which is also where a stop now resumes.
+    fn changed(&mut self, files: &mut Files) -> Result<(), Stop> {
+        self.sent = Some(Sent {
+            snapshot: files.snapshot(),
+            reported: false,
+        });
+        self.report(files)
+    }
+
+    /// Sends every complete line of the file up to its end.
+    fn read_to_end(&mut self, files: &mut Files, which: Which) -> Result<(), Stop> {
+        loop {
+            let Some(file) = files.get(which) else {
+                return Ok(());
+            };
+            if !file.lines.read_line(&mut file.reader)? {
+                break;
+            }
+            let message = file.lines.take_line();
+            self.lines_since_offset += 1;
+            if let Some(message) = message {
+                let after = files.snapshot();
+                self.push(Unsent::Message(message), after)?;
+            }
+            if self.lines_since_offset >= self.config.offset_every {
+                self.report(files)?;
+            }
+        }
+        if self.lines_since_offset > 0 {
+            self.report(files)?;
         }
         Ok(())
     }
 
-    fn send(&mut self, message: Decoded) -> Result<(), Stop> {
-        self.unsent.push(Unsent::Message(message));
+    /// At the end of a file that will not grow (static mode, rotated away, truncated):
+    /// its last line and open record.
+    fn finish(&mut self, files: &mut Files, which: Which) -> Result<(), Stop> {
+        let Some(file) = files.get(which) else {
+            return Ok(());
+        };
+        let messages = file.lines.finish();
+        let after = files.snapshot();
+        for message in messages {
+            self.push(Unsent::Message(message), after)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, item: Unsent, snapshot: Snapshot) -> Result<(), Stop> {
+        let reported = matches!(item, Unsent::Offset(_));
+        self.unsent.push(item);
+        self.unsent_after.push(Sent { snapshot, reported });
         if self.unsent.len() >= SEND_BATCH {
             self.flush()?;
         }
         Ok(())
     }
 
-    /// Sends what was gathered, in order.
+    /// Sends what was gathered, in order, and remembers where the last item sent left
+    /// reading.
     fn flush(&mut self) -> Result<(), Stop> {
         if self.unsent.is_empty() {
             return Ok(());
         }
         let ctx = &self.ctx;
         let unsent = &mut self.unsent;
-        let sent: Result<(), SendError> = self.handle.block_on(async move {
+        let mut count: usize = 0;
+        let result: Result<(), SendError> = self.handle.block_on(async {
             for item in unsent.drain(..) {
                 match item {
-                    Unsent::Message(message) => message.send(ctx).await?,
+                    Unsent::Message(message) => ctx.send(message).await?,
                     Unsent::Offset(offset) => ctx.report_offset(offset).await?,
                 }
+                count += 1;
             }
             Ok(())
         });
         self.unsent.clear();
-        Ok(sent?)
+        if let Some(&sent) = count.checked_sub(1).and_then(|last| self.unsent_after.get(last)) {
+            self.sent = Some(sent);
+        }
+        self.unsent_after.clear();
+        Ok(result?)
     }
 
-    /// Reports the position after the last complete record.
-    fn report(&mut self, file: &mut Open) -> Result<(), Stop> {
-        if !self.decoder.is_idle() {
-            return Ok(());
-        }
+    /// Gathers an offset for where reading is.
+    fn report(&mut self, files: &mut Files) -> Result<(), Stop> {
         self.lines_since_offset = 0;
-        let head_length = file.position.min(HEAD_BYTES);
-        if file.head.is_none_or(|(length, _)| length < head_length) {
-            file.head = Some((head_length, head_hash(file.reader.get_ref(), head_length)?));
+        let snapshot = files.snapshot();
+        let offset = self.offset(files, snapshot)?;
+        // With no message since the last offset gathered, that one says nothing more.
+        if matches!(self.unsent.last(), Some(Unsent::Offset(_))) {
+            self.unsent.pop();
+            self.unsent_after.pop();
         }
-        let (head_length, head_hash) = file.head.unwrap_or_default();
-        let mut offset = json!({
-            "path": self.config.path.display().to_string(),
-            "position": file.position,
-            "line": file.line_number,
-            "head_length": head_length,
-            "head_hash": format!("{head_hash:016x}"),
-        });
-        if let Some(identity) = file.identity {
-            offset["device"] = identity.device.into();
-            offset["inode"] = identity.inode.into();
-        }
-        self.unsent.push(Unsent::Offset(offset));
-        Ok(())
+        self.push(Unsent::Offset(offset), snapshot)
     }
 
-    fn restart(&mut self, file: &mut Open) {
-        file.position = 0;
-        file.line_number = 0;
-        file.head = None;
-        self.decoder.reset();
-        self.line.clear();
-        self.line_length = 0;
-        self.line_too_long = false;
+    /// The offset for `snapshot`: the file at the path, and the rotated one if it is
+    /// still read.
+    fn offset(&self, files: &mut Files, snapshot: Snapshot) -> io::Result<Json> {
+        let mut offset = files.current.offset(snapshot.current)?;
+        offset["path"] = self.config.path.display().to_string().into();
+        if let (Some(rotated), Some(boundary)) = (&mut files.rotated, snapshot.rotated) {
+            offset["rotated"] = rotated.file.offset(boundary)?;
+        }
+        Ok(offset)
     }
 
-    /// Continues after `offset`, if it still describes this file.
-    fn resume(&mut self, file: &mut Open, offset: &Json) -> Result<(), Stop> {
+    /// Reading stopped early: reports where the last message sent left it, so the
+    /// committed offset covers exactly the committed rows.
+    fn report_stop(&mut self, files: &mut Files) {
+        let Some(sent) = self.sent.filter(|sent| !sent.reported) else {
+            return;
+        };
+        let path = self.config.path.display().to_string();
+        let offset = match self.offset(files, sent.snapshot) {
+            Ok(offset) => offset,
+            Err(error) => {
+                tracing::warn!(path, %error, "cannot compute the offset where reading stopped; a resume will read some lines again");
+                return;
+            }
+        };
+        if let Err(error) = self.handle.block_on(self.ctx.report_offset(offset)) {
+            tracing::warn!(path, %error, "cannot report the offset where reading stopped; a resume will read some lines again");
+        }
+    }
+}
+
+/// One file's part of a resume offset.
+struct Part {
+    position: u64,
+    line: u64,
+    identity: Option<Identity>,
+    head_length: u64,
+    head_hash: String,
+}
+
+impl Part {
+    fn parse(offset: &Json) -> Result<Part, Stop> {
         let number = |name: &str| offset.get(name).and_then(Json::as_u64);
         let Some(position) = number("position") else {
             return Err(Stop::Failed(
                 format!("resume offset {offset} was not reported by a FileSource (no `position`)").into(),
             ));
         };
-        let path = self.config.path.display().to_string();
+        Ok(Part {
+            position,
+            line: number("line").unwrap_or(0),
+            identity: match (number("device"), number("inode")) {
+                (Some(device), Some(inode)) => Some(Identity { device, inode }),
+                _ => None,
+            },
+            head_length: number("head_length").unwrap_or(0),
+            head_hash: offset
+                .get("head_hash")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        })
+    }
+
+    /// Why this part does not describe `file` (any more), if it does not.
+    fn problem(&self, file: &Open) -> io::Result<Option<&'static str>> {
         let length = file.reader.get_ref().metadata()?.len();
-        let identity = match (number("device"), number("inode")) {
-            (Some(device), Some(inode)) => Some(Identity { device, inode }),
-            _ => None,
-        };
-        let head_length = number("head_length").unwrap_or(0);
-        let head_hash_then = offset.get("head_hash").and_then(Json::as_str).unwrap_or("");
-        let problem = if identity.is_some() && file.identity.is_some() && identity != file.identity {
-            Some("it was replaced (another device/inode)")
-        } else if length < position || length < head_length {
-            Some("it is shorter than the offset (truncated)")
-        } else if format!("{:016x}", head_hash(file.reader.get_ref(), head_length)?) != head_hash_then {
-            Some("its first bytes changed (rewritten)")
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            tracing::warn!(
-                path,
-                position,
-                "cannot resume: {problem} since the offset was reported; reading it from the start"
-            );
-            return Ok(());
-        }
-        // A header is read again from the file's start, as the first line(s).
-        while !self.decoder.has_header() && file.position < position {
-            let read = file.reader.read_until(b'\n', &mut self.line)?;
-            if read == 0 {
-                break;
-            }
-            file.position += read as u64;
-            let _ = self.decoder.decode(&self.line, 0);
-            self.line.clear();
-        }
-        file.reader.seek(SeekFrom::Start(position))?;
-        file.position = position;
-        file.line_number = number("line").unwrap_or(0);
-        file.head = None;
-        tracing::info!(path, position, "resuming the file");
-        Ok(())
+        Ok(
+            if self.identity.is_some() && file.identity.is_some() && self.identity != file.identity {
+                Some("it was replaced (another device/inode)")
+            } else if length < self.position || length < self.head_length {
+                Some("it is shorter than the offset (truncated)")
+            } else if self.head_length > HEAD_BYTES
+                || format!("{:016x}", head_hash(file.reader.get_ref(), self.head_length)?) != self.head_hash
+            {
+                Some("its first bytes changed (rewritten)")
+            } else {
+                None
+            },
+        )
     }
 }
 
 /// FNV-1a of the first `length` bytes of `file` (a stable hash: it is persisted).
 fn head_hash(file: &File, length: u64) -> io::Result<u64> {
-    let mut head = vec![0; usize::try_from(length).unwrap_or(0)];
+    let mut head = vec![0; usize::try_from(length.min(HEAD_BYTES)).unwrap_or(0)];
     read_exact_at(file, &mut head)?;
     Ok(crate::fnv1a(&head))
 }
@@ -631,4 +1091,43 @@ fn read_exact_at(_file: &File, buffer: &mut [u8]) -> io::Result<()> {
     // Identity by first bytes is a unix-only refinement; elsewhere size is the check.
     buffer.fill(0);
     Ok(())
+}
+
+/// Reads `chunks` as a followed file sees them appended, then finishes it as at the
+/// end of a static file: every message, with the line its record starts on. Returns the
+/// most bytes held at once for the line and record being read.
+///
+/// # Errors
+///
+/// When the format cannot be read.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn read_chunks(
+    format: FileFormat,
+    schema: intake_core::Schema,
+    max_line_length: usize,
+    chunks: &[&[u8]],
+    mut on_message: impl FnMut(u64, Message),
+) -> Result<usize, String> {
+    let decoder = LineDecoder::new(format, schema, max_line_length)?;
+    let mut lines = Lines::new(decoder, max_line_length);
+    let mut input = io::Cursor::new(Vec::new());
+    let mut held = 0;
+    for chunk in chunks {
+        input.get_mut().extend_from_slice(chunk);
+        loop {
+            let complete = lines.read_line(&mut input).map_err(|e| e.to_string())?;
+            held = held.max(lines.held());
+            if !complete {
+                break;
+            }
+            if let Some(message) = lines.take_line() {
+                on_message(lines.record_line(), message);
+            }
+            held = held.max(lines.held());
+        }
+    }
+    for message in lines.finish() {
+        on_message(lines.record_line(), message);
+    }
+    Ok(held)
 }

@@ -2,11 +2,15 @@
 //! reader's schema, raw lines.
 
 use bytes::{Bytes, BytesMut};
+use csv_core::{ReadRecordResult, Terminator};
 use intake_core::{DataType, Message, Schema};
 use serde_json::{Map, Number, Value as Json};
 
 /// The UTF-8 byte order mark, stripped from the start of a file.
 pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// How much of an input too long to keep is shown in its report, in bytes.
+pub(crate) const SHOWN: usize = 200;
 
 /// How the lines of a file (or fragment) become messages.
 ///
@@ -16,8 +20,17 @@ pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// | [`Csv`](Self::Csv), [`Tsv`](Self::Tsv), [`Delimited`](Self::Delimited) | `Reader::json(schema)` | a JSON object keyed by the header, each field typed by the schema |
 /// | [`Raw`](Self::Raw) | `Reader::raw()` | the line's bytes, as the `data` column |
 ///
-/// In every format, empty lines are skipped, a trailing `\r` is removed and a UTF-8 byte
-/// order mark at the start of the file is stripped.
+/// A line ends at `\n`; a `\r` just before it (or at the very end of the input) is
+/// removed, and a `\r` anywhere else is an ordinary byte. In every format, blank lines
+/// (nothing but ASCII whitespace) are skipped and a UTF-8 byte order mark at the start
+/// of the file (only there) is stripped.
+///
+/// The delimited formats read records as the `csv` crate does (RFC 4180, with the
+/// record terminator `\n`): a quoted field may span lines, and a quote inside an
+/// unquoted field is an ordinary character (`2,12" pizza,4` has three fields). A record
+/// whose quoted field is still open at the end of the input, or that grows beyond
+/// `max_line_length`, is reported as bad input from the line it starts on, and reading
+/// goes on with the next line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FileFormat {
@@ -28,7 +41,8 @@ pub enum FileFormat {
     Csv,
     /// Tab-separated values with a header line naming the columns.
     Tsv,
-    /// Values separated by the given byte, with a header line naming the columns.
+    /// Values separated by the given byte, with a header line naming the columns. The
+    /// byte cannot be `\n`, `\r` or `"`.
     Delimited(u8),
     /// Each line is one message, as is (read it with `Reader::raw()`).
     Raw,
@@ -48,174 +62,428 @@ impl FileFormat {
     pub fn has_header(self) -> bool {
         self.delimiter().is_some()
     }
+
+    /// Why the format cannot be read, if it cannot: a delimiter that is also a line end
+    /// or the quote.
+    pub(crate) fn check(self) -> Result<(), String> {
+        match self.delimiter() {
+            Some(delimiter @ (b'\n' | b'\r' | b'"')) => Err(format!(
+                "{:?} cannot be the delimiter of FileFormat::Delimited: it is a line end or the quote",
+                char::from(delimiter)
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where a header field goes: the schema column it fills, or nowhere.
 #[derive(Debug, Clone)]
 struct HeaderField {
     name: String,
-    column: Option<(usize, DataType, bool)>,
+    column: Option<(DataType, bool)>,
 }
 
-/// Turns the lines of one file into messages. Stateful for the delimited formats: the
-/// first record is the header, and a quoted field may span lines.
+/// Turns the lines of one file (or fragment) into messages. Stateful for the delimited
+/// formats: the first record is the header, and a record may span lines.
+///
+/// Bad input becomes [`Message::Invalid`], which goes through the reader's error policy
+/// like a message the reader refused.
 #[derive(Debug)]
 pub(crate) struct LineDecoder {
-    format: FileFormat,
     schema: Schema,
-    header: Option<Vec<HeaderField>>,
-    /// A delimited record whose quoted field continues on the next line.
-    pending: Vec<u8>,
-    pending_quotes: usize,
+    /// The longest record kept, in bytes, while it spans lines.
+    max_record_length: usize,
     at_start: bool,
+    /// The line the last message's record started on.
+    record_line: u64,
     /// Lines are copied into shared blocks and sent as slices of them: one allocation
     /// per block of lines rather than one per line.
     block: BytesMut,
+    /// The record framing of the delimited formats; `None` where a line is a message.
+    delimited: Option<Box<Delimited>>,
 }
 
 /// The size of the blocks lines are copied into.
 const BLOCK: usize = 64 * 1024;
 
 impl LineDecoder {
-    pub(crate) fn new(format: FileFormat, schema: Schema) -> Self {
-        LineDecoder {
-            format,
+    /// A decoder for `format`, typing delimited fields by `schema`, that reports a
+    /// record spanning lines once it is longer than `max_record_length` bytes.
+    ///
+    /// # Errors
+    ///
+    /// When the format cannot be read (see [`FileFormat::check`]).
+    pub(crate) fn new(format: FileFormat, schema: Schema, max_record_length: usize) -> Result<Self, String> {
+        format.check()?;
+        Ok(LineDecoder {
             schema,
-            header: None,
-            pending: Vec::new(),
-            pending_quotes: 0,
+            max_record_length,
             at_start: true,
+            record_line: 0,
             block: BytesMut::new(),
-        }
+            delimited: format
+                .delimiter()
+                .map(|delimiter| Box::new(Delimited::new(delimiter))),
+        })
     }
 
     /// Forgets everything: the next line is the first of a (new) file.
     pub(crate) fn reset(&mut self) {
-        self.header = None;
-        self.pending.clear();
-        self.pending_quotes = 0;
         self.at_start = true;
+        if let Some(delimited) = &mut self.delimited {
+            delimited.header = None;
+            delimited.restart();
+        }
     }
 
-    /// Whether the decoder holds no partial record, so the position after the last line
-    /// is a clean place to resume from.
+    /// The next line is not the first of the file (reading resumes in the middle), so
+    /// a byte order mark there is data.
+    pub(crate) fn resumed(&mut self) {
+        self.at_start = false;
+    }
+
+    /// Whether the decoder holds no partial record, so the position after the last
+    /// line is a clean place to resume from.
     pub(crate) fn is_idle(&self) -> bool {
-        self.pending.is_empty()
+        self.delimited.as_ref().is_none_or(|d| !d.in_record)
     }
 
     /// Whether the header has been read (always true for formats without one).
     pub(crate) fn has_header(&self) -> bool {
-        !self.format.has_header() || self.header.is_some()
+        self.delimited.as_ref().is_none_or(|d| d.header.is_some())
     }
 
-    /// Decodes one line (with or without its `\n`); `None` when it makes no message
-    /// (empty, the header, or a record continuing on the next line).
-    pub(crate) fn decode(&mut self, line: &[u8], line_number: u64) -> Option<Decoded> {
-        let mut line = line.strip_suffix(b"\n").unwrap_or(line);
-        if self.at_start {
-            self.at_start = false;
-            line = line.strip_prefix(BOM).unwrap_or(line);
+    /// The line the record of the last message returned started on.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn record_line(&self) -> u64 {
+        self.record_line
+    }
+
+    /// Bytes held for a record spanning lines (bounded by `max_record_length`).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn held(&self) -> usize {
+        self.delimited
+            .as_ref()
+            .map_or(0, |d| d.raw.len() + d.field_length)
+    }
+
+    /// Decodes one line (with or without its `\n`; one without is the last of the
+    /// input); `None` when it makes no message (blank, the header, or a record
+    /// continuing on the next line).
+    pub(crate) fn decode(&mut self, line: &[u8], line_number: u64) -> Option<Message> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let mut content = line.strip_suffix(b"\r").unwrap_or(line);
+        if std::mem::take(&mut self.at_start) {
+            content = content.strip_prefix(BOM).unwrap_or(content);
         }
-        let Some(delimiter) = self.format.delimiter() else {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
+        let Some(delimited) = &mut self.delimited else {
+            if content.iter().all(u8::is_ascii_whitespace) {
                 return None;
             }
-            if self.block.capacity() < line.len() {
-                self.block = BytesMut::with_capacity(BLOCK.max(line.len()));
+            self.record_line = line_number;
+            if self.block.capacity() < content.len() {
+                self.block = BytesMut::with_capacity(BLOCK.max(content.len()));
             }
-            self.block.extend_from_slice(line);
-            return Some(Decoded::Message(Message::Bytes(self.block.split().freeze())));
+            self.block.extend_from_slice(content);
+            return Some(Message::Bytes(self.block.split().freeze()));
         };
-        // A quoted field may hold newlines: gather lines while a quote is open.
-        let quotes = line.iter().filter(|&&b| b == b'"').count();
-        if !self.pending.is_empty() || quotes % 2 == 1 {
-            self.pending.extend_from_slice(line);
-            self.pending.push(b'\n');
-            self.pending_quotes += quotes;
-            if self.pending_quotes % 2 == 1 {
-                return None;
-            }
-            self.pending.pop();
-            let record = std::mem::take(&mut self.pending);
-            self.pending_quotes = 0;
-            return self.decode_record(&record, delimiter, line_number);
+        let message = delimited.decode(content, line_number, &self.schema, self.max_record_length);
+        if message.is_some() {
+            self.record_line = delimited.start_line;
         }
-        self.decode_record(line, delimiter, line_number)
+        message
     }
 
-    fn decode_record(&mut self, record: &[u8], delimiter: u8, line_number: u64) -> Option<Decoded> {
-        let trimmed = record.strip_suffix(b"\r").unwrap_or(record);
-        if trimmed.iter().all(u8::is_ascii_whitespace) {
-            return None;
+    /// The report for a line longer than the limit (`start` is its first bytes): bad
+    /// input, in every format. A record it continues is reported instead, as too long.
+    pub(crate) fn too_long(&mut self, start: &[u8], length: u64, line_number: u64) -> Option<Message> {
+        self.at_start = false;
+        if let Some(delimited) = &mut self.delimited
+            && delimited.in_record
+        {
+            let length = delimited.length.saturating_add(length);
+            self.record_line = delimited.start_line;
+            return Some(delimited.abandon(length));
         }
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(delimiter)
-            .buffer_capacity(trimmed.len().max(16))
-            .from_reader(trimmed);
-        let mut fields = csv::ByteRecord::new();
-        let parsed = reader.read_byte_record(&mut fields);
-        let raw = String::from_utf8_lossy(trimmed);
-        match (&self.header, parsed) {
-            (_, Err(e)) => Some(bad_line(line_number, &raw, &format!("not a valid record: {e}"))),
-            (_, Ok(false)) => None,
-            (None, Ok(true)) => {
-                let mut header = Vec::with_capacity(fields.len());
-                for field in &fields {
-                    let Ok(name) = std::str::from_utf8(field) else {
-                        return Some(bad_line(line_number, &raw, "the header is not valid UTF-8"));
-                    };
-                    let column = self.schema.index_of(name).map(|i| {
-                        let column = &self.schema.columns()[i];
-                        (i, column.data_type(), column.is_nullable())
-                    });
-                    header.push(HeaderField {
-                        name: name.to_owned(),
-                        column,
-                    });
-                }
-                self.header = Some(header);
-                None
+        self.record_line = line_number;
+        let reason = format!("the line is {length} bytes long, beyond max_line_length");
+        Some(invalid(line_number, shown(start), &reason))
+    }
+
+    /// At the end of the input: the report for a record still open, if any (its
+    /// quoted field was never closed).
+    pub(crate) fn finish(&mut self) -> Option<Message> {
+        let delimited = self.delimited.as_mut().filter(|d| d.in_record)?;
+        self.record_line = delimited.start_line;
+        let raw = Bytes::copy_from_slice(delimited.raw.strip_suffix(b"\n").unwrap_or(&delimited.raw));
+        let reason = "the record is not complete at the end of the input: a quoted field is not closed";
+        let message = invalid(delimited.start_line, raw, reason);
+        delimited.restart();
+        Some(message)
+    }
+
+    /// Decodes a whole input already in memory (a fragment), then
+    /// [finishes](Self::finish) it.
+    pub(crate) fn decode_all(&mut self, bytes: &[u8], mut on_message: impl FnMut(Message)) {
+        let mut line_number = 0;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            line_number += 1;
+            let content = line.strip_suffix(b"\n").unwrap_or(line);
+            let message = if content.len() > self.max_record_length {
+                self.too_long(line, line.len() as u64, line_number)
+            } else {
+                self.decode(line, line_number)
+            };
+            if let Some(message) = message {
+                on_message(message);
             }
-            (Some(header), Ok(true)) => {
-                if fields.len() != header.len() {
-                    let reason = format!(
-                        "the record has {} field(s), but the header has {}",
-                        fields.len(),
-                        header.len()
-                    );
-                    return Some(bad_line(line_number, &raw, &reason));
-                }
-                let mut object = Map::with_capacity(header.len());
-                for (field, slot) in fields.iter().zip(header) {
-                    let Some((_, data_type, nullable)) = slot.column else {
-                        continue;
-                    };
-                    let Ok(text) = std::str::from_utf8(field) else {
-                        let reason = format!("field `{}` is not valid UTF-8", slot.name);
-                        return Some(bad_line(line_number, &raw, &reason));
-                    };
-                    object.insert(slot.name.clone(), typed(text, data_type, nullable));
-                }
-                Some(Decoded::Message(Message::Json(Json::Object(object))))
-            }
+        }
+        if let Some(message) = self.finish() {
+            on_message(message);
         }
     }
 }
 
-impl LineDecoder {
-    /// The report for a line longer than the limit (`start` is its first bytes): bad
-    /// input, in every format.
-    pub(crate) fn too_long(&mut self, start: &[u8], length: u64, line_number: u64) -> Option<Decoded> {
-        self.at_start = false;
-        self.pending.clear();
-        self.pending_quotes = 0;
-        let start = String::from_utf8_lossy(start);
-        let reason = format!("the line is {length} bytes long, beyond max_line_length");
-        Some(bad_line(line_number, &format!("{start}..."), &reason))
+/// The record framing of a delimited format: `csv-core`'s incremental reader, fed a
+/// line at a time, with the record terminator `\n`.
+#[derive(Debug)]
+struct Delimited {
+    reader: csv_core::Reader,
+    delimiter: u8,
+    header: Option<Vec<HeaderField>>,
+    /// Whether a record spans lines and is not complete yet.
+    in_record: bool,
+    /// The line the current record starts on.
+    start_line: u64,
+    /// The lines of a record spanning lines so far, each with a `\n`, for its report.
+    raw: Vec<u8>,
+    /// The length of those lines, in bytes as read.
+    length: u64,
+    /// The fields read so far, unescaped, end to end; `ends` says where each ends.
+    fields: Vec<u8>,
+    field_length: usize,
+    ends: Vec<usize>,
+    end_count: usize,
+}
+
+/// Above this, a buffer grown for a long record is given back once the record is done.
+const KEPT_CAPACITY: usize = 64 * 1024;
+
+impl Delimited {
+    fn new(delimiter: u8) -> Self {
+        let reader = csv_core::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .terminator(Terminator::Any(b'\n'))
+            .build();
+        let mut delimited = Delimited {
+            reader,
+            delimiter,
+            header: None,
+            in_record: false,
+            start_line: 0,
+            raw: Vec::new(),
+            length: 0,
+            fields: vec![0; 256],
+            field_length: 0,
+            ends: vec![0; 16],
+            end_count: 0,
+        };
+        delimited.restart();
+        delimited
     }
+
+    /// Drops the record being read, if any: the next line starts a record.
+    fn restart(&mut self) {
+        self.reader.reset();
+        // `csv-core` strips a byte order mark from the first input it is given; the
+        // decoder strips it itself, and only at the start of the file. A blank line
+        // leaves the reader's state as it is and counts as that first input.
+        let _ = self.reader.read_record(b"\n", &mut self.fields, &mut self.ends);
+        self.in_record = false;
+        self.length = 0;
+        self.raw.clear();
+        self.field_length = 0;
+        self.end_count = 0;
+        if self.raw.capacity() > KEPT_CAPACITY {
+            self.raw = Vec::new();
+        }
+        if self.fields.len() > KEPT_CAPACITY {
+            self.fields = vec![0; 256];
+        }
+    }
+
+    fn decode(
+        &mut self,
+        content: &[u8],
+        line_number: u64,
+        schema: &Schema,
+        max_record_length: usize,
+    ) -> Option<Message> {
+        if !self.in_record {
+            if content
+                .iter()
+                .all(|&b| b.is_ascii_whitespace() && b != self.delimiter)
+            {
+                return None;
+            }
+            self.start_line = line_number;
+        } else {
+            let length = self.length.saturating_add(content.len() as u64);
+            if length > max_record_length as u64 {
+                return Some(self.abandon(length));
+            }
+        }
+        if !self.feed(content) {
+            self.raw.extend_from_slice(content);
+            self.raw.push(b'\n');
+            self.length += content.len() as u64 + 1;
+            self.in_record = true;
+            return None;
+        }
+        let message = if self.in_record {
+            let mut raw = std::mem::take(&mut self.raw);
+            raw.extend_from_slice(content);
+            let message = self.record(&raw, schema);
+            raw.clear();
+            self.raw = raw;
+            message
+        } else {
+            self.record(content, schema)
+        };
+        self.in_record = false;
+        self.length = 0;
+        self.field_length = 0;
+        self.end_count = 0;
+        if self.raw.capacity() > KEPT_CAPACITY {
+            self.raw = Vec::new();
+        }
+        message
+    }
+
+    /// Feeds a line (without its end) and its `\n` to the reader: true if that ends a
+    /// record.
+    fn feed(&mut self, content: &[u8]) -> bool {
+        // The only `\n` is the one fed last, so a record can only end there.
+        if !content.is_empty() && self.push(content) {
+            return true;
+        }
+        self.push(b"\n")
+    }
+
+    /// Feeds `input` (never empty: to `csv-core`, empty input means the end).
+    fn push(&mut self, mut input: &[u8]) -> bool {
+        while !input.is_empty() {
+            if self.field_length == self.fields.len() {
+                self.fields.resize(self.fields.len() * 2, 0);
+            }
+            if self.end_count == self.ends.len() {
+                self.ends.resize(self.ends.len() * 2, 0);
+            }
+            let (result, read, written, ended) = self.reader.read_record(
+                input,
+                &mut self.fields[self.field_length..],
+                &mut self.ends[self.end_count..],
+            );
+            input = &input[read..];
+            self.field_length += written;
+            self.end_count += ended;
+            if result == ReadRecordResult::Record {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The report for the record being read, now `length` bytes long: beyond the
+    /// limit. Reading goes on with the next line.
+    fn abandon(&mut self, length: u64) -> Message {
+        let reason = format!(
+            "the record is at least {length} bytes long, beyond max_line_length (is a quoted field not closed?)"
+        );
+        let message = invalid(self.start_line, shown(&self.raw), &reason);
+        self.restart();
+        message
+    }
+
+    /// A complete record: the header, or a row.
+    fn record(&mut self, raw: &[u8], schema: &Schema) -> Option<Message> {
+        let line = self.start_line;
+        let fields = Fields {
+            fields: &self.fields[..self.field_length],
+            ends: &self.ends[..self.end_count],
+            start: 0,
+        };
+        let Some(header) = &self.header else {
+            let mut header = Vec::with_capacity(self.end_count);
+            for field in fields {
+                let Ok(name) = std::str::from_utf8(field) else {
+                    return Some(invalid(
+                        line,
+                        Bytes::copy_from_slice(raw),
+                        "the header is not valid UTF-8",
+                    ));
+                };
+                let column = schema.index_of(name).map(|i| {
+                    let column = &schema.columns()[i];
+                    (column.data_type(), column.is_nullable())
+                });
+                header.push(HeaderField {
+                    name: name.to_owned(),
+                    column,
+                });
+            }
+            self.header = Some(header);
+            return None;
+        };
+        if self.end_count != header.len() {
+            let reason = format!(
+                "the record has {} field(s), but the header has {}",
+                self.end_count,
+                header.len()
+            );
+            return Some(invalid(line, Bytes::copy_from_slice(raw), &reason));
+        }
+        let mut object = Map::with_capacity(header.len());
+        for (field, slot) in fields.zip(header) {
+            let Some((data_type, nullable)) = slot.column else {
+                continue;
+            };
+            let Ok(text) = std::str::from_utf8(field) else {
+                let reason = format!("field `{}` is not valid UTF-8", slot.name);
+                return Some(invalid(line, Bytes::copy_from_slice(raw), &reason));
+            };
+            object.insert(slot.name.clone(), typed(text, data_type, nullable));
+        }
+        Some(Message::Json(Json::Object(object)))
+    }
+}
+
+/// The fields of a record, as `csv-core` wrote them.
+struct Fields<'a> {
+    fields: &'a [u8],
+    ends: &'a [usize],
+    start: usize,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (&end, rest) = self.ends.split_first()?;
+        self.ends = rest;
+        let field = self.fields.get(self.start..end).unwrap_or_default();
+        self.start = end;
+        Some(field)
+    }
+}
+
+/// The first bytes of an input too long to keep, marked as cut.
+fn shown(start: &[u8]) -> Bytes {
+    let start = &start[..start.len().min(SHOWN)];
+    let mut raw = Vec::with_capacity(start.len() + 3);
+    raw.extend_from_slice(start);
+    raw.extend_from_slice(b"...");
+    Bytes::from(raw)
 }
 
 /// A delimited field as the JSON value its column's type reads. A field that does not
@@ -248,30 +516,28 @@ pub(crate) fn typed(text: &str, data_type: DataType, nullable: bool) -> Json {
     converted.unwrap_or_else(|| Json::String(text.to_owned()))
 }
 
-/// A line that cannot become a row: sent as a JSON string (never a valid row), so the
-/// reader's error policy handles it and the report carries the line and the reason.
-pub(crate) fn bad_line(line_number: u64, raw: &str, reason: &str) -> Decoded {
-    tracing::debug!(line = line_number, reason, "bad line");
-    Decoded::Bad {
-        raw: Bytes::from(raw.to_owned()),
+/// Input that cannot become a row, reported through the reader's error policy with
+/// the line its record starts on.
+fn invalid(line_number: u64, raw: Bytes, reason: &str) -> Message {
+    tracing::debug!(line = line_number, reason, "bad input");
+    Message::Invalid {
+        raw,
         reason: format!("line {line_number}: {reason}"),
     }
 }
 
-/// What a line decodes to: a message for the reader, or input the decoder itself found
-/// bad, which goes through the reader's error policy via `SourceContext::reject`.
+/// A message for the reader, as `fragment.rs` sends its parsers' output. Bad input is
+/// [`Message::Invalid`]; this wrapper only keeps that file's `Decoded::send` calls.
 #[derive(Debug)]
 pub(crate) enum Decoded {
     Message(Message),
-    Bad { raw: Bytes, reason: String },
 }
 
 impl Decoded {
-    /// Sends the message, or reports the bad input.
+    /// Sends the message.
     pub(crate) async fn send(self, ctx: &intake_core::SourceContext) -> Result<(), intake_core::SendError> {
         match self {
             Decoded::Message(message) => ctx.send(message).await,
-            Decoded::Bad { raw, reason } => ctx.reject(raw, reason).await,
         }
     }
 }
@@ -290,16 +556,27 @@ mod tests {
         .unwrap()
     }
 
-    fn json(message: Option<Decoded>) -> Json {
+    fn json(message: Option<Message>) -> Json {
         match message {
-            Some(Decoded::Message(Message::Json(json))) => json,
+            Some(Message::Json(json)) => json,
             other => panic!("expected JSON, got {other:?}"),
         }
     }
 
+    fn invalid(message: Option<Message>) -> (Bytes, String) {
+        match message {
+            Some(Message::Invalid { raw, reason }) => (raw, reason),
+            other => panic!("expected bad input, got {other:?}"),
+        }
+    }
+
+    fn csv() -> LineDecoder {
+        LineDecoder::new(FileFormat::Csv, schema(), 1_000).unwrap()
+    }
+
     #[test]
     fn csv_fields_are_typed_by_the_schema() {
-        let mut decoder = LineDecoder::new(FileFormat::Csv, schema());
+        let mut decoder = csv();
         assert!(
             decoder
                 .decode(b"\xEF\xBB\xBFkey,genus,weight,extra\n", 1)
@@ -317,13 +594,84 @@ mod tests {
             row,
             serde_json::json!({"key": 2, "genus": "fe\nlis, \"x\"", "weight": 4.5})
         );
-        match decoder.decode(b"1,2\n", 5) {
-            Some(Decoded::Bad { raw, reason }) => {
-                assert_eq!(&raw[..], b"1,2");
-                assert_eq!(reason, "line 5: the record has 2 field(s), but the header has 4");
-            }
-            other => panic!("expected a bad line, got {other:?}"),
+        assert_eq!(decoder.record_line(), 3, "the line the record starts on");
+        let (raw, reason) = invalid(decoder.decode(b"1,2\n", 5));
+        assert_eq!(&raw[..], b"1,2");
+        assert_eq!(reason, "line 5: the record has 2 field(s), but the header has 4");
+    }
+
+    #[test]
+    fn a_quote_inside_an_unquoted_field_is_an_ordinary_character() {
+        let mut decoder = csv();
+        assert!(decoder.decode(b"key,genus,weight\n", 1).is_none());
+        let row = json(decoder.decode(b"2,12\" pizza,4\n", 2));
+        assert_eq!(
+            row,
+            serde_json::json!({"key": 2, "genus": "12\" pizza", "weight": 4.0})
+        );
+        assert!(decoder.is_idle(), "the next line starts a record");
+        let row = json(decoder.decode(b"3,manul,5\n", 3));
+        assert_eq!(row["key"], 3);
+    }
+
+    #[test]
+    fn a_lone_carriage_return_is_data_and_only_the_file_start_has_a_bom() {
+        let mut decoder = csv();
+        assert!(decoder.decode(b"key,genus\r\n", 1).is_none());
+        let row = json(decoder.decode(b"1,man\rul\r\n", 2));
+        assert_eq!(row, serde_json::json!({"key": 1, "genus": "man\rul"}));
+        // The BOM is part of the key, so the reader will reject it.
+        let row = json(decoder.decode(b"\xEF\xBB\xBF3,lynx\n", 3));
+        assert_eq!(row["key"], "\u{feff}3");
+    }
+
+    #[test]
+    fn an_open_quote_at_the_end_of_the_input_is_reported_from_its_first_line() {
+        let mut decoder = csv();
+        assert!(decoder.decode(b"key,genus\n", 1).is_none());
+        assert!(decoder.decode(b"1,\"manul\n", 2).is_none());
+        assert!(decoder.decode(b"2,felis\n", 3).is_none());
+        let (raw, reason) = invalid(decoder.finish());
+        assert_eq!(&raw[..], b"1,\"manul\n2,felis");
+        assert!(
+            reason.starts_with("line 2: the record is not complete at the end of the input"),
+            "{reason}"
+        );
+        assert!(decoder.is_idle());
+        assert!(decoder.finish().is_none());
+    }
+
+    #[test]
+    fn a_record_beyond_the_limit_is_reported_and_the_next_line_starts_a_record() {
+        let mut decoder = LineDecoder::new(FileFormat::Csv, schema(), 20).unwrap();
+        assert!(decoder.decode(b"key,genus\n", 1).is_none());
+        assert!(decoder.decode(b"1,\"0123456789\n", 2).is_none());
+        let (raw, reason) = invalid(decoder.decode(b"0123456789\n", 3));
+        assert_eq!(&raw[..], b"1,\"0123456789\n...");
+        assert!(
+            reason.starts_with("line 2: the record is at least 24 bytes long, beyond max_line_length"),
+            "{reason}"
+        );
+        assert!(decoder.is_idle());
+        let row = json(decoder.decode(b"2,felis\n", 4));
+        assert_eq!(row, serde_json::json!({"key": 2, "genus": "felis"}));
+        // A line too long for the framing, inside a record: the record is reported.
+        assert!(decoder.decode(b"3,\"a\n", 5).is_none());
+        let (_, reason) = invalid(decoder.too_long(b"xxx", 500, 6));
+        assert!(
+            reason.starts_with("line 5: the record is at least 505 bytes"),
+            "{reason}"
+        );
+        assert!(decoder.is_idle());
+    }
+
+    #[test]
+    fn delimiters_that_are_line_ends_or_the_quote_are_refused() {
+        for delimiter in [b'\n', b'\r', b'"'] {
+            let error = LineDecoder::new(FileFormat::Delimited(delimiter), schema(), 10).unwrap_err();
+            assert!(error.contains("cannot be the delimiter"), "{error}");
         }
+        assert!(LineDecoder::new(FileFormat::Delimited(b';'), schema(), 10).is_ok());
     }
 
     #[test]

@@ -190,10 +190,9 @@ impl FragmentParser {
                 Err(_) => messages.push(Decoded::Message(Message::Bytes(bytes.clone()))),
             },
             FragmentParser::Lines(format) => {
-                let mut decoder = LineDecoder::new(*format, ctx.schema().clone());
-                for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
-                    messages.extend(decoder.decode(line, i as u64 + 1));
-                }
+                let max_line_length = crate::FileSource::DEFAULT_MAX_LINE_LENGTH;
+                let mut decoder = LineDecoder::new(*format, ctx.schema().clone(), max_line_length)?;
+                decoder.decode_all(bytes, |message| messages.push(Decoded::Message(message)));
             }
             FragmentParser::Custom(parse) => {
                 parse(bytes, &mut |json| {

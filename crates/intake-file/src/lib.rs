@@ -47,6 +47,12 @@ mod format;
 mod fragment;
 mod sink;
 
+/// The decoder's entry points for the fuzz targets in `fuzz/`: built for this crate's
+/// tests and with `--cfg fuzzing` only.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::FileError;
 pub use file::FileSource;
 pub use format::FileFormat;
