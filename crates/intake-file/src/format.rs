@@ -526,22 +526,6 @@ fn invalid(line_number: u64, raw: Bytes, reason: &str) -> Message {
     }
 }
 
-/// A message for the reader, as `fragment.rs` sends its parsers' output. Bad input is
-/// [`Message::Invalid`]; this wrapper only keeps that file's `Decoded::send` calls.
-#[derive(Debug)]
-pub(crate) enum Decoded {
-    Message(Message),
-}
-
-impl Decoded {
-    /// Sends the message.
-    pub(crate) async fn send(self, ctx: &intake_core::SourceContext) -> Result<(), intake_core::SendError> {
-        match self {
-            Decoded::Message(message) => ctx.send(message).await,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value as Json, json};
 use tokio::time::Instant;
 
 use crate::error::FileError;
-use crate::format::{Decoded, FileFormat, LineDecoder};
+use crate::format::{FileFormat, LineDecoder};
 
 /// One piece of data a [`FragmentStore`] lists: an object in a bucket, a file in a
 /// directory (Ascend's `list_objects` entry).
@@ -174,30 +174,24 @@ impl FragmentParser {
     }
 
     /// The messages in one fragment.
-    fn parse(&self, bytes: &Bytes, ctx: &SourceContext) -> Result<Vec<Decoded>, BoxError> {
+    fn parse(&self, bytes: &Bytes, ctx: &SourceContext) -> Result<Vec<Message>, BoxError> {
         let mut messages = Vec::new();
         match self {
             FragmentParser::Json => match serde_json::from_slice::<Json>(bytes) {
                 Ok(Json::Array(items)) => {
-                    messages.extend(
-                        items
-                            .into_iter()
-                            .map(|item| Decoded::Message(Message::Json(item))),
-                    );
+                    messages.extend(items.into_iter().map(Message::Json));
                 }
-                Ok(item) => messages.push(Decoded::Message(Message::Json(item))),
+                Ok(item) => messages.push(Message::Json(item)),
                 // The reader rejects it, with the reason and the bytes.
-                Err(_) => messages.push(Decoded::Message(Message::Bytes(bytes.clone()))),
+                Err(_) => messages.push(Message::Bytes(bytes.clone())),
             },
             FragmentParser::Lines(format) => {
                 let max_line_length = crate::FileSource::DEFAULT_MAX_LINE_LENGTH;
                 let mut decoder = LineDecoder::new(*format, ctx.schema().clone(), max_line_length)?;
-                decoder.decode_all(bytes, |message| messages.push(Decoded::Message(message)));
+                decoder.decode_all(bytes, |message| messages.push(message));
             }
             FragmentParser::Custom(parse) => {
-                parse(bytes, &mut |json| {
-                    messages.push(Decoded::Message(Message::Json(json)))
-                })?;
+                parse(bytes, &mut |json| messages.push(Message::Json(json)))?;
             }
         }
         Ok(messages)
@@ -606,7 +600,7 @@ impl<S: FragmentStore> FragmentSource<S> {
                 let skip = usize::try_from(already_sent).unwrap_or(usize::MAX);
                 // `sent`: how many of the fragment's messages were sent before this one.
                 for (sent, message) in (already_sent..).zip(messages.into_iter().skip(skip)) {
-                    if let Err(error) = message.send(ctx).await {
+                    if let Err(error) = ctx.send(message).await {
                         // Whatever stops the source here, what was sent stays sent: the
                         // offset reported on the way out says so.
                         if sent > 0 {
