@@ -353,3 +353,47 @@ async fn a_send_of_bad_input_cut_short_is_never_counted_without_being_reported()
         "every counted report was delivered or counted as missed"
     );
 }
+
+/// `ChangeStream` and `RejectedStream` are cancel safe: a `next()` dropped before it
+/// completes loses nothing.
+#[tokio::test]
+async fn change_and_rejected_streams_lose_nothing_when_next_is_dropped() {
+    const COMMITS: u64 = 200;
+    let source = source_fn(|ctx: SourceContext| async move {
+        for key in 0..COMMITS {
+            ctx.next_str(row(key)).await?;
+            ctx.next_str("not json").await?;
+            ctx.commit().await?;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "t",
+        source,
+        Reader::json(schema()).error_policy(intake::ErrorPolicy::SkipAndReport),
+    );
+    let mut changes = table.changes();
+    let mut rejected = pipeline.rejected(COMMITS as usize);
+    let running = tokio::spawn(pipeline.run());
+    let (mut batches, mut reports) = (0, 0);
+    let (mut changes_done, mut rejected_done) = (false, false);
+    while !(changes_done && rejected_done) {
+        // Each poll that finds nothing ready is dropped at once.
+        match tokio::time::timeout(Duration::ZERO, changes.next()).await {
+            Ok(Some(_)) => batches += 1,
+            Ok(None) => changes_done = true,
+            Err(_) => {}
+        }
+        match tokio::time::timeout(Duration::ZERO, rejected.next()).await {
+            Ok(Some(_)) => reports += 1,
+            Ok(None) => rejected_done = true,
+            Err(_) => {}
+        }
+        tokio::task::yield_now().await;
+    }
+    running.await.unwrap().unwrap();
+    assert_eq!(batches, COMMITS);
+    assert_eq!(reports, COMMITS);
+}

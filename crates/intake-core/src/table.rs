@@ -362,7 +362,15 @@ impl fmt::Debug for Table {
     }
 }
 
-/// The stream returned by [`Table::changes`].
+/// The stream returned by [`Table::changes`]: one [`ChangeBatch`] per commit, ending
+/// after the table's final commit (or when the table disconnects it at the shutdown
+/// deadline, which [`is_cut_off`](Self::is_cut_off) tells).
+///
+/// # Cancel safety
+///
+/// Polling it is cancel safe: a batch leaves the stream only when it is returned, so a
+/// `next()` dropped in a `select!` loses nothing. Dropping the stream itself
+/// unsubscribes it, and releases a table that was waiting for room in it.
 #[derive(Debug)]
 #[must_use = "streams do nothing unless polled"]
 pub struct ChangeStream {
