@@ -60,6 +60,15 @@ impl RowSerializer<'_> {
     }
 }
 
+/// Serializer methods that refuse a scalar at the top level: not an object.
+macro_rules! refuse_scalars {
+    ($($method:ident: $t:ty => $found:literal),* $(,)?) => {
+        $(fn $method(self, _: $t) -> Result<Self::Ok, Error> {
+            Self::not_an_object($found)
+        })*
+    };
+}
+
 impl<'a> ser::Serializer for RowSerializer<'a> {
     type Ok = Arc<[Value]>;
     type Error = Error;
@@ -71,54 +80,25 @@ impl<'a> ser::Serializer for RowSerializer<'a> {
     type SerializeStruct = RowBuilder<'a>;
     type SerializeStructVariant = Impossible<Arc<[Value]>, Error>;
 
-    fn serialize_bool(self, _: bool) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a boolean")
-    }
-    fn serialize_i8(self, _: i8) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_i16(self, _: i16) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_i32(self, _: i32) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_i64(self, _: i64) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_i128(self, _: i128) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_u8(self, _: u8) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_u16(self, _: u16) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_u32(self, _: u32) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_u64(self, _: u64) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_u128(self, _: u128) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_f32(self, _: f32) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_f64(self, _: f64) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a number")
-    }
-    fn serialize_char(self, _: char) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a string")
-    }
-    fn serialize_str(self, _: &str) -> Result<Self::Ok, Error> {
-        Self::not_an_object("a string")
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result<Self::Ok, Error> {
-        Self::not_an_object("an array")
-    }
+    refuse_scalars!(
+        serialize_bool: bool => "a boolean",
+        serialize_i8: i8 => "a number",
+        serialize_i16: i16 => "a number",
+        serialize_i32: i32 => "a number",
+        serialize_i64: i64 => "a number",
+        serialize_i128: i128 => "a number",
+        serialize_u8: u8 => "a number",
+        serialize_u16: u16 => "a number",
+        serialize_u32: u32 => "a number",
+        serialize_u64: u64 => "a number",
+        serialize_u128: u128 => "a number",
+        serialize_f32: f32 => "a number",
+        serialize_f64: f64 => "a number",
+        serialize_char: char => "a string",
+        serialize_str: &str => "a string",
+        serialize_bytes: &[u8] => "an array"
+    );
+
     fn serialize_none(self) -> Result<Self::Ok, Error> {
         Self::not_an_object("null")
     }
@@ -973,6 +953,14 @@ macro_rules! key_to_string {
     };
 }
 
+macro_rules! not_a_key {
+    ($($method:ident: $t:ty),*) => {
+        $(fn $method(self, _: $t) -> Result<String, Error> {
+            Err(key_error())
+        })*
+    };
+}
+
 impl ser::Serializer for KeySerializer {
     type Ok = String;
     type Error = Error;
@@ -990,15 +978,8 @@ impl ser::Serializer for KeySerializer {
         serialize_u128: u128, serialize_char: char, serialize_str: &str
     );
 
-    fn serialize_f32(self, _: f32) -> Result<String, Error> {
-        Err(key_error())
-    }
-    fn serialize_f64(self, _: f64) -> Result<String, Error> {
-        Err(key_error())
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result<String, Error> {
-        Err(key_error())
-    }
+    not_a_key!(serialize_f32: f32, serialize_f64: f64, serialize_bytes: &[u8], serialize_unit_struct: &'static str);
+
     fn serialize_none(self) -> Result<String, Error> {
         Err(key_error())
     }
@@ -1006,9 +987,6 @@ impl ser::Serializer for KeySerializer {
         Err(key_error())
     }
     fn serialize_unit(self) -> Result<String, Error> {
-        Err(key_error())
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<String, Error> {
         Err(key_error())
     }
     fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<String, Error> {
