@@ -15,14 +15,16 @@ use libfuzzer_sys::fuzz_target;
 
 fn schema() -> Schema {
     static SCHEMA: OnceLock<Schema> = OnceLock::new();
-    *SCHEMA.get_or_init(|| {
-        Schema::new([
-            Column::new("a", DataType::String),
-            Column::new("b", DataType::String).nullable(),
-            Column::new("c", DataType::Int).nullable(),
-        ])
-        .expect("a valid schema")
-    })
+    SCHEMA
+        .get_or_init(|| {
+            Schema::new([
+                Column::new("a", DataType::String),
+                Column::new("b", DataType::String).nullable(),
+                Column::new("c", DataType::Int).nullable(),
+            ])
+            .expect("a valid schema")
+        })
+        .clone()
 }
 
 fuzz_target!(|data: &[u8]| {
