@@ -397,3 +397,44 @@ async fn change_and_rejected_streams_lose_nothing_when_next_is_dropped() {
     assert_eq!(batches, COMMITS);
     assert_eq!(reports, COMMITS);
 }
+
+/// Regression: a sink's task was not bounded by the shutdown deadline, so a sink hung
+/// in `write_batch` kept `run` from returning; and a sink disconnected at the deadline
+/// closed as if it had written everything. Both are reported now.
+#[tokio::test(start_paused = true)]
+async fn a_sink_hung_at_the_shutdown_deadline_is_dropped_and_reported() {
+    struct Hangs;
+    #[async_trait::async_trait]
+    impl intake::Sink for Hangs {
+        async fn write_batch(&mut self, _: &ChangeBatch) -> Result<(), BoxError> {
+            std::future::pending().await
+        }
+    }
+    let mut pipeline = Pipeline::new().shutdown_timeout(Duration::from_secs(1));
+    let table = pipeline.read(
+        "t",
+        endless(Arc::default()),
+        Reader::json(schema())
+            .max_batch_size(1)
+            .channel_capacity(1)
+            .subscriber_capacity(1),
+    );
+    table.sink("stuck", Hangs);
+    let start = Instant::now();
+    let error = tokio::time::timeout(
+        NEVER,
+        pipeline.run_until(tokio::time::sleep(Duration::from_millis(10))),
+    )
+    .await
+    .expect("run returns after the deadline")
+    .unwrap_err();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(10) + Duration::from_secs(1) + Duration::from_millis(100)
+    );
+    assert!(
+        matches!(&error, intake::Error::SinkFailed { name, .. } if name == "stuck"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("shutdown deadline"), "{error}");
+}

@@ -10,7 +10,10 @@ use crate::source::BoxError;
 ///
 /// The sink receives every commit's [`ChangeBatch`] in order (starting with a snapshot
 /// batch if the table already had rows when the sink was attached), then `close` once
-/// the table is final.
+/// the table is final. During shutdown it obeys the shutdown deadline like any
+/// subscriber (see [`Table::sink`](crate::Table::sink)): a sink that falls behind or
+/// hangs is dropped, and the pipeline fails naming it rather than ending as if every
+/// commit had been written.
 ///
 /// # Examples
 ///

@@ -19,6 +19,7 @@ use crate::lifecycle::{Lifecycle, panic_message};
 use crate::row::{Key, Row};
 use crate::schema::Schema;
 use crate::sink::Sink;
+use crate::source::BoxError;
 use crate::source::Event;
 use crate::subscribe::Subscriber;
 
@@ -323,6 +324,12 @@ impl Table {
     /// [`Pipeline::run`](crate::Pipeline::run) returns
     /// [`Error::SinkFailed`](crate::Error::SinkFailed) naming it.
     ///
+    /// A sink obeys the shutdown deadline like a subscriber: one that has not taken a
+    /// commit by the deadline is disconnected, and a `write_batch` or `close` still
+    /// running 100 ms after the deadline (or after it started, if later) is dropped.
+    /// Either way the commits it did not write are lost to it, so the pipeline returns
+    /// `Error::SinkFailed` saying so; a sink that keeps up writes every commit.
+    ///
     /// # Panics
     ///
     /// If called outside a Tokio runtime.
@@ -334,11 +341,18 @@ impl Table {
         let table = self.shared.name.clone();
         self.shared.lifecycle.spawn(async move {
             let mut sink = sink;
+            let lifecycle = &*lifecycle;
             let written = std::panic::AssertUnwindSafe(async {
                 while let Some(batch) = changes.next().await {
-                    sink.write_batch(&batch).await?;
+                    within_grace(lifecycle, sink.write_batch(&batch)).await??;
                 }
-                sink.close().await
+                within_grace(lifecycle, sink.close()).await??;
+                if changes.is_cut_off() {
+                    return Err(BoxError::from(
+                        "it did not keep up at the shutdown deadline and was disconnected: the commits after the last one it wrote were not written",
+                    ));
+                }
+                Ok(())
             })
             .catch_unwind()
             .await;
@@ -349,6 +363,21 @@ impl Table {
             };
             lifecycle.sink_failed(&name, &table, failure);
         });
+    }
+}
+
+/// Runs one call of a sink, giving up on it [`AFTER_DEADLINE_GRACE`] after the shutdown
+/// deadline (or after the call began, if later).
+async fn within_grace<T>(lifecycle: &Lifecycle, call: impl Future<Output = T>) -> Result<T, BoxError> {
+    tokio::select! {
+        biased;
+        done = call => Ok(done),
+        () = async {
+            lifecycle.deadline().await;
+            tokio::time::sleep(AFTER_DEADLINE_GRACE).await;
+        } => Err(BoxError::from(
+            "it was still writing after the shutdown deadline and was dropped: the commits after the last one it wrote were not written",
+        )),
     }
 }
 
