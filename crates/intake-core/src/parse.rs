@@ -758,10 +758,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn schema() -> Schema {
+    /// A schema with a column of every type, shared with the typed path's tests.
+    pub(crate) fn schema() -> Schema {
         Schema::new([
             Column::new("key", DataType::Int).primary_key(),
             Column::new("name", DataType::String),

@@ -1051,22 +1051,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::parse::tests::schema;
     use crate::parse::{Format, Parser, Payload};
     use crate::value::Timestamp;
-
-    fn schema() -> Schema {
-        Schema::new([
-            Column::new("key", DataType::Int).primary_key(),
-            Column::new("name", DataType::String),
-            Column::new("score", DataType::Float).default(0.5),
-            Column::new("note", DataType::String).nullable(),
-            Column::new("at", DataType::Timestamp).nullable(),
-            Column::new("extra", DataType::Json).nullable(),
-            Column::new("ok", DataType::Bool).default(true),
-            Column::new("blob", DataType::Bytes).nullable(),
-        ])
-        .unwrap()
-    }
 
     /// The typed path's outcome, checked to be the JSON text path's outcome.
     fn typed<T: Serialize>(value: &T) -> Result<Arc<[Value]>, ParseError> {
@@ -1107,7 +1094,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(values[0], Value::Int(7));
-        assert_eq!(values[2], Value::Float(0.5), "null takes the default");
+        assert_eq!(values[2], Value::Float(0.0), "null takes the default");
         assert_eq!(values[3], Value::Null);
         assert_eq!(
             values[4].as_timestamp(),
