@@ -265,7 +265,7 @@ async fn on_end_runs_once_even_after_a_callback_panicked() {
 
 /// Regression: after the shutdown deadline, every delivery raced the deadline in an
 /// unbiased `select!`, so a subscriber that kept up lost about half of the remaining
-/// commits. Only the subscriber that was full at the deadline may be cut off, and its
+/// commits. Only a subscriber that stopped reading may be cut off, and its
 /// stream says so.
 #[tokio::test(start_paused = true)]
 async fn after_the_deadline_subscribers_that_keep_up_get_every_commit() {

@@ -21,6 +21,9 @@ use crate::error::{Error, SourceFailure};
 use crate::parse::Rejected;
 use crate::source::BoxError;
 
+/// See [`Lifecycle::grace_over`].
+pub(crate) const AFTER_DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 pub(crate) struct Lifecycle {
     /// Cancelled when shutdown begins: sources are asked to stop.
     shutdown: CancellationToken,
@@ -110,9 +113,14 @@ impl Lifecycle {
         }
     }
 
-    /// Whether the shutdown deadline has passed.
-    pub(crate) fn deadline_passed(&self) -> bool {
-        self.deadline_at().is_some_and(|at| at <= Instant::now())
+    /// Completes [`AFTER_DEADLINE_GRACE`] after the later of the shutdown deadline and
+    /// the call: the bound on one delivery to a subscriber, or one call of a sink, that
+    /// is waiting when shutdown is at its end. Each waiting step gets the same grace, so
+    /// a subscriber that keeps reading receives every commit, one that stopped is given
+    /// up on, and shutdown stays bounded.
+    pub(crate) async fn grace_over(&self) {
+        self.deadline().await;
+        tokio::time::sleep(AFTER_DEADLINE_GRACE).await;
     }
 
     /// Runs `task` on a task of its own, tracked: the pipeline waits for it.

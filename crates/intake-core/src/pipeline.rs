@@ -99,12 +99,12 @@ impl Pipeline {
     /// How long shutdown may take once it begins. Until this deadline shutdown is
     /// cooperative: sources are asked to stop and may still report offsets, `on_stop`
     /// hooks run, and every commit reaches every subscriber. At the deadline, sources
-    /// and `on_stop` hooks still running are dropped, and a subscriber whose queue is
-    /// full is disconnected (its stream reports
-    /// [`is_cut_off`](crate::ChangeStream::is_cut_off)); the tables then commit what
-    /// their sources had sent, and subscribers that keep reading (each commit waits
-    /// up to 100 ms for room) receive all of it. Default: 5 seconds; `Duration::MAX`
-    /// means no deadline.
+    /// and `on_stop` hooks still running are dropped, and the tables commit what their
+    /// sources had sent. From then on each delivery to a subscriber (and each sink
+    /// call) waits at most 100 ms: subscribers that keep reading receive every commit,
+    /// and one that does not is disconnected (its stream reports
+    /// [`is_cut_off`](crate::ChangeStream::is_cut_off); a sink fails the pipeline).
+    /// Default: 5 seconds; `Duration::MAX` means no deadline.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self.lifecycle.set_shutdown_timeout(timeout);

@@ -72,7 +72,7 @@ impl Subscriber {
     /// Called exactly once when the table will change no more for this subscriber:
     /// after its final commit, whether the pipeline finished, was shut down or failed;
     /// also after one of this subscriber's callbacks panicked, or after it was
-    /// disconnected for not keeping up at the shutdown deadline.
+    /// disconnected for not keeping up after the shutdown deadline.
     pub fn on_end(mut self, f: impl FnOnce() + Send + 'static) -> Self {
         self.on_end = Some(Box::new(f));
         self

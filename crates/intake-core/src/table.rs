@@ -59,10 +59,6 @@ struct TableState {
     closed: bool,
 }
 
-/// After the shutdown deadline, how long a commit waits for room in the queue of a
-/// subscriber that is still reading before the subscriber is disconnected.
-pub(crate) const AFTER_DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Where a table delivers its commits to one subscriber.
 #[derive(Clone)]
 pub(crate) struct SubscriberSlot {
@@ -293,7 +289,7 @@ impl Table {
     /// For each commit: the batch callback, then `on_change` for every retraction and
     /// then every insertion, then `on_time_end`. After the final commit, `on_end`,
     /// exactly once, in every case: the pipeline finished, was shut down or failed, the
-    /// subscriber was disconnected at the shutdown deadline, or one of its callbacks
+    /// subscriber was disconnected for not keeping up after the shutdown deadline, or one of its callbacks
     /// panicked (it then receives no further changes, and the panic is reported by
     /// [`Pipeline::run`](crate::Pipeline::run)). `Pipeline::run` returns only after
     /// every subscriber's `on_end` has returned.
@@ -325,8 +321,9 @@ impl Table {
     /// [`Error::SinkFailed`](crate::Error::SinkFailed) naming it.
     ///
     /// A sink obeys the shutdown deadline like a subscriber: one that has not taken a
-    /// commit by the deadline is disconnected, and a `write_batch` or `close` still
-    /// running 100 ms after the deadline (or after it started, if later) is dropped.
+    /// commit 100 ms after the deadline is disconnected, and a `write_batch` or `close`
+    /// still running 100 ms after the deadline (or after it started, if later) is
+    /// dropped.
     /// Either way the commits it did not write are lost to it, so the pipeline returns
     /// `Error::SinkFailed` saying so; a sink that keeps up writes every commit.
     ///
@@ -344,12 +341,12 @@ impl Table {
             let lifecycle = &*lifecycle;
             let written = std::panic::AssertUnwindSafe(async {
                 while let Some(batch) = changes.next().await {
-                    within_grace(lifecycle, sink.write_batch(&batch)).await??;
+                    within_grace(lifecycle, sink.write_batch(&batch)).await?;
                 }
-                within_grace(lifecycle, sink.close()).await??;
+                within_grace(lifecycle, sink.close()).await?;
                 if changes.is_cut_off() {
                     return Err(BoxError::from(
-                        "it did not keep up at the shutdown deadline and was disconnected: the commits after the last one it wrote were not written",
+                        "it did not keep up after the shutdown deadline and was disconnected: the commits after the last one it wrote were not written",
                     ));
                 }
                 Ok(())
@@ -366,16 +363,15 @@ impl Table {
     }
 }
 
-/// Runs one call of a sink, giving up on it [`AFTER_DEADLINE_GRACE`] after the shutdown
-/// deadline (or after the call began, if later).
-async fn within_grace<T>(lifecycle: &Lifecycle, call: impl Future<Output = T>) -> Result<T, BoxError> {
+/// Runs one call of a sink, giving up on it as [`Lifecycle::grace_over`] says.
+async fn within_grace(
+    lifecycle: &Lifecycle,
+    call: impl Future<Output = Result<(), BoxError>>,
+) -> Result<(), BoxError> {
     tokio::select! {
         biased;
-        done = call => Ok(done),
-        () = async {
-            lifecycle.deadline().await;
-            tokio::time::sleep(AFTER_DEADLINE_GRACE).await;
-        } => Err(BoxError::from(
+        done = call => done,
+        () = lifecycle.grace_over() => Err(BoxError::from(
             "it was still writing after the shutdown deadline and was dropped: the commits after the last one it wrote were not written",
         )),
     }
@@ -409,8 +405,8 @@ pub struct ChangeStream {
 }
 
 impl ChangeStream {
-    /// Whether the table disconnected this stream because it was still full at the
-    /// shutdown deadline: after the stream ends, `true` means it missed the commits
+    /// Whether the table disconnected this stream because it made no room for a commit
+    /// within 100 ms at the end of shutdown: after the stream ends, `true` means it missed the commits
     /// after the last one it yielded, `false` that it saw every commit of the table.
     pub fn is_cut_off(&self) -> bool {
         self.cut_off.load(Ordering::Acquire)
@@ -580,12 +576,9 @@ impl TableShared {
         Some((batch, subscribers))
     }
 
-    /// Delivers a commit's changes, waiting for room in every subscriber's queue.
-    ///
-    /// A subscriber whose queue is full at the shutdown deadline is disconnected. After
-    /// the deadline, a subscriber that keeps reading still gets every commit: each
-    /// batch waits up to [`AFTER_DEADLINE_GRACE`] for room, so only one that stopped
-    /// reading is disconnected, and shutdown stays bounded.
+    /// Delivers a commit's changes, waiting for room in every subscriber's queue; at
+    /// the end of shutdown, only as long as [`Lifecycle::grace_over`] allows, after which
+    /// the subscriber is disconnected.
     pub(crate) async fn deliver(
         &self,
         batch: ChangeBatch,
@@ -598,18 +591,11 @@ impl TableShared {
                 Ok(()) => true,
                 Err(TrySendError::Closed(_)) => false,
                 Err(TrySendError::Full(batch)) => {
-                    let give_up = async {
-                        if lifecycle.deadline_passed() {
-                            tokio::time::sleep(AFTER_DEADLINE_GRACE).await;
-                        } else {
-                            lifecycle.deadline().await;
-                        }
-                    };
                     tokio::select! {
                         // Room, when there is some, wins over giving up at the same moment.
                         biased;
                         sent = subscriber.sender.send(batch) => sent.is_ok(),
-                        () = give_up => {
+                        () = lifecycle.grace_over() => {
                             subscriber.cut_off(&self.name);
                             false
                         }
