@@ -454,11 +454,11 @@ impl<'a> ser::Serializer for ValueSerializer<'a> {
         .map(AsValue)
     }
 
-    fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, Error> {
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Error> {
         if !self.is_json() {
             return Err(self.wrong_type("an object"));
         }
-        JsonMap::new(self.column, 1, len).map(AsValue)
+        JsonMap::new(self.column, 1).map(AsValue)
     }
 
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<Self::SerializeStruct, Error> {
@@ -520,32 +520,6 @@ impl ser::SerializeSeq for ValueSeq<'_> {
             ValueSeq::Bytes(_, bytes) => Ok(Value::Bytes(Bytes::from(bytes))),
             ValueSeq::Json(seq) => ser::SerializeSeq::end(seq).map(Value::from),
         }
-    }
-}
-
-impl ser::SerializeTuple for ValueSeq<'_> {
-    type Ok = Value;
-    type Error = Error;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, value)
-    }
-
-    fn end(self) -> Result<Value, Error> {
-        ser::SerializeSeq::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for ValueSeq<'_> {
-    type Ok = Value;
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, value)
-    }
-
-    fn end(self) -> Result<Value, Error> {
-        ser::SerializeSeq::end(self)
     }
 }
 
@@ -698,20 +672,20 @@ impl<'a> ser::Serializer for JsonSerializer<'a> {
         let inner = JsonSeq::new(self.column, self.nested()?.depth, Some(len))?;
         Ok(JsonVariant { variant, inner })
     }
-    fn serialize_map(self, len: Option<usize>) -> Result<JsonMap<'a>, Error> {
-        JsonMap::new(self.column, self.depth, len)
+    fn serialize_map(self, _: Option<usize>) -> Result<JsonMap<'a>, Error> {
+        JsonMap::new(self.column, self.depth)
     }
-    fn serialize_struct(self, _: &'static str, len: usize) -> Result<JsonMap<'a>, Error> {
-        self.serialize_map(Some(len))
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<JsonMap<'a>, Error> {
+        JsonMap::new(self.column, self.depth)
     }
     fn serialize_struct_variant(
         self,
         _: &'static str,
         _: u32,
         variant: &'static str,
-        len: usize,
+        _: usize,
     ) -> Result<Self::SerializeStructVariant, Error> {
-        let inner = JsonMap::new(self.column, self.nested()?.depth, Some(len))?;
+        let inner = JsonMap::new(self.column, self.nested()?.depth)?;
         Ok(JsonVariant { variant, inner })
     }
 }
@@ -749,31 +723,39 @@ impl ser::SerializeSeq for JsonSeq<'_> {
     }
 }
 
-impl ser::SerializeTuple for JsonSeq<'_> {
-    type Ok = Json;
-    type Error = Error;
+/// `SerializeTuple` and `SerializeTupleStruct` for a type's `SerializeSeq`: all three
+/// are arrays.
+macro_rules! tuples_as_seq {
+    ($($t:ty => $ok:ty),*) => {
+        $(impl ser::SerializeTuple for $t {
+            type Ok = $ok;
+            type Error = Error;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, value)
-    }
+            fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                ser::SerializeSeq::serialize_element(self, value)
+            }
 
-    fn end(self) -> Result<Json, Error> {
-        ser::SerializeSeq::end(self)
-    }
+            fn end(self) -> Result<$ok, Error> {
+                ser::SerializeSeq::end(self)
+            }
+        }
+
+        impl ser::SerializeTupleStruct for $t {
+            type Ok = $ok;
+            type Error = Error;
+
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                ser::SerializeSeq::serialize_element(self, value)
+            }
+
+            fn end(self) -> Result<$ok, Error> {
+                ser::SerializeSeq::end(self)
+            }
+        })*
+    };
 }
 
-impl ser::SerializeTupleStruct for JsonSeq<'_> {
-    type Ok = Json;
-    type Error = Error;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, value)
-    }
-
-    fn end(self) -> Result<Json, Error> {
-        ser::SerializeSeq::end(self)
-    }
-}
+tuples_as_seq!(ValueSeq<'_> => Value, JsonSeq<'_> => Json);
 
 /// A JSON object being built.
 struct JsonMap<'a> {
@@ -784,7 +766,7 @@ struct JsonMap<'a> {
 
 impl<'a> JsonMap<'a> {
     /// An object at `depth` levels (its own level is `depth + 1`).
-    fn new(column: &'a Column, depth: usize, _len: Option<usize>) -> Result<Self, Error> {
+    fn new(column: &'a Column, depth: usize) -> Result<Self, Error> {
         let values = JsonSerializer { column, depth }.nested()?;
         Ok(JsonMap {
             values,
