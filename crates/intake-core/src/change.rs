@@ -1,5 +1,6 @@
 //! What a commit changed: logical times, changes and change batches.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -19,6 +20,17 @@ impl Time {
 
     pub(crate) const fn new(time: u64) -> Self {
         Time(time)
+    }
+
+    /// The time after this one.
+    pub(crate) fn next(time: Option<Time>) -> Time {
+        Time(time.map_or(1, |t| t.0 + 1))
+    }
+}
+
+impl From<Time> for u64 {
+    fn from(time: Time) -> u64 {
+        time.0
     }
 }
 
@@ -62,15 +74,45 @@ pub struct ChangeBatch {
     schema: Schema,
     time: Time,
     changes: Arc<Vec<Change>>,
+    offsets: Offsets,
+    snapshot: bool,
 }
 
 impl ChangeBatch {
-    pub(crate) fn new(schema: Schema, time: Time, changes: Vec<Change>) -> Self {
+    pub(crate) fn new(schema: Schema, time: Time, changes: Vec<Change>, offsets: Offsets) -> Self {
         ChangeBatch {
             schema,
             time,
             changes: Arc::new(changes),
+            offsets,
+            snapshot: false,
         }
+    }
+
+    /// A batch of a table's whole state at `time`, every row an insertion.
+    pub(crate) fn snapshot(schema: Schema, time: Time, changes: Vec<Change>, offsets: Offsets) -> Self {
+        ChangeBatch {
+            snapshot: true,
+            ..ChangeBatch::new(schema, time, changes, offsets)
+        }
+    }
+
+    /// Whether this batch is a table's state rather than one commit: the first batch a
+    /// subscriber receives when it attaches to a table that already has rows (restored
+    /// from storage, or filled before it attached). Its changes are every row as an
+    /// insertion, at the time of the table's last commit.
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot
+    }
+
+    /// Every source's offset as of this commit: the last position each source (or
+    /// partition, named `source/partition`) reported before the commit, so every
+    /// message before it is in this batch or an earlier one. Record it atomically with
+    /// what you write for the batch, and hand it back to
+    /// [`Pipeline::resume_from`](crate::Pipeline::resume_from) on a restart to read each
+    /// source from exactly there.
+    pub fn offsets(&self) -> &Offsets {
+        &self.offsets
     }
 
     /// The schema of the table the changes belong to (every row's schema).
@@ -106,5 +148,69 @@ impl ChangeBatch {
     /// The retractions.
     pub fn retractions(&self) -> impl Iterator<Item = &Change> {
         self.changes.iter().filter(|c| !c.is_addition)
+    }
+}
+
+/// Where each source of a table stands: per source name (`source/partition` for a
+/// partition of a [partitioned source](crate::PartitionedSource)), the last offset it
+/// [reported](crate::SourceContext::report_offset) before a commit.
+///
+/// Offsets are opaque JSON values chosen by each source. `Offsets` serializes as a JSON
+/// object keyed by source name, so it can be stored next to a sink's output and read
+/// back for [`Pipeline::resume_from`](crate::Pipeline::resume_from). Cloning is cheap.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::Offsets;
+///
+/// let offsets: Offsets = serde_json::from_str(r#"{"feed": {"seq": 41}}"#)?;
+/// assert_eq!(offsets.get("feed"), Some(&serde_json::json!({"seq": 41})));
+/// assert_eq!(serde_json::to_string(&offsets)?, r#"{"feed":{"seq":41}}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Offsets(Arc<BTreeMap<Arc<str>, serde_json::Value>>);
+
+impl Offsets {
+    /// No offsets.
+    pub fn new() -> Self {
+        Offsets::default()
+    }
+
+    /// The offset of the source named `source`.
+    pub fn get(&self, source: &str) -> Option<&serde_json::Value> {
+        self.0.get(source)
+    }
+
+    /// Every source's offset, sorted by source name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+        self.0.iter().map(|(source, offset)| (&**source, offset))
+    }
+
+    /// The number of sources with an offset.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no source has an offset.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets the offset of `source`.
+    pub fn insert(&mut self, source: impl Into<Arc<str>>, offset: serde_json::Value) {
+        Arc::make_mut(&mut self.0).insert(source.into(), offset);
+    }
+}
+
+impl<S: Into<Arc<str>>> FromIterator<(S, serde_json::Value)> for Offsets {
+    fn from_iter<I: IntoIterator<Item = (S, serde_json::Value)>>(iter: I) -> Self {
+        Offsets(Arc::new(
+            iter.into_iter()
+                .map(|(source, offset)| (source.into(), offset))
+                .collect(),
+        ))
     }
 }

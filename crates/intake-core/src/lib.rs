@@ -73,7 +73,7 @@ mod typed;
 mod value;
 
 pub use batch::{BatchAsync, batch_async};
-pub use change::{Change, ChangeBatch, Time};
+pub use change::{Change, ChangeBatch, Offsets, Time};
 pub use error::{Error, SourceFailure};
 pub use parse::{Format, MAX_JSON_DEPTH, ParseError, Rejected};
 pub use pipeline::{Pipeline, RejectedStream, ShutdownHandle};

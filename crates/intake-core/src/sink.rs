@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::change::ChangeBatch;
+use crate::change::{ChangeBatch, Time};
 use crate::source::BoxError;
 
 /// Writes a table's changes to an external system, in the spirit of Bytewax's
@@ -42,6 +42,34 @@ pub trait Sink: Send + 'static {
     /// Any error fails the pipeline with [`Error::SinkFailed`](crate::Error::SinkFailed);
     /// the sink receives nothing more.
     async fn write_batch(&mut self, batch: &ChangeBatch) -> Result<(), BoxError>;
+
+    /// Prepares the sink to continue output it wrote in an earlier run. Called once,
+    /// before the first batch, with the time of the table's last commit (`None` if it
+    /// has none yet): after a restart with [persistence](crate::Pipeline::persist),
+    /// the commit the table was restored to.
+    ///
+    /// A sink that keeps its output across runs cuts back anything after
+    /// `table_time` (in particular a commit it was writing when the process died, and
+    /// commits a table without persistence no longer has), and returns the time of the
+    /// last commit its output now holds completely. It then receives every commit
+    /// after that one, exactly once: those the table already has, read back from
+    /// storage, and then the new ones. So output that is cut back to whole commits
+    /// holds every commit exactly once across crashes.
+    ///
+    /// The default returns `None`: the sink holds nothing and receives the table's
+    /// current rows as one [snapshot](ChangeBatch::is_snapshot) batch (if it has any),
+    /// then every commit.
+    ///
+    /// # Errors
+    ///
+    /// As for [`write_batch`](Self::write_batch). It is also an error, reported as the
+    /// sink's failure, to return a time after `table_time`, or one the table cannot
+    /// replay from (without persistence, any time but `table_time`; with it, a time
+    /// older than the commits its log still keeps).
+    async fn resume(&mut self, table_time: Option<Time>) -> Result<Option<Time>, BoxError> {
+        let _ = table_time;
+        Ok(None)
+    }
 
     /// Called once after the last batch. Flush and release resources here.
     ///

@@ -10,7 +10,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::change::{Change, ChangeBatch, Time};
+use crate::change::{Change, ChangeBatch, Offsets, Time};
 
 /// The rows, with a slot per key. `IndexMap` gives every slot a stable position
 /// during a commit, so a commit looks each key up once and then works by position.
@@ -53,7 +53,7 @@ struct TableState {
     /// Rows appended under generated keys so far.
     generated: u64,
     /// Per source, the last offset reported within a commit.
-    offsets: std::collections::BTreeMap<Arc<str>, serde_json::Value>,
+    offsets: Offsets,
     time: Option<Time>,
     subscribers: Vec<SubscriberSlot>,
     closed: bool,
@@ -154,7 +154,7 @@ impl Table {
                     applied: 0,
                     touched: Vec::new(),
                     generated: 0,
-                    offsets: std::collections::BTreeMap::new(),
+                    offsets: Offsets::new(),
                     time: None,
                     subscribers: Vec::new(),
                     closed: false,
@@ -221,7 +221,7 @@ impl Table {
         state
             .offsets
             .iter()
-            .map(|(source, offset)| (source.to_string(), offset.clone()))
+            .map(|(source, offset)| (source.to_owned(), offset.clone()))
             .collect()
     }
 
@@ -264,10 +264,11 @@ impl Table {
                 })
                 .collect();
             // A non-empty table has had a commit.
-            ChangeBatch::new(
+            ChangeBatch::snapshot(
                 self.shared.schema.clone(),
                 state.time.unwrap_or(Time::new(0)),
                 changes,
+                state.offsets.clone(),
             )
         });
         if !state.closed {
@@ -563,10 +564,10 @@ impl TableShared {
         if retractions.is_empty() && insertions.is_empty() {
             return None;
         }
-        let time = Time::new(state.time.map_or(1, |t| t.as_u64() + 1));
+        let time = Time::next(state.time);
         state.time = Some(time);
         retractions.append(&mut insertions);
-        let batch = ChangeBatch::new(self.schema.clone(), time, retractions);
+        let batch = ChangeBatch::new(self.schema.clone(), time, retractions, state.offsets.clone());
         let subscribers = state.subscribers.clone();
         drop(guard);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
