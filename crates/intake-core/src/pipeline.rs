@@ -12,6 +12,7 @@ use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::change::Offsets;
 use crate::driver;
 use crate::error::{Error, SourceFailure};
 use crate::lifecycle::{Lifecycle, panic_message};
@@ -60,6 +61,7 @@ pub struct Pipeline {
     inputs: Vec<Input>,
     fail_fast: bool,
     shutdown_timeout: Duration,
+    resume: Offsets,
 }
 
 struct Input {
@@ -86,7 +88,35 @@ impl Pipeline {
             inputs: Vec::new(),
             fail_fast: false,
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
+            resume: Offsets::new(),
         }
+    }
+
+    /// Resumes every source named in `offsets` from its offset there, as
+    /// [`SourceContext::resume_offset`](crate::SourceContext::resume_offset): give it
+    /// the [`ChangeBatch::offsets`](crate::ChangeBatch::offsets) of the last batch your
+    /// output recorded, and each source (and each partition, by its
+    /// `source/partition` name) continues right after what that batch covered.
+    ///
+    /// An offset set on a source's own reader with
+    /// [`Reader::resume_from`](crate::Reader::resume_from) takes precedence. Sources
+    /// not named start from the beginning.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use intake_core::{Offsets, Pipeline};
+    ///
+    /// // As recorded with a sink's output by an earlier run:
+    /// let recorded = r#"{"trades": {"seq": 1041}}"#;
+    /// let offsets: Offsets = serde_json::from_str(recorded)?;
+    /// let pipeline = Pipeline::new().resume_from(offsets);
+    /// # let _ = pipeline;
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn resume_from(mut self, offsets: Offsets) -> Self {
+        self.resume = offsets;
+        self
     }
 
     /// Whether the first source failure shuts the whole pipeline down (default: no,
@@ -200,8 +230,9 @@ impl Pipeline {
         let inputs = std::mem::take(&mut self.inputs);
         let lifecycle = self.lifecycle.clone();
         let fail_fast = self.fail_fast;
+        let resume = std::mem::take(&mut self.resume);
         drop(self);
-        let running = tokio::spawn(run_inputs(inputs, lifecycle.clone(), fail_fast));
+        let running = tokio::spawn(run_inputs(inputs, resume, lifecycle.clone(), fail_fast));
         let on_drop = ShutdownOnDrop(Some(lifecycle));
         let outcome = running.await;
         on_drop.disarm();
@@ -322,7 +353,12 @@ impl fmt::Debug for Pipeline {
 
 /// Runs every input: a task per source and one commit driver per table; waits for the
 /// sources, then for every tracked task (drivers, subscribers, sinks).
-async fn run_inputs(inputs: Vec<Input>, lifecycle: Arc<Lifecycle>, fail_fast: bool) -> Result<(), Error> {
+async fn run_inputs(
+    inputs: Vec<Input>,
+    resume: Offsets,
+    lifecycle: Arc<Lifecycle>,
+    fail_fast: bool,
+) -> Result<(), Error> {
     let mut sources = JoinSet::new();
     for Input {
         name,
@@ -336,9 +372,10 @@ async fn run_inputs(inputs: Vec<Input>, lifecycle: Arc<Lifecycle>, fail_fast: bo
             reader.max_batch_size,
             reader.channel_capacity,
         );
+        let resume_at = reader.resume.clone().or_else(|| resume.get(&name).cloned());
         let ctx = SourceContext::new(
             name.clone(),
-            reader.resume.clone(),
+            resume_at,
             producer,
             Parser::new(reader.schema.clone(), reader.format),
             reader.error_policy,
