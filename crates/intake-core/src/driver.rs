@@ -1,25 +1,191 @@
 //! The commit driver: one task per table that takes each commit's events from the
-//! table's queue and applies them, then delivers the commit to the subscribers.
+//! table's queue and applies them, records the commit in storage when the table is
+//! persistent, then delivers the commit to the subscribers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::change::Time;
 use crate::lifecycle::Lifecycle;
 use crate::queue::Queue;
-use crate::table::TableShared;
+use crate::store::{PersistenceError, SnapshotDone, SyncPolicy, TableStore};
+use crate::table::{Applied, TableShared};
 
 /// Runs until every source of the table has finished and their last events are
 /// committed and delivered, then ends the table. The queue decides when a commit is
 /// due: autocommit duration since its first event, `max_batch_size` events, an explicit
 /// commit, or the end of every source.
-pub(crate) async fn drive(table: Arc<TableShared>, queue: Arc<Queue>, lifecycle: Arc<Lifecycle>) {
-    while let Some(mut events) = queue.next_commit().await {
+pub(crate) async fn drive(table: Arc<TableShared>, queue: Arc<Queue>, lifecycle: Arc<Lifecycle>, sync: SyncPolicy) {
+    let mut recorder = table.store().cloned().map(|store| Recorder::new(store, sync));
+    // Cleared when a commit could not be made durable: nothing after it is delivered.
+    let mut delivering = true;
+    loop {
+        let sync_due = recorder.as_ref().and_then(Recorder::sync_due);
+        let next = tokio::select! {
+            next = queue.next_commit() => next,
+            () = sleep_until(sync_due) => {
+                if let Some(r) = recorder.as_mut() {
+                    r.sync_now(&table, &lifecycle).await;
+                    if r.failed {
+                        recorder = None;
+                        delivering = false;
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(mut events) = next else { break };
         let applied = compute_heavy(events.len(), || table.apply(&mut events));
         queue.recycle(events);
-        if let Some((batch, subscribers)) = applied {
+        if let Some(r) = recorder.as_mut() {
+            r.record(&table, &applied, &lifecycle).await;
+            if r.failed {
+                recorder = None;
+                delivering = false;
+            }
+        }
+        if !delivering {
+            continue;
+        }
+        if let Some((batch, subscribers)) = applied.batch {
             table.deliver(batch, subscribers, &lifecycle).await;
         }
     }
+    if let Some(mut r) = recorder {
+        r.finish(&table, &lifecycle).await;
+    }
     table.close();
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a persistent table's commit records, syncs them as the policy says and
+/// compacts the log with snapshots.
+struct Recorder {
+    store: Arc<Mutex<TableStore>>,
+    interval: Option<std::time::Duration>,
+    /// When the oldest record not yet synced was written (grouped syncs only).
+    unsynced_since: Option<Instant>,
+    snapshot: Option<JoinHandle<Result<SnapshotDone, PersistenceError>>>,
+    failed: bool,
+}
+
+impl Recorder {
+    fn new(store: Arc<Mutex<TableStore>>, sync: SyncPolicy) -> Self {
+        let interval = match sync {
+            SyncPolicy::Interval(interval) => Some(interval),
+            _ => None,
+        };
+        Recorder {
+            store,
+            interval,
+            unsynced_since: None,
+            snapshot: None,
+            failed: false,
+        }
+    }
+
+    fn sync_due(&self) -> Option<Instant> {
+        let since = self.unsynced_since?;
+        since.checked_add(self.interval?)
+    }
+
+    /// Appends the record of an applied commit, if it changed the table or moved an
+    /// offset, and makes it durable as the policy says; starts or finishes a
+    /// snapshot when one is due.
+    async fn record(&mut self, table: &Arc<TableShared>, applied: &Applied, lifecycle: &Lifecycle) {
+        if applied.batch.is_none() && !applied.offsets_moved {
+            return;
+        }
+        let (time, offsets, generated) = table.position();
+        let changes = applied.batch.as_ref().map(|(batch, _)| batch.clone());
+        let store = self.store.clone();
+        let appended = blocking(move || {
+            let mut store = lock(&store);
+            let changes = changes.as_ref().map_or(&[][..], |batch| batch.changes());
+            store.append(time, changes, &offsets, generated)?;
+            Ok(store.wants_snapshot())
+        })
+        .await;
+        let wants_snapshot = match appended {
+            Ok(wants) => wants,
+            Err(error) => return self.fail(table, lifecycle, error),
+        };
+        if self.interval.is_some() {
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
+        table.set_durable(time);
+        if let Err(error) = self.compact(table, time, wants_snapshot).await {
+            self.fail(table, lifecycle, error);
+        }
+    }
+
+    /// Finishes a snapshot that has been written, and starts one if it is due.
+    async fn compact(&mut self, table: &Arc<TableShared>, time: Option<Time>, due: bool) -> Result<(), PersistenceError> {
+        if self.snapshot.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.finish_snapshot(table).await?;
+        }
+        if due && self.snapshot.is_none() {
+            let (_, offsets, generated) = table.position();
+            let rows = table.rows();
+            let job = lock(&self.store).start_snapshot(time, rows, offsets, generated)?;
+            self.snapshot = Some(tokio::task::spawn_blocking(move || job.run()));
+        }
+        Ok(())
+    }
+
+    async fn finish_snapshot(&mut self, table: &Arc<TableShared>) -> Result<(), PersistenceError> {
+        let Some(job) = self.snapshot.take() else {
+            return Ok(());
+        };
+        let done = job.await.map_err(|e| PersistenceError::Background(e.to_string()))??;
+        let keep_after = table.oldest_sink_position();
+        let store = self.store.clone();
+        blocking(move || lock(&store).finish_snapshot(done, keep_after)).await
+    }
+
+    async fn sync_now(&mut self, table: &Arc<TableShared>, lifecycle: &Lifecycle) {
+        self.unsynced_since = None;
+        let store = self.store.clone();
+        if let Err(error) = blocking(move || lock(&store).sync()).await {
+            self.fail(table, lifecycle, error);
+        }
+    }
+
+    /// Syncs what is pending and waits for a snapshot being written.
+    async fn finish(&mut self, table: &Arc<TableShared>, lifecycle: &Lifecycle) {
+        if self.unsynced_since.is_some() {
+            self.sync_now(table, lifecycle).await;
+        }
+        if let Err(error) = self.finish_snapshot(table).await {
+            self.fail(table, lifecycle, error);
+        }
+    }
+
+    fn fail(&mut self, table: &TableShared, lifecycle: &Lifecycle, error: PersistenceError) {
+        self.failed = true;
+        lifecycle.persistence_failed(table.name(), error);
+    }
+}
+
+fn lock(store: &Mutex<TableStore>) -> std::sync::MutexGuard<'_, TableStore> {
+    store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs file work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PersistenceError> + Send + 'static,
+) -> Result<T, PersistenceError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| PersistenceError::Background(e.to_string()))?
 }
 
 /// Commits at least this large are applied off the async worker; see [`compute_heavy`].

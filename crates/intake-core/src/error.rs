@@ -2,6 +2,7 @@
 
 use crate::parse::Rejected;
 use crate::source::BoxError;
+use crate::store::PersistenceError;
 
 /// Why a pipeline failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,17 @@ pub enum Error {
         table: String,
         /// The panic's message.
         message: String,
+    },
+    /// A table's storage could not be opened (the pipeline did not start), or a commit
+    /// record could not be written (the pipeline was shut down, and nothing after the
+    /// last durable commit was delivered).
+    #[error("persistence of table `{table}` failed: {source}")]
+    Persistence {
+        /// The table.
+        table: String,
+        /// What went wrong, naming the file involved.
+        #[source]
+        source: PersistenceError,
     },
     /// The Tokio runtime shut down while the pipeline was running, cancelling its
     /// tasks: commits may not have reached every subscriber.

@@ -60,6 +60,7 @@ mod driver;
 mod error;
 mod lifecycle;
 mod parse;
+mod persist;
 mod pipeline;
 mod queue;
 mod reader;
@@ -67,6 +68,7 @@ mod row;
 mod schema;
 mod sink;
 mod source;
+mod store;
 mod subscribe;
 mod table;
 mod typed;
@@ -76,11 +78,13 @@ pub use batch::{BatchAsync, batch_async};
 pub use change::{Change, ChangeBatch, Offsets, Time};
 pub use error::{Error, SourceFailure};
 pub use parse::{Format, MAX_JSON_DEPTH, ParseError, Rejected};
+pub use persist::Persistence;
 pub use pipeline::{Pipeline, RejectedStream, ShutdownHandle};
 pub use reader::{ErrorPolicy, Reader};
 pub use row::{Key, Row, RowError};
 pub use schema::{Column, RowType, Schema, SchemaError};
 pub use sink::Sink;
+pub use store::{PersistenceError, SyncPolicy};
 pub use source::{
     BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
     from_try_stream, source_fn,

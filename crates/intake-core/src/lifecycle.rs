@@ -45,6 +45,7 @@ struct Failures {
     sources: Vec<SourceFailure>,
     sink: Option<Error>,
     subscriber: Option<Error>,
+    persistence: Option<Error>,
 }
 
 /// The sending side of one [`RejectedStream`](crate::RejectedStream).
@@ -160,6 +161,19 @@ impl Lifecycle {
 
     /// Records a sink's failure and shuts the pipeline down: the changes it could not
     /// write would otherwise be lost silently.
+    /// Records that a table's storage failed, and shuts the pipeline down.
+    pub(crate) fn persistence_failed(&self, table: &str, error: crate::store::PersistenceError) {
+        tracing::error!(table, %error, "persistence failed; shutting the pipeline down");
+        self.lock()
+            .failures
+            .persistence
+            .get_or_insert(Error::Persistence {
+                table: table.to_owned(),
+                source: error,
+            });
+        self.shutdown();
+    }
+
     pub(crate) fn sink_failed(&self, name: &str, table: &str, cause: BoxError) {
         tracing::error!(sink = name, table, error = %cause, "sink failed; shutting the pipeline down");
         self.lock().failures.sink.get_or_insert(Error::SinkFailed {
@@ -216,14 +230,16 @@ impl Lifecycle {
             });
     }
 
-    /// Ends every rejected stream and returns what `Pipeline::run` reports: the first
-    /// rejected message under a fail policy, else the source failures, else the sink
+    /// Ends every rejected stream and returns what `Pipeline::run` reports: a
+    /// persistence failure, else the first rejected message under a fail policy, else the source failures, else the sink
     /// failure, else the subscriber panic.
     pub(crate) fn outcome(&self) -> Result<(), Error> {
         let mut state = self.lock();
         state.rejected_streams.clear();
         let failures = std::mem::take(&mut state.failures);
-        if let Some(rejected) = failures.rejected {
+        if let Some(persistence) = failures.persistence {
+            Err(persistence)
+        } else if let Some(rejected) = failures.rejected {
             Err(Error::Rejected(rejected))
         } else if !failures.sources.is_empty() {
             Err(Error::SourcesFailed(failures.sources))

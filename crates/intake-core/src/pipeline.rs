@@ -17,6 +17,8 @@ use crate::driver;
 use crate::error::{Error, SourceFailure};
 use crate::lifecycle::{Lifecycle, panic_message};
 use crate::parse::{Parser, Rejected};
+use crate::persist::Persistence;
+use crate::store::{PersistenceError, SyncPolicy, TableStore};
 use crate::queue::Queue;
 use crate::reader::Reader;
 use crate::source::{SendError, Source, SourceContext};
@@ -62,6 +64,7 @@ pub struct Pipeline {
     fail_fast: bool,
     shutdown_timeout: Duration,
     resume: Offsets,
+    persistence: Option<Persistence>,
 }
 
 struct Input {
@@ -89,7 +92,34 @@ impl Pipeline {
             fail_fast: false,
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
             resume: Offsets::new(),
+            persistence: None,
         }
+    }
+
+    /// Keeps every table of this pipeline in a storage directory, so that a restart
+    /// continues where the last durable commit left off (Pathway's persistence,
+    /// Bytewax's recovery). See `docs/persistence.md`.
+    ///
+    /// When the pipeline runs, before any source starts, each table is restored from
+    /// its subdirectory (named by [`Reader::persistent_id`](crate::Reader::persistent_id),
+    /// by default the table's name): its rows, its logical time (commits continue
+    /// from there) and its sources' offsets (each source, and each partition, resumes
+    /// from the offset of the last durable commit, which takes precedence over
+    /// [`resume_from`](Self::resume_from)). Subscribers attached before `run` receive
+    /// the restored rows as one [snapshot](crate::ChangeBatch::is_snapshot) batch; sinks
+    /// [resume](crate::Sink::resume).
+    ///
+    /// While it runs, each commit's record (time, changes, offsets) is written, and
+    /// synced as the [`SyncPolicy`] says, before any subscriber or sink sees the commit.
+    /// The log is compacted with snapshots, so a restart takes time in proportion to
+    /// the table, not to how long the service has run.
+    ///
+    /// `run` fails with [`Error::Persistence`] if a table's storage cannot be opened
+    /// (another process holds it, a file is corrupt, the schema changed), naming the
+    /// table and the file.
+    pub fn persist(mut self, persistence: Persistence) -> Self {
+        self.persistence = Some(persistence);
+        self
     }
 
     /// Resumes every source named in `offsets` from its offset there, as
@@ -231,8 +261,15 @@ impl Pipeline {
         let lifecycle = self.lifecycle.clone();
         let fail_fast = self.fail_fast;
         let resume = std::mem::take(&mut self.resume);
+        let persistence = self.persistence.take();
         drop(self);
-        let running = tokio::spawn(run_inputs(inputs, resume, lifecycle.clone(), fail_fast));
+        let running = tokio::spawn(run_inputs(
+            inputs,
+            resume,
+            persistence,
+            lifecycle.clone(),
+            fail_fast,
+        ));
         let on_drop = ShutdownOnDrop(Some(lifecycle));
         let outcome = running.await;
         on_drop.disarm();
@@ -356,9 +393,24 @@ impl fmt::Debug for Pipeline {
 async fn run_inputs(
     inputs: Vec<Input>,
     resume: Offsets,
+    persistence: Option<Persistence>,
     lifecycle: Arc<Lifecycle>,
     fail_fast: bool,
 ) -> Result<(), Error> {
+    let sync = persistence.as_ref().map_or_else(SyncPolicy::default, |p| p.sync);
+    let mut stored = Offsets::new();
+    if let Some(persistence) = &persistence
+        && let Err(error) = restore(&inputs, persistence, &mut stored).await
+    {
+        for input in &inputs {
+            input.table.shared().close();
+        }
+        lifecycle.abandon();
+        return Err(error);
+    }
+    for input in &inputs {
+        input.table.shared().set_ready();
+    }
     let mut sources = JoinSet::new();
     for Input {
         name,
@@ -372,7 +424,7 @@ async fn run_inputs(
             reader.max_batch_size,
             reader.channel_capacity,
         );
-        let resume_at = reader.resume.clone().or_else(|| resume.get(&name).cloned());
+        let resume_at = resume_offset(&name, &stored, &reader, &resume);
         let ctx = SourceContext::new(
             name.clone(),
             resume_at,
@@ -382,7 +434,12 @@ async fn run_inputs(
             table.shared().clone(),
         );
         sources.spawn(run_source(name, source, ctx, lifecycle.clone()));
-        lifecycle.spawn(driver::drive(table.shared().clone(), queue, lifecycle.clone()));
+        lifecycle.spawn(driver::drive(
+            table.shared().clone(),
+            queue,
+            lifecycle.clone(),
+            sync,
+        ));
     }
     while let Some(joined) = sources.join_next().await {
         match joined {
@@ -399,6 +456,52 @@ async fn run_inputs(
     }
     lifecycle.wait_for_tasks().await;
     lifecycle.outcome()
+}
+
+/// Where the source (or partition) `name` resumes: from the offset storage restored,
+/// else the one its reader was given, else the one the pipeline was given.
+fn resume_offset(name: &str, stored: &Offsets, reader: &Reader, resume: &Offsets) -> Option<serde_json::Value> {
+    stored
+        .get(name)
+        .or(reader.resume.as_ref())
+        .or_else(|| resume.get(name))
+        .cloned()
+}
+
+/// Opens every table's storage and restores the tables from it, before any source
+/// runs, collecting the offsets restored into `stored`.
+async fn restore(inputs: &[Input], persistence: &Persistence, stored: &mut Offsets) -> Result<(), Error> {
+    let mut ids: Vec<&str> = Vec::new();
+    for input in inputs {
+        let id = input.reader.persistent_id.as_deref().unwrap_or(&input.name);
+        let table = input.name.to_string();
+        if ids.contains(&id) {
+            return Err(Error::Persistence {
+                table,
+                source: PersistenceError::DuplicateId(id.to_owned()),
+            });
+        }
+        ids.push(id);
+        let (dir, id, schema, sync) = (
+            persistence.dir.clone(),
+            id.to_owned(),
+            input.reader.schema.clone(),
+            persistence.sync,
+        );
+        let opened = tokio::task::spawn_blocking(move || TableStore::open(&dir, &id, &schema, sync))
+            .await
+            .map_err(|e| PersistenceError::Background(e.to_string()))
+            .and_then(|opened| opened);
+        let (store, restored) = opened.map_err(|source| Error::Persistence { table, source })?;
+        for (source, offset) in restored.offsets.iter() {
+            stored.insert(source, offset.clone());
+        }
+        if let Some(time) = restored.time {
+            tracing::info!(table = %input.name, %time, rows = restored.rows.len(), "restored the table from storage");
+        }
+        input.table.shared().restore(store, restored);
+    }
+    Ok(())
 }
 
 /// Runs one source to its end, finishes it (so its table can make its final commit),

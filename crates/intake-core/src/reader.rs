@@ -52,6 +52,7 @@ pub struct Reader {
     pub(crate) subscriber_capacity: usize,
     pub(crate) error_policy: ErrorPolicy,
     pub(crate) resume: Option<serde_json::Value>,
+    pub(crate) persistent_id: Option<String>,
 }
 
 impl Reader {
@@ -103,6 +104,7 @@ impl Reader {
             subscriber_capacity: Self::DEFAULT_SUBSCRIBER_CAPACITY,
             error_policy: ErrorPolicy::default(),
             resume: None,
+            persistent_id: None,
         }
     }
 
@@ -192,6 +194,19 @@ impl Reader {
     /// that report offsets document what they accept.
     pub fn resume_from(mut self, offset: serde_json::Value) -> Self {
         self.resume = Some(offset);
+        self
+    }
+
+    /// The name the table is stored under when the pipeline has
+    /// [persistence](crate::Pipeline::persist) (Pathway's `persistent_id`). Default: the
+    /// table's name. Keep it stable across runs: a restart finds the table's rows,
+    /// time and offsets by it, and refuses to start if the stored table's schema
+    /// differs from this reader's. ASCII letters, digits, `_`, `-` and `.`, not
+    /// starting with `.`, at most 128 bytes; anything else fails
+    /// [`Pipeline::run`](crate::Pipeline::run) with
+    /// [`PersistenceError::InvalidId`](crate::PersistenceError::InvalidId).
+    pub fn persistent_id(mut self, id: impl Into<String>) -> Self {
+        self.persistent_id = Some(id.into());
         self
     }
 

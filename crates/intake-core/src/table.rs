@@ -3,12 +3,12 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
 use futures::{FutureExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 
 use crate::change::{Change, ChangeBatch, Offsets, Time};
 
@@ -21,6 +21,7 @@ use crate::schema::Schema;
 use crate::sink::Sink;
 use crate::source::BoxError;
 use crate::source::Event;
+use crate::store::{PersistenceError, Restored, TableStore};
 use crate::subscribe::Subscriber;
 
 /// A live, keyed, in-memory table fed by a source.
@@ -41,6 +42,35 @@ pub(crate) struct TableShared {
     state: RwLock<TableState>,
     stats: Counters,
     lifecycle: Arc<Lifecycle>,
+    /// Where the table stands for sinks: restored, durable up to, closed.
+    progress: watch::Sender<Progress>,
+    /// The table's storage, when the pipeline persists it.
+    store: OnceLock<Arc<Mutex<TableStore>>>,
+    /// Per sink, the time of the last commit it wrote (0: none yet); the log keeps the
+    /// commits after the oldest so that a sink can resume from there after a crash.
+    sink_positions: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// Where a table stands, for sinks that resume.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    /// The pipeline runs and the table holds what storage restored.
+    ready: bool,
+    /// The time the table was restored to.
+    restored: Option<Time>,
+    /// The last commit whose record is in storage.
+    durable: Option<Time>,
+    /// The table is final.
+    closed: bool,
+}
+
+/// What applying a commit did.
+pub(crate) struct Applied {
+    /// The commit's changes and the subscribers to deliver them to, if it changed
+    /// something.
+    pub(crate) batch: Option<(ChangeBatch, Vec<SubscriberSlot>)>,
+    /// Whether a source's offset moved.
+    pub(crate) offsets_moved: bool,
 }
 
 struct TableState {
@@ -161,6 +191,9 @@ impl Table {
                 }),
                 stats: Counters::default(),
                 lifecycle,
+                progress: watch::Sender::new(Progress::default()),
+                store: OnceLock::new(),
+                sink_positions: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -277,10 +310,12 @@ impl Table {
                 cut_off: cut_off.clone(),
             });
         }
+        let attached_at = self.shared.progress.borrow().ready.then_some(state.time);
         ChangeStream {
             snapshot,
             receiver,
             cut_off,
+            attached_at,
         }
     }
 
@@ -334,26 +369,19 @@ impl Table {
     #[track_caller]
     pub fn sink(&self, name: impl Into<String>, sink: impl Sink) {
         let name = name.into();
-        let mut changes = self.changes();
-        let lifecycle = self.shared.lifecycle.clone();
-        let table = self.shared.name.clone();
+        let changes = self.changes();
+        let position = Arc::new(AtomicU64::new(0));
+        self.shared.lock_sink_positions().push(position.clone());
+        let shared = self.shared.clone();
         self.shared.lifecycle.spawn(async move {
-            let mut sink = sink;
-            let lifecycle = &*lifecycle;
-            let written = std::panic::AssertUnwindSafe(async {
-                while let Some(batch) = changes.next().await {
-                    within_grace(lifecycle, sink.write_batch(&batch)).await?;
-                }
-                within_grace(lifecycle, sink.close()).await?;
-                if changes.is_cut_off() {
-                    return Err(BoxError::from(
-                        "it did not keep up after the shutdown deadline and was disconnected: the commits after the last one it wrote were not written",
-                    ));
-                }
-                Ok(())
-            })
-            .catch_unwind()
-            .await;
+            let lifecycle = shared.lifecycle.clone();
+            let table = shared.name.clone();
+            let written = std::panic::AssertUnwindSafe(write_to_sink(&shared, sink, changes, &position))
+                .catch_unwind()
+                .await;
+            shared
+                .lock_sink_positions()
+                .retain(|p| !Arc::ptr_eq(p, &position));
             let failure = match written {
                 Ok(Ok(())) => return,
                 Ok(Err(cause)) => cause,
@@ -362,6 +390,66 @@ impl Table {
             lifecycle.sink_failed(&name, &table, failure);
         });
     }
+}
+
+/// Feeds a sink: lets it resume, replays the commits it lacks from storage, then
+/// writes every commit of `changes`, then closes it.
+async fn write_to_sink(
+    table: &Arc<TableShared>,
+    mut sink: impl Sink,
+    mut changes: ChangeStream,
+    position: &AtomicU64,
+) -> Result<(), BoxError> {
+    let lifecycle = &*table.lifecycle;
+    let mut progress = table.progress.subscribe();
+    let Ok(ready) = progress.wait_for(|p| p.ready || p.closed).await.map(|p| *p) else {
+        return Ok(());
+    };
+    if ready.ready {
+        let base = changes.attached_at.unwrap_or(ready.restored);
+        let holds = within_grace(lifecycle, sink.resume(base)).await?;
+        if holds > base {
+            return Err(format!(
+                "its resume returned commit {} but the table's last commit is {}: a sink must cut back what the table does not hold",
+                display_time(holds),
+                display_time(base)
+            )
+            .into());
+        }
+        if let Some(holds) = holds {
+            // The sink holds the table up to `holds`: what it lacks are the commits
+            // after it, never the table's state as a whole. (A stream attached before
+            // the pipeline ran receives the restored state as its first batch.)
+            if changes.snapshot.take().is_none() {
+                let first = changes.receiver.try_recv().ok();
+                changes.snapshot = first.filter(|b| !b.is_snapshot());
+            }
+            if let Some(base) = base
+                && holds < base
+            {
+                for batch in table.replay(holds, base).await? {
+                    within_grace(lifecycle, sink.write_batch(&batch)).await?;
+                    position.store(batch.time().as_u64(), Ordering::Release);
+                }
+            }
+        }
+        position.store(base.map_or(0, Time::as_u64), Ordering::Release);
+    }
+    while let Some(batch) = changes.next().await {
+        within_grace(lifecycle, sink.write_batch(&batch)).await?;
+        position.store(batch.time().as_u64(), Ordering::Release);
+    }
+    within_grace(lifecycle, sink.close()).await?;
+    if changes.is_cut_off() {
+        return Err(BoxError::from(
+            "it did not keep up after the shutdown deadline and was disconnected: the commits after the last one it wrote were not written",
+        ));
+    }
+    Ok(())
+}
+
+fn display_time(time: Option<Time>) -> String {
+    time.map_or_else(|| "none".to_owned(), |t| t.to_string())
 }
 
 /// Runs one call of a sink, giving up on it as [`Lifecycle::grace_over`] says.
@@ -403,6 +491,10 @@ pub struct ChangeStream {
     snapshot: Option<ChangeBatch>,
     receiver: mpsc::Receiver<ChangeBatch>,
     cut_off: Arc<AtomicBool>,
+    /// The table's time when the stream was attached, if the pipeline was running by
+    /// then; `None` if attached earlier, when the table's restored state is delivered
+    /// to the stream as its first batch.
+    attached_at: Option<Option<Time>>,
 }
 
 impl ChangeStream {
@@ -503,11 +595,12 @@ impl TableShared {
     /// Applies a commit's events to the rows, consolidating them per key. Returns the
     /// commit's changes and the subscribers to deliver them to, or `None` if it changed
     /// nothing.
-    pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Option<(ChangeBatch, Vec<SubscriberSlot>)> {
+    pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Applied {
         let mut guard = self.write();
         let state = &mut *guard;
         state.applied += 1;
         let mut messages = 0;
+        let mut offsets_moved = false;
         for event in events.drain(..) {
             match event {
                 Event::Upsert(key, row) => state.set(key, Some(row)),
@@ -518,6 +611,7 @@ impl TableShared {
                 Event::Delete(key) => state.set(key, None),
                 Event::Commit => continue,
                 Event::Offset(source, offset) => {
+                    offsets_moved |= state.offsets.get(&source) != Some(&offset);
                     state.offsets.insert(source, offset);
                     continue;
                 }
@@ -562,7 +656,10 @@ impl TableShared {
             state.rows.swap_remove_index(index);
         }
         if retractions.is_empty() && insertions.is_empty() {
-            return None;
+            return Applied {
+                batch: None,
+                offsets_moved,
+            };
         }
         let time = Time::next(state.time);
         state.time = Some(time);
@@ -574,7 +671,125 @@ impl TableShared {
         self.stats
             .changes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Some((batch, subscribers))
+        Applied {
+            batch: Some((batch, subscribers)),
+            offsets_moved,
+        }
+    }
+
+    /// The table's time, offsets and generated-key counter, as a commit record needs.
+    pub(crate) fn position(&self) -> (Option<Time>, Offsets, u64) {
+        let state = self.read();
+        (state.time, state.offsets.clone(), state.generated)
+    }
+
+    /// Every row, in the table's order, for a snapshot in storage.
+    pub(crate) fn rows(&self) -> Vec<(Key, Row)> {
+        let state = self.read();
+        state.live_rows().map(|(k, r)| (k.clone(), r.clone())).collect()
+    }
+
+    /// Fills the table with what storage restored, before its sources run, and gives
+    /// the subscribers attached so far the restored rows as a snapshot batch.
+    pub(crate) fn restore(&self, store: TableStore, restored: Restored) {
+        let mut state = self.write();
+        let Restored {
+            time,
+            rows,
+            offsets,
+            generated,
+        } = restored;
+        let changes: Vec<Change> = rows
+            .iter()
+            .map(|(key, row)| Change {
+                key: key.clone(),
+                row: row.clone(),
+                is_addition: true,
+            })
+            .collect();
+        state.rows = rows
+            .into_iter()
+            .map(|(key, row)| {
+                let slot = Slot {
+                    row: Some(row),
+                    touched_in: 0,
+                };
+                (key, slot)
+            })
+            .collect();
+        state.time = time;
+        state.offsets = offsets;
+        state.generated = generated;
+        if let Some(time) = time.filter(|_| !changes.is_empty()) {
+            let batch = ChangeBatch::snapshot(self.schema.clone(), time, changes, state.offsets.clone());
+            for subscriber in &state.subscribers {
+                // Nothing was delivered before, so there is room.
+                let _ = subscriber.sender.try_send(batch.clone());
+            }
+        }
+        drop(state);
+        let _ = self.store.set(Arc::new(Mutex::new(store)));
+        self.progress.send_modify(|p| {
+            p.restored = time;
+            p.durable = time;
+        });
+    }
+
+    /// The table's storage, if it has one.
+    pub(crate) fn store(&self) -> Option<&Arc<Mutex<TableStore>>> {
+        self.store.get()
+    }
+
+    /// Marks the table ready: the pipeline runs and storage has been restored.
+    pub(crate) fn set_ready(&self) {
+        self.progress.send_modify(|p| p.ready = true);
+    }
+
+    /// Records that the commit at `time` is in storage.
+    pub(crate) fn set_durable(&self, time: Option<Time>) {
+        self.progress.send_if_modified(|p| {
+            let moved = p.durable != time;
+            p.durable = time;
+            moved
+        });
+    }
+
+    /// The oldest commit a sink of this table has written (`Some(0)`-time means none
+    /// yet), or `None` without sinks: storage keeps the commits after it.
+    pub(crate) fn oldest_sink_position(&self) -> Option<Time> {
+        self.lock_sink_positions()
+            .iter()
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+            .map(Time::new)
+    }
+
+    fn lock_sink_positions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
+        self.sink_positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The commits after `after` up to `upto`, read back from storage, for a sink
+    /// that resumes behind the table.
+    async fn replay(&self, after: Time, upto: Time) -> Result<Vec<ChangeBatch>, BoxError> {
+        let Some(store) = self.store().cloned() else {
+            return Err(format!(
+                "its resume returned commit {after}, but the table holds commit {upto} and keeps no log to replay from (the pipeline has no persistence): start its output over, or persist the pipeline"
+            )
+            .into());
+        };
+        let mut progress = self.progress.subscribe();
+        // The commit at `upto` may be applied but not yet written.
+        let _ = progress.wait_for(|p| p.durable >= Some(upto) || p.closed).await;
+        let schema = self.schema.clone();
+        let replayed = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.replay(&schema, Some(after), upto)
+        })
+        .await
+        .map_err(|e| BoxError::from(format!("reading the table's log failed: {e}")))?;
+        replayed.map_err(|e: PersistenceError| BoxError::from(e))
     }
 
     /// Delivers a commit's changes, waiting for room in every subscriber's queue; at
@@ -620,5 +835,7 @@ impl TableShared {
         let mut state = self.write();
         state.closed = true;
         state.subscribers.clear();
+        drop(state);
+        self.progress.send_modify(|p| p.closed = true);
     }
 }

@@ -1,0 +1,299 @@
+//! Offsets with every commit, and persistence: restart, snapshots for subscribers,
+//! sinks that resume, errors that name what is wrong.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use intake::{
+    BoxError, ChangeBatch, Column, DataType, Error, Offsets, Persistence, Pipeline, Reader, Schema, Sink,
+    SourceContext, Subscriber, SyncPolicy, Time, source_fn,
+};
+
+fn schema() -> Schema {
+    Schema::new([
+        Column::new("key", DataType::Int).primary_key(),
+        Column::new("value", DataType::Int),
+    ])
+    .unwrap()
+}
+
+/// Commits only when asked to (or at the end).
+fn reader() -> Reader {
+    Reader::json(schema()).autocommit_duration(Duration::from_secs(3600))
+}
+
+/// Sends `{key: n % 10, value: n}` for n in `from..=to` (after the resume offset, if
+/// any), reporting `n` as the offset after each and committing every `every`.
+fn counter(from: u64, to: u64, every: u64) -> impl intake::Source {
+    source_fn(move |ctx: SourceContext| async move {
+        let start = ctx.resume_offset().and_then(|o| o.as_u64()).map_or(from, |n| n + 1);
+        for n in start..=to {
+            ctx.next_json(serde_json::json!({"key": n % 10, "value": n})).await?;
+            ctx.report_offset(n.into()).await?;
+            if n % every == 0 {
+                ctx.commit().await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn rows(table: &intake::Table) -> BTreeMap<i64, i64> {
+    table
+        .snapshot()
+        .rows()
+        .iter()
+        .map(|(_, r)| (r["key"].as_int().unwrap(), r["value"].as_int().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_batch_carries_the_offsets_it_covers() {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("counter", counter(1, 95, 10), reader());
+    let mut changes = table.changes();
+    let collected = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(batch) = changes.next().await {
+            let last = batch.changes().iter().filter_map(|c| c.row["value"].as_int()).max();
+            seen.push((last, batch.offsets().get("counter").cloned()));
+        }
+        seen
+    });
+    pipeline.run().await.unwrap();
+    let seen = collected.await.unwrap();
+    assert_eq!(seen.len(), 10);
+    for (last, offset) in seen {
+        // Each commit ends right after an offset: the batch's offset is its last row.
+        assert_eq!(offset, last.map(serde_json::Value::from), "the offset of the batch's last message");
+    }
+}
+
+#[tokio::test]
+async fn resume_from_hands_each_source_its_own_offset() {
+    let offsets: Offsets = serde_json::from_value(serde_json::json!({"a": 50, "b": 90})).unwrap();
+    let mut pipeline = Pipeline::new().resume_from(offsets);
+    let a = pipeline.read("a", counter(1, 60, 1000), reader());
+    let b = pipeline.read("b", counter(1, 95, 1000), reader());
+    let c = pipeline.read("c", counter(1, 5, 1000), reader());
+    pipeline.run().await.unwrap();
+    assert_eq!(a.stats().messages, 10);
+    assert_eq!(b.stats().messages, 5);
+    assert_eq!(c.stats().messages, 5, "a source not named starts from the beginning");
+}
+
+#[tokio::test]
+async fn a_restart_restores_rows_time_and_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let table = pipeline.read("counter", counter(1, 45, 10), reader());
+    pipeline.run().await.unwrap();
+    let (first_rows, first_time) = (rows(&table), table.time().unwrap());
+    assert_eq!(first_time.as_u64(), 5);
+
+    // The second run resumes after 45 and commits at times after the first run's.
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let table = pipeline.read("counter", counter(1, 62, 10), reader());
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = batches.clone();
+    table.subscribe(Subscriber::new().on_batch(move |batch: &ChangeBatch| {
+        seen.lock().unwrap().push((batch.time().as_u64(), batch.is_snapshot(), batch.len()));
+    }));
+    pipeline.run().await.unwrap();
+    let batches = batches.lock().unwrap().clone();
+    assert_eq!(
+        batches[0],
+        (5, true, first_rows.len()),
+        "a subscriber attached before run first gets the restored rows as one snapshot batch"
+    );
+    assert!(batches[1..].iter().all(|(time, snapshot, _)| *time > 5 && !snapshot));
+    assert_eq!(table.stats().messages, 17, "only what came after offset 45 is read again");
+    let expected: BTreeMap<i64, i64> = (1..=62).map(|n| ((n % 10) as i64, n as i64)).collect();
+    assert_eq!(rows(&table), expected);
+    assert_eq!(table.committed_offsets(), vec![("counter".to_owned(), 62.into())]);
+}
+
+#[tokio::test]
+async fn each_commit_is_durable_before_a_subscriber_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let copies = tempfile::tempdir().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let table = pipeline.read("counter", counter(1, 50, 10), reader());
+    let (state, into) = (dir.path().to_owned(), copies.path().to_owned());
+    table.subscribe(Subscriber::new().on_batch(move |batch: &ChangeBatch| {
+        // What a crash at this instant would leave behind.
+        copy_dir(&state, &into.join(batch.time().to_string()));
+    }));
+    pipeline.run().await.unwrap();
+    for time in 1..=5u64 {
+        let mut pipeline = Pipeline::new().persist(Persistence::new(copies.path().join(time.to_string())));
+        let table = pipeline.read("counter", counter(1, 0, 10), reader());
+        pipeline.run().await.unwrap();
+        assert!(table.time().unwrap().as_u64() >= time, "commit {time} was seen before it was durable");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A sink that keeps what it wrote in memory and holds up to `holds` on resume.
+struct Recording {
+    holds: Option<Time>,
+    resumed_with: Arc<Mutex<Option<Option<Time>>>>,
+    written: Arc<Mutex<Vec<(u64, bool, usize)>>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Recording {
+    async fn resume(&mut self, table_time: Option<Time>) -> Result<Option<Time>, BoxError> {
+        *self.resumed_with.lock().unwrap() = Some(table_time);
+        Ok(self.holds.min(table_time))
+    }
+
+    async fn write_batch(&mut self, batch: &ChangeBatch) -> Result<(), BoxError> {
+        self.written.lock().unwrap().push((batch.time().as_u64(), batch.is_snapshot(), batch.len()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sink_behind_the_table_receives_exactly_the_commits_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let table = pipeline.read("counter", counter(1, 50, 5), reader());
+    let first = Arc::new(Mutex::new(Vec::new()));
+    table.sink(
+        "first",
+        Recording {
+            holds: None,
+            resumed_with: Arc::default(),
+            written: first.clone(),
+        },
+    );
+    pipeline.run().await.unwrap();
+    let first = first.lock().unwrap().clone();
+    assert_eq!(first.len(), 10);
+
+    // Restarted, a sink that holds commits up to 6 gets 7..=10 from storage, then the
+    // new commits; one that holds everything gets only the new commits.
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let table = pipeline.read("counter", counter(1, 60, 5), reader());
+    let (resumed, written) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())));
+    table.sink(
+        "behind",
+        Recording {
+            holds: Some(time(6)),
+            resumed_with: resumed.clone(),
+            written: written.clone(),
+        },
+    );
+    let level = Arc::new(Mutex::new(Vec::new()));
+    table.sink(
+        "level",
+        Recording {
+            holds: Some(time(10)),
+            resumed_with: Arc::default(),
+            written: level.clone(),
+        },
+    );
+    pipeline.run().await.unwrap();
+    assert_eq!(*resumed.lock().unwrap(), Some(Some(time(10))), "resume gets the restored time");
+    let written = written.lock().unwrap().clone();
+    assert_eq!(&written[..4], &first[6..], "the replayed commits are the ones written the first time");
+    let times: Vec<u64> = written.iter().map(|w| w.0).collect();
+    assert_eq!(times, (7..=12).collect::<Vec<_>>());
+    let level: Vec<u64> = level.lock().unwrap().iter().map(|w| w.0).collect();
+    assert_eq!(level, vec![11, 12]);
+}
+
+fn time(t: u64) -> Time {
+    Time::from_u64(t)
+}
+
+#[tokio::test]
+async fn a_changed_schema_is_an_error_naming_the_table_and_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    pipeline.read("counter", counter(1, 5, 10), reader());
+    pipeline.run().await.unwrap();
+
+    let changed = Schema::new([
+        Column::new("key", DataType::Int).primary_key(),
+        Column::new("value", DataType::String),
+    ])
+    .unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let table = pipeline.read("counter", counter(1, 5, 10), Reader::json(changed));
+    let error = pipeline.run().await.unwrap_err();
+    assert!(matches!(error, Error::Persistence { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("counter") && message.contains("value"), "{message}");
+    assert!(table.is_empty());
+}
+
+#[tokio::test]
+async fn two_pipelines_cannot_share_a_table_s_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut first = Pipeline::new().persist(Persistence::new(dir.path()));
+    first.read(
+        "t",
+        source_fn(|ctx: SourceContext| async move {
+            ctx.cancelled().await;
+            Ok(())
+        }),
+        reader(),
+    );
+    let running = tokio::spawn(first.run_until(stopped));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut second = Pipeline::new().persist(Persistence::new(dir.path()));
+    second.read("t", counter(1, 5, 10), reader());
+    let error = second.run().await.unwrap_err();
+    assert!(matches!(error, Error::Persistence { .. }), "{error}");
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn grouped_syncs_still_restore_everything_after_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let persistence = || Persistence::new(dir.path()).sync_policy(SyncPolicy::Interval(Duration::from_millis(20)));
+    let mut pipeline = Pipeline::new().persist(persistence());
+    pipeline.read("counter", counter(1, 100, 7), reader());
+    pipeline.run().await.unwrap();
+    let mut pipeline = Pipeline::new().persist(persistence());
+    let table = pipeline.read("counter", counter(1, 100, 7), reader());
+    pipeline.run().await.unwrap();
+    assert_eq!(table.stats().messages, 0);
+    assert_eq!(table.len(), 10);
+}
+
+#[tokio::test]
+async fn compaction_keeps_restart_independent_of_history() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 1..=4u64 {
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()).compact_after(2_000));
+        let table = pipeline.read("counter", counter(1, round * 2_000, 50), reader());
+        pipeline.run().await.unwrap();
+        assert_eq!(table.len(), 10);
+        assert_eq!(table.committed_offsets(), vec![("counter".to_owned(), (round * 2_000).into())]);
+    }
+    let bytes: u64 = std::fs::read_dir(dir.path().join("counter"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes < 50_000, "the storage of a 10-row table stays small: {bytes} bytes");
+}
