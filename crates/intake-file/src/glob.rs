@@ -29,8 +29,8 @@ type Configure = Arc<dyn Fn(FileSource) -> FileSource + Send + Sync>;
 /// - **Names**: a partition is named by the file's path relative to the directory,
 ///   with `/` written as `%2F` (and `%` as `%25`), since a partition name cannot
 ///   contain `/`: `2024/jan.jsonl` is the partition `2024%2Fjan.jsonl`, and its offsets
-///   are kept under `source/2024%2Fjan.jsonl`. Names do not depend on where the
-///   directory is, so it can be moved between runs.
+///   are kept under `source/2024%2Fjan.jsonl`. Names do not depend on the path of the
+///   directory itself.
 /// - **Settings**: every file is read in the same [`FileFormat`] (a CSV or TSV file
 ///   each with its own header), with the settings [`configure`](Self::configure) gives
 ///   its `FileSource`, such as [`follow`](FileSource::follow).
