@@ -17,6 +17,7 @@ use crate::driver;
 use crate::error::{Error, SourceFailure};
 use crate::lifecycle::{Lifecycle, panic_message};
 use crate::parse::{Parser, Rejected};
+use crate::partition::{Partitioned, PartitionedInput, PartitionedSource, Worker};
 use crate::persist::Persistence;
 use crate::store::{PersistenceError, SyncPolicy, TableStore};
 use crate::queue::Queue;
@@ -65,13 +66,20 @@ pub struct Pipeline {
     shutdown_timeout: Duration,
     resume: Offsets,
     persistence: Option<Persistence>,
+    worker: Worker,
 }
 
 struct Input {
     name: Arc<str>,
-    source: Box<dyn Source>,
+    source: Feed,
     reader: Reader,
     table: Table,
+}
+
+/// What fills an input's table.
+enum Feed {
+    Source(Box<dyn Source>),
+    Partitioned(Partitioned),
 }
 
 impl Default for Pipeline {
@@ -93,6 +101,7 @@ impl Pipeline {
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
             resume: Offsets::new(),
             persistence: None,
+            worker: Worker::ONLY,
         }
     }
 
@@ -175,7 +184,84 @@ impl Pipeline {
     ///
     /// The table exists at once and fills when the pipeline runs.
     pub fn read(&mut self, name: impl Into<String>, source: impl Source, reader: Reader) -> Table {
-        let name: Arc<str> = Arc::from(name.into());
+        self.add_input(name.into(), Feed::Source(Box::new(source)), reader)
+    }
+
+    /// Reads every partition of `source` assigned to this process (see
+    /// [`worker`](Self::worker)) into a new table named `name`, as `reader` says: each
+    /// partition's source runs on a task of its own, named `name/partition`, so on a
+    /// multi-threaded runtime the partitions are read and parsed in parallel. See
+    /// [`PartitionedSource`] for how partitions are listed, built, resumed and failed.
+    ///
+    /// The table exists at once and fills when the pipeline runs. Partitions resume
+    /// from the offsets given to [`resume_from`](Self::resume_from), each from its own
+    /// under `name/partition`.
+    ///
+    /// # Panics
+    ///
+    /// If `reader` has an offset set with [`Reader::resume_from`]: one offset cannot
+    /// resume several partitions; give the batch's offsets to
+    /// [`Pipeline::resume_from`](Self::resume_from) instead.
+    #[track_caller]
+    pub fn read_partitioned(
+        &mut self,
+        name: impl Into<String>,
+        source: impl PartitionedSource,
+        reader: Reader,
+    ) -> Table {
+        assert!(
+            reader.resume.is_none(),
+            "Reader::resume_from does not apply to a partitioned source: resume its partitions with Pipeline::resume_from"
+        );
+        let source = Feed::Partitioned(Partitioned {
+            source: Box::new(source),
+            worker: self.worker,
+        });
+        self.add_input(name.into(), source, reader)
+    }
+
+    /// Makes this process worker `index` of `count` processes reading the same
+    /// partitioned sources: of each [partitioned source](Self::read_partitioned)'s
+    /// partitions, sorted by name, the one at position `i` is read by worker
+    /// `i % count`, so each partition is read by exactly one of the processes when
+    /// each runs this pipeline with its own index. Default: worker 0 of 1, which reads
+    /// every partition. A worker assigned no partition of a source leaves that table
+    /// empty, and it ends at once. Plain sources are read by every worker.
+    ///
+    /// Applies to partitioned sources registered before and after the call.
+    ///
+    /// # Panics
+    ///
+    /// If `count` is zero or `index` is not less than `count`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use intake_core::Pipeline;
+    ///
+    /// // Each of three processes gets its index, for instance from its environment.
+    /// let index = 2;
+    /// let pipeline = Pipeline::new().worker(index, 3);
+    /// # let _ = pipeline;
+    /// ```
+    #[track_caller]
+    pub fn worker(mut self, index: usize, count: usize) -> Self {
+        assert!(count > 0, "the worker count must be at least 1");
+        assert!(
+            index < count,
+            "the worker index must be less than the worker count ({index} of {count})"
+        );
+        self.worker = Worker { index, count };
+        for input in &mut self.inputs {
+            if let Feed::Partitioned(partitioned) = &mut input.source {
+                partitioned.worker = self.worker;
+            }
+        }
+        self
+    }
+
+    fn add_input(&mut self, name: String, source: Feed, reader: Reader) -> Table {
+        let name: Arc<str> = Arc::from(name);
         let table = Table::new(
             name.clone(),
             reader.schema.clone(),
@@ -184,7 +270,7 @@ impl Pipeline {
         );
         self.inputs.push(Input {
             name,
-            source: Box::new(source),
+            source,
             reader,
             table: table.clone(),
         });
@@ -411,6 +497,11 @@ async fn run_inputs(
     for input in &inputs {
         input.table.shared().set_ready();
     }
+    // Partitions resume from what storage restored, else from what the pipeline was given.
+    let mut partition_offsets = resume.clone();
+    for (source, offset) in stored.iter() {
+        partition_offsets.insert(source, offset.clone());
+    }
     let mut sources = JoinSet::new();
     for Input {
         name,
@@ -433,7 +524,18 @@ async fn run_inputs(
             reader.error_policy,
             table.shared().clone(),
         );
-        sources.spawn(run_source(name, source, ctx, lifecycle.clone()));
+        match source {
+            Feed::Source(source) => sources.spawn(run_source(name, source, ctx, lifecycle.clone())),
+            Feed::Partitioned(partitioned) => sources.spawn(partitioned.run(PartitionedInput {
+                name,
+                holder: ctx,
+                reader: reader.clone(),
+                table: table.shared().clone(),
+                queue: queue.clone(),
+                resume: partition_offsets.clone(),
+                fail_fast,
+            })),
+        };
         lifecycle.spawn(driver::drive(
             table.shared().clone(),
             queue,
@@ -506,7 +608,7 @@ async fn restore(inputs: &[Input], persistence: &Persistence, stored: &mut Offse
 
 /// Runs one source to its end, finishes it (so its table can make its final commit),
 /// and calls its `on_stop`; all of it bounded by the shutdown deadline.
-async fn run_source(
+pub(crate) async fn run_source(
     name: Arc<str>,
     mut source: Box<dyn Source>,
     ctx: SourceContext,

@@ -63,6 +63,23 @@ impl Queue {
         (queue, producer)
     }
 
+    /// Another producer of this queue, so that several sources (the partitions of a
+    /// partitioned source) feed one table: the queue ends once every producer has
+    /// finished. A queue that has already ended stays ended: the producer returned then
+    /// is finished from the start, and refuses every event.
+    pub(crate) fn add_producer(self: &Arc<Self>) -> Producer {
+        let mut state = self.lock();
+        let ended = state.producers == 0;
+        if !ended {
+            state.producers += 1;
+        }
+        drop(state);
+        Producer {
+            queue: self.clone(),
+            finished: AtomicBool::new(ended),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -243,5 +260,40 @@ impl Producer {
 impl Drop for Producer {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> (Arc<Queue>, Producer) {
+        Queue::new(Duration::from_secs(3600), 100, 100)
+    }
+
+    #[tokio::test]
+    async fn the_queue_ends_when_its_last_added_producer_finishes() {
+        let (queue, first) = queue();
+        let second = queue.add_producer();
+        let third = queue.add_producer();
+        first.finish();
+        assert!(second.try_push(Event::Commit).is_ok());
+        drop(second);
+        assert_eq!(queue.next_commit().await.map(|events| events.len()), Some(1));
+        let pending = tokio::time::timeout(Duration::from_millis(20), queue.next_commit()).await;
+        assert!(pending.is_err(), "a producer is left, so the queue has not ended");
+        third.finish();
+        assert!(queue.next_commit().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_producer_added_to_an_ended_queue_refuses_events() {
+        let (queue, first) = queue();
+        first.finish();
+        let late = queue.add_producer();
+        assert!(late.is_finished());
+        assert!(matches!(late.try_push(Event::Commit), Err(PushError::Finished)));
+        drop(late);
+        assert!(queue.next_commit().await.is_none());
     }
 }

@@ -8,6 +8,8 @@
 //!   [`FragmentStore`] trait; only new or changed fragments are read, each once per
 //!   fingerprint, with a [`FragmentParser`] per fragment. [`DirectoryStore`] lists the
 //!   files of a directory matching a glob.
+//! - [`FileGlob`]: the files matching a glob as a partitioned source, one `FileSource` a
+//!   file, read concurrently into one table, each resuming from its own offset.
 //! - [`CsvSink`] and [`JsonLinesSink`]: a table's changes, commit by commit, with `time`
 //!   and `diff` columns like Pathway's `pw.io.csv.write`, flushed and synced per commit.
 //!
@@ -45,6 +47,7 @@ mod error;
 mod file;
 mod format;
 mod fragment;
+mod glob;
 mod sink;
 
 /// The decoder's entry points for the fuzz targets in `fuzz/`: built for this crate's
@@ -60,6 +63,7 @@ pub use fragment::{
     DirectoryStore, Fragment, FragmentErrorPolicy, FragmentParser, FragmentSource, FragmentStats,
     FragmentStore, ParseFn,
 };
+pub use glob::FileGlob;
 pub use sink::{CsvSink, JsonLinesSink};
 
 #[doc = include_str!("../../../docs/files.md")]
