@@ -67,6 +67,7 @@ mod row;
 mod schema;
 mod sink;
 mod source;
+mod store;
 mod subscribe;
 mod table;
 mod typed;
@@ -85,6 +86,7 @@ pub use source::{
     BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
     from_try_stream, source_fn,
 };
+pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableStats};
 pub use value::{DataType, Timestamp, Value};
