@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::change::Time;
 use crate::lifecycle::Lifecycle;
 use crate::queue::Queue;
 use crate::store::{PersistenceError, SnapshotDone, SyncPolicy, TableStore};
@@ -122,20 +121,19 @@ impl Recorder {
             self.unsynced_since.get_or_insert_with(Instant::now);
         }
         table.set_durable(time);
-        if let Err(error) = self.compact(table, time, wants_snapshot).await {
+        if let Err(error) = self.compact(table, wants_snapshot).await {
             self.fail(table, lifecycle, error);
         }
     }
 
     /// Finishes a snapshot that has been written, and starts one if it is due.
-    async fn compact(&mut self, table: &Arc<TableShared>, time: Option<Time>, due: bool) -> Result<(), PersistenceError> {
+    async fn compact(&mut self, table: &Arc<TableShared>, due: bool) -> Result<(), PersistenceError> {
         if self.snapshot.as_ref().is_some_and(JoinHandle::is_finished) {
             self.finish_snapshot(table).await?;
         }
         if due && self.snapshot.is_none() {
-            let (_, offsets, generated) = table.position();
             let rows = table.rows();
-            let job = lock(&self.store).start_snapshot(time, rows, offsets, generated)?;
+            let job = lock(&self.store).start_snapshot(rows)?;
             self.snapshot = Some(tokio::task::spawn_blocking(move || job.run()));
         }
         Ok(())

@@ -91,7 +91,6 @@ pub use source::{
     BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
     from_try_stream, source_fn,
 };
-pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableStats};
 pub use value::{DataType, Timestamp, Value};

@@ -23,7 +23,8 @@ use crate::store::{PersistenceError, SyncPolicy, TableStore};
 use crate::queue::Queue;
 use crate::reader::Reader;
 use crate::source::{SendError, Source, SourceContext};
-use crate::table::Table;
+use crate::schema::Schema;
+use crate::table::{Table, TableShared};
 
 /// Runs sources into tables and keeps the tables' subscribers fed.
 ///
@@ -486,7 +487,7 @@ async fn run_inputs(
     let sync = persistence.as_ref().map_or_else(SyncPolicy::default, |p| p.sync);
     let mut stored = Offsets::new();
     if let Some(persistence) = &persistence
-        && let Err(error) = restore(&inputs, persistence, &mut stored).await
+        && let Err(error) = restore(persistent_tables(&inputs), persistence, &mut stored).await
     {
         for input in &inputs {
             input.table.shared().close();
@@ -570,38 +571,61 @@ fn resume_offset(name: &str, stored: &Offsets, reader: &Reader, resume: &Offsets
         .cloned()
 }
 
+/// Each input's persistent id, schema and table. (Sources need not be `Sync`, so
+/// restoring does not hold the inputs across its awaits.)
+fn persistent_tables(inputs: &[Input]) -> Vec<(String, Schema, Arc<TableShared>)> {
+    inputs
+        .iter()
+        .map(|input| {
+            let id = input.reader.persistent_id.as_deref().unwrap_or(&input.name);
+            (id.to_owned(), input.reader.schema.clone(), input.table.shared().clone())
+        })
+        .collect()
+}
+
 /// Opens every table's storage and restores the tables from it, before any source
 /// runs, collecting the offsets restored into `stored`.
-async fn restore(inputs: &[Input], persistence: &Persistence, stored: &mut Offsets) -> Result<(), Error> {
+async fn restore(
+    tables: Vec<(String, Schema, Arc<TableShared>)>,
+    persistence: &Persistence,
+    stored: &mut Offsets,
+) -> Result<(), Error> {
     let mut ids: Vec<&str> = Vec::new();
-    for input in inputs {
-        let id = input.reader.persistent_id.as_deref().unwrap_or(&input.name);
-        let table = input.name.to_string();
-        if ids.contains(&id) {
+    for (id, schema, table) in &tables {
+        let name = table.name().to_string();
+        if ids.contains(&id.as_str()) {
             return Err(Error::Persistence {
-                table,
-                source: PersistenceError::DuplicateId(id.to_owned()),
+                table: name,
+                source: PersistenceError::InvalidId {
+                    id: id.clone(),
+                    reason: "two tables of the pipeline use it",
+                },
             });
         }
         ids.push(id);
-        let (dir, id, schema, sync) = (
+        let (dir, id, schema, sync, compact_after) = (
             persistence.dir.clone(),
-            id.to_owned(),
-            input.reader.schema.clone(),
+            id.clone(),
+            schema.clone(),
             persistence.sync,
+            persistence.compact_after,
         );
-        let opened = tokio::task::spawn_blocking(move || TableStore::open(&dir, &id, &schema, sync))
-            .await
-            .map_err(|e| PersistenceError::Background(e.to_string()))
-            .and_then(|opened| opened);
-        let (store, restored) = opened.map_err(|source| Error::Persistence { table, source })?;
+        let opened = tokio::task::spawn_blocking(move || {
+            let (mut store, restored) = TableStore::open(&dir, &id, &schema, sync)?;
+            store.set_min_snapshot_bytes(compact_after);
+            Ok((store, restored))
+        })
+        .await
+        .map_err(|e| PersistenceError::Background(e.to_string()))
+        .and_then(|opened| opened);
+        let (store, restored) = opened.map_err(|source| Error::Persistence { table: name, source })?;
         for (source, offset) in restored.offsets.iter() {
             stored.insert(source, offset.clone());
         }
         if let Some(time) = restored.time {
-            tracing::info!(table = %input.name, %time, rows = restored.rows.len(), "restored the table from storage");
+            tracing::info!(table = %table.name(), %time, rows = restored.rows.len(), "restored the table from storage");
         }
-        input.table.shared().restore(store, restored);
+        table.restore(store, restored);
     }
     Ok(())
 }

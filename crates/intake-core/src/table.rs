@@ -407,7 +407,7 @@ async fn write_to_sink(
     };
     if ready.ready {
         let base = changes.attached_at.unwrap_or(ready.restored);
-        let holds = within_grace(lifecycle, sink.resume(base)).await?;
+        let holds = within_grace(lifecycle, sink.resume(base)).await??;
         if holds > base {
             return Err(format!(
                 "its resume returned commit {} but the table's last commit is {}: a sink must cut back what the table does not hold",
@@ -428,7 +428,7 @@ async fn write_to_sink(
                 && holds < base
             {
                 for batch in table.replay(holds, base).await? {
-                    within_grace(lifecycle, sink.write_batch(&batch)).await?;
+                    within_grace(lifecycle, sink.write_batch(&batch)).await??;
                     position.store(batch.time().as_u64(), Ordering::Release);
                 }
             }
@@ -436,10 +436,10 @@ async fn write_to_sink(
         position.store(base.map_or(0, Time::as_u64), Ordering::Release);
     }
     while let Some(batch) = changes.next().await {
-        within_grace(lifecycle, sink.write_batch(&batch)).await?;
+        within_grace(lifecycle, sink.write_batch(&batch)).await??;
         position.store(batch.time().as_u64(), Ordering::Release);
     }
-    within_grace(lifecycle, sink.close()).await?;
+    within_grace(lifecycle, sink.close()).await??;
     if changes.is_cut_off() {
         return Err(BoxError::from(
             "it did not keep up after the shutdown deadline and was disconnected: the commits after the last one it wrote were not written",
@@ -453,13 +453,10 @@ fn display_time(time: Option<Time>) -> String {
 }
 
 /// Runs one call of a sink, giving up on it as [`Lifecycle::grace_over`] says.
-async fn within_grace(
-    lifecycle: &Lifecycle,
-    call: impl Future<Output = Result<(), BoxError>>,
-) -> Result<(), BoxError> {
+async fn within_grace<T>(lifecycle: &Lifecycle, call: impl Future<Output = T>) -> Result<T, BoxError> {
     tokio::select! {
         biased;
-        done = call => done,
+        done = call => Ok(done),
         () = lifecycle.grace_over() => Err(BoxError::from(
             "it was still writing after the shutdown deadline and was dropped: the commits after the last one it wrote were not written",
         )),
@@ -782,10 +779,9 @@ impl TableShared {
         let mut progress = self.progress.subscribe();
         // The commit at `upto` may be applied but not yet written.
         let _ = progress.wait_for(|p| p.durable >= Some(upto) || p.closed).await;
-        let schema = self.schema.clone();
         let replayed = tokio::task::spawn_blocking(move || {
             let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            store.replay(&schema, Some(after), upto)
+            store.replay(Some(after), upto)
         })
         .await
         .map_err(|e| BoxError::from(format!("reading the table's log failed: {e}")))?;

@@ -43,9 +43,6 @@
 //! `schema.json`) are written as a temporary file, synced, renamed and the directory
 //! synced, so they exist complete or not at all.
 
-// The commit driver uses the store once persistence is wired into the pipeline;
-// until then only the tests here call it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 mod codec;
 mod files;
@@ -213,6 +210,10 @@ pub enum PersistenceError {
         /// The record's size.
         bytes: u64,
     },
+    /// Storage work running on a blocking thread did not complete (it panicked, or the
+    /// runtime shut down).
+    #[error("storage work on a background thread did not complete: {0}")]
+    Background(String),
     /// An earlier write or sync of this log failed, so what is on disk is unknown; no
     /// more records are accepted. Restarting recovers what is durable.
     #[error("an earlier write or sync of {path} failed; restart to recover the table from what is durable")]
