@@ -9,7 +9,9 @@
 //!   fingerprint, with a [`FragmentParser`] per fragment. [`DirectoryStore`] lists the
 //!   files of a directory matching a glob.
 //! - [`CsvSink`] and [`JsonLinesSink`]: a table's changes, commit by commit, with `time`
-//!   and `diff` columns like Pathway's `pw.io.csv.write`, flushed and synced per commit.
+//!   and `diff` columns like Pathway's `pw.io.csv.write`, synced per commit; opened with
+//!   `open`, they continue an earlier run's file holding every commit exactly once
+//!   across crashes (a `<path>.commits` file records the whole commits).
 //!
 //! The guide is `docs/files.md`.
 //!
