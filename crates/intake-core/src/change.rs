@@ -40,6 +40,14 @@ impl From<Time> for u64 {
     }
 }
 
+/// A time a sink stored itself, read back to return from
+/// [`Sink::resume`](crate::Sink::resume).
+impl From<u64> for Time {
+    fn from(time: u64) -> Time {
+        Time(time)
+    }
+}
+
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

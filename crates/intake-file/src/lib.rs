@@ -11,7 +11,9 @@
 //! - [`FileGlob`]: the files matching a glob as a partitioned source, one `FileSource` a
 //!   file, read concurrently into one table, each resuming from its own offset.
 //! - [`CsvSink`] and [`JsonLinesSink`]: a table's changes, commit by commit, with `time`
-//!   and `diff` columns like Pathway's `pw.io.csv.write`, flushed and synced per commit.
+//!   and `diff` columns like Pathway's `pw.io.csv.write`, synced per commit; opened with
+//!   `open`, they continue an earlier run's file holding every commit exactly once
+//!   across crashes (a `<path>.commits` file records the whole commits).
 //!
 //! The guide is `docs/files.md`.
 //!
