@@ -220,7 +220,7 @@ async fn a_sink_behind_the_table_receives_exactly_the_commits_it_lacks() {
 }
 
 fn time(t: u64) -> Time {
-    Time::from_u64(t)
+    Time::from(t)
 }
 
 #[tokio::test]

@@ -18,12 +18,6 @@ impl Time {
         self.0
     }
 
-    /// The time numbered `time`, for a sink that stores times with its output and
-    /// hands one back from [`Sink::resume`](crate::Sink::resume).
-    pub const fn from_u64(time: u64) -> Self {
-        Time(time)
-    }
-
     pub(crate) const fn new(time: u64) -> Self {
         Time(time)
     }

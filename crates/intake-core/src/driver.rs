@@ -17,7 +17,7 @@ use crate::table::{Applied, TableShared};
 /// due: autocommit duration since its first event, `max_batch_size` events, an explicit
 /// commit, or the end of every source.
 pub(crate) async fn drive(table: Arc<TableShared>, queue: Arc<Queue>, lifecycle: Arc<Lifecycle>, sync: SyncPolicy) {
-    let mut recorder = table.store().cloned().map(|store| Recorder::new(store, sync));
+    let mut recorder = table.store().map(|store| Recorder::new(store, sync));
     // Cleared when a commit could not be made durable: nothing after it is delivered.
     let mut delivering = true;
     loop {

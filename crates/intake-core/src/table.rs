@@ -3,7 +3,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
 use futures::{FutureExt, Stream, StreamExt};
@@ -44,8 +44,9 @@ pub(crate) struct TableShared {
     lifecycle: Arc<Lifecycle>,
     /// Where the table stands for sinks: restored, durable up to, closed.
     progress: watch::Sender<Progress>,
-    /// The table's storage, when the pipeline persists it.
-    store: OnceLock<Arc<Mutex<TableStore>>>,
+    /// The table's storage, when the pipeline persists it; released (with its lock)
+    /// when the table closes.
+    store: Mutex<Option<Arc<Mutex<TableStore>>>>,
     /// Per sink, the time of the last commit it wrote (0: none yet); the log keeps the
     /// commits after the oldest so that a sink can resume from there after a crash.
     sink_positions: Mutex<Vec<Arc<AtomicU64>>>,
@@ -192,7 +193,7 @@ impl Table {
                 stats: Counters::default(),
                 lifecycle,
                 progress: watch::Sender::new(Progress::default()),
-                store: OnceLock::new(),
+                store: Mutex::new(None),
                 sink_positions: Mutex::new(Vec::new()),
             }),
         }
@@ -725,16 +726,16 @@ impl TableShared {
             }
         }
         drop(state);
-        let _ = self.store.set(Arc::new(Mutex::new(store)));
+        *lock(&self.store) = Some(Arc::new(Mutex::new(store)));
         self.progress.send_modify(|p| {
             p.restored = time;
             p.durable = time;
         });
     }
 
-    /// The table's storage, if it has one.
-    pub(crate) fn store(&self) -> Option<&Arc<Mutex<TableStore>>> {
-        self.store.get()
+    /// The table's storage, if it has one and is open.
+    pub(crate) fn store(&self) -> Option<Arc<Mutex<TableStore>>> {
+        lock(&self.store).clone()
     }
 
     /// Marks the table ready: the pipeline runs and storage has been restored.
@@ -762,15 +763,13 @@ impl TableShared {
     }
 
     fn lock_sink_positions(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU64>>> {
-        self.sink_positions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.sink_positions)
     }
 
     /// The commits after `after` up to `upto`, read back from storage, for a sink
     /// that resumes behind the table.
     async fn replay(&self, after: Time, upto: Time) -> Result<Vec<ChangeBatch>, BoxError> {
-        let Some(store) = self.store().cloned() else {
+        let Some(store) = self.store() else {
             return Err(format!(
                 "its resume returned commit {after}, but the table holds commit {upto} and keeps no log to replay from (the pipeline has no persistence): start its output over, or persist the pipeline"
             )
@@ -780,8 +779,7 @@ impl TableShared {
         // The commit at `upto` may be applied but not yet written.
         let _ = progress.wait_for(|p| p.durable >= Some(upto) || p.closed).await;
         let replayed = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            store.replay(Some(after), upto)
+            lock(&store).replay(Some(after), upto)
         })
         .await
         .map_err(|e| BoxError::from(format!("reading the table's log failed: {e}")))?;
@@ -832,6 +830,12 @@ impl TableShared {
         state.closed = true;
         state.subscribers.clear();
         drop(state);
+        lock(&self.store).take();
         self.progress.send_modify(|p| p.closed = true);
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
