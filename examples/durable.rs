@@ -7,8 +7,9 @@
 //!   upserted by `id`, written to `OUT/lines.csv` by a `CsvSink`;
 //! - `counter`: a custom source that counts `n` from 1 to `--count` (default 30,000)
 //!   as `{"k": n % 97, "n": n}`, reporting `n` as its offset after every message and
-//!   pausing now and then like a live feed, written to `OUT/counter.jsonl` by a
-//!   `JsonLinesSink`.
+//!   pausing now and then like a live feed, appended to a table without a primary key
+//!   (so a message read twice would be a row twice), written to `OUT/counter.jsonl`
+//!   by a `JsonLinesSink`.
 //!
 //! Killed at any moment and started again, it continues from the last durable commit:
 //! the tables come back, each source resumes from its offset, and the sinks cut back
@@ -102,10 +103,7 @@ async fn main() -> anyhow::Result<()> {
         Column::new("id", DataType::Int).primary_key(),
         Column::new("v", DataType::Int),
     ])?;
-    let mut counter_columns = vec![
-        Column::new("k", DataType::Int).primary_key(),
-        Column::new("n", DataType::Int),
-    ];
+    let mut counter_columns = vec![Column::new("k", DataType::Int), Column::new("n", DataType::Int)];
     if args.schema_v2 {
         counter_columns.push(Column::new("note", DataType::String).nullable());
     }

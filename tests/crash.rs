@@ -5,7 +5,8 @@
 //! data read again, a corrupt snapshot is an error naming the file, a changed schema
 //! is an error.
 //!
-//! The example binary is built by `cargo test` with the other examples of this crate.
+//! The tests build the example binary (`cargo build --example durable`) before they
+//! run it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,17 +21,27 @@ const IDS: u64 = 3_001;
 /// Messages of the example's counter source.
 const COUNT: u64 = 20_000;
 
+/// The example binary, built first so that a test run filtered to this file
+/// (which cargo builds without the examples) never runs a stale one.
 fn example() -> PathBuf {
-    // tests run from target/<profile>/deps; examples are in target/<profile>/examples.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let example = dir.join("examples").join(format!("durable{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        example.exists(),
-        "{} is missing: `cargo test` builds it (cargo build -p intake-file --example durable)",
-        example.display()
-    );
-    example
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args(["build", "--quiet", "-p", "intake-file", "--example", "durable"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if !cfg!(debug_assertions) {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("cargo runs");
+            assert!(status.success(), "building the durable example failed");
+            // Tests run from target/<profile>/deps; examples are in target/<profile>/examples.
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+            dir.join("examples").join(format!("durable{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
 }
 
 struct Run {
@@ -98,7 +109,10 @@ impl Run {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.state.join(table))
             .map(|dir| dir.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
-        files.retain(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix));
+        files.retain(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(prefix) && !name.ends_with(".tmp")
+        });
         files.sort();
         files
     }
@@ -130,19 +144,20 @@ fn expected_lines() -> BTreeMap<i64, i64> {
     (0..LINES).map(|i| (((i * 7919) % IDS) as i64, i as i64)).collect()
 }
 
+/// The counter's table appends: every `n` once, as `n -> k`.
 fn expected_counter() -> BTreeMap<i64, i64> {
-    (1..=COUNT).map(|n| ((n % 97) as i64, n as i64)).collect()
+    (1..=COUNT).map(|n| (n as i64, (n % 97) as i64)).collect()
 }
 
-/// The final table the example wrote, as key → value.
+/// The final table the example wrote, as key → value; a key found twice fails.
 fn final_table(out: &Path, table: &str, key: &str, value: &str) -> BTreeMap<i64, i64> {
     let tables: Json = serde_json::from_slice(&std::fs::read(out.join("tables.json")).unwrap()).unwrap();
-    tables[table]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| (row[key].as_i64().unwrap(), row[value].as_i64().unwrap()))
-        .collect()
+    let mut rows = BTreeMap::new();
+    for row in tables[table].as_array().unwrap() {
+        let k = row[key].as_i64().unwrap();
+        assert!(rows.insert(k, row[value].as_i64().unwrap()).is_none(), "{table}: {key} {k} is in the table twice");
+    }
+    rows
 }
 
 /// Folds a sink's change log, checking that it holds every commit exactly once: times
@@ -192,7 +207,7 @@ fn jsonl_changes(path: &Path) -> Vec<(u64, i64, i64, i64)> {
         .map(|line| {
             let o: Json = serde_json::from_str(line).unwrap();
             let n = |f: &str| o[f].as_i64().unwrap();
-            (n("time") as u64, n("k"), n("n"), n("diff"))
+            (n("time") as u64, n("n"), n("k"), n("diff"))
         })
         .collect()
 }
@@ -215,7 +230,7 @@ fn killed_at_random_moments_it_ends_with_every_row_once() {
         kills += 1;
         // Now and then, tear the last commit record as a crash mid-write would.
         if rng.below(3) == 0
-            && let Some(log) = run.files("lines", "log").last()
+            && let Some(log) = run.files("lines", "segment").last()
         {
             let len = std::fs::metadata(log).unwrap().len();
             if len > 64 {
@@ -233,8 +248,12 @@ fn killed_at_random_moments_it_ends_with_every_row_once() {
 
     let lines = final_table(&run.out, "lines", "id", "v");
     assert_eq!(lines, expected_lines(), "the lines table is last-write-wins over the input");
-    let counter = final_table(&run.out, "counter", "k", "n");
-    assert_eq!(counter, expected_counter());
+    let counter = final_table(&run.out, "counter", "n", "k");
+    let expected = expected_counter();
+    let missing: Vec<_> = expected.keys().filter(|n| !counter.contains_key(n)).take(10).collect();
+    let extra: Vec<_> = counter.keys().filter(|n| !expected.contains_key(n)).take(10).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "counter: missing {missing:?}, extra {extra:?}");
+    assert_eq!(counter, expected, "every message of the counter once");
     assert_eq!(fold(csv_changes(&run.out.join("lines.csv")), "lines.csv"), lines);
     assert_eq!(fold(jsonl_changes(&run.out.join("counter.jsonl")), "counter.jsonl"), counter);
     assert!(
@@ -253,9 +272,16 @@ fn killed_at_random_moments_it_ends_with_every_row_once() {
 #[test]
 fn a_torn_last_record_is_dropped_with_a_warning_and_read_again() {
     let run = Run::new();
-    assert!(run.kill_after(Duration::from_millis(400)), "the example ended too soon");
-    let log = run.files("lines", "log").pop().expect("a log segment");
-    let len = std::fs::metadata(&log).unwrap().len();
+    // Killed until the newest segment holds a record (one just rolled holds only its
+    // header, which is written whole before the segment exists).
+    let (log, len) = (0..20)
+        .find_map(|_| {
+            assert!(run.kill_after(Duration::from_millis(300)), "the example ended too soon");
+            let log = run.files("lines", "segment").pop()?;
+            let len = std::fs::metadata(&log).unwrap().len();
+            (len > 64).then_some((log, len))
+        })
+        .expect("a segment with records");
     std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(len - 3).unwrap();
     let output = run.run_to_end(&[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
