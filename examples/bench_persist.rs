@@ -58,7 +58,11 @@ async fn w1(messages: Arc<Vec<Bytes>>, persistence: Option<Persistence>) -> anyh
     let started = Instant::now();
     pipeline.run().await?;
     let elapsed = started.elapsed().as_secs_f64();
-    anyhow::ensure!(table.len() as u64 == KEYS.min(count as u64), "table has {} rows", table.len());
+    anyhow::ensure!(
+        table.len() as u64 == KEYS.min(count as u64),
+        "table has {} rows",
+        table.len()
+    );
     Ok(count as f64 / elapsed)
 }
 
@@ -68,7 +72,10 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    walk(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
+    walk(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -103,9 +110,18 @@ fn main() -> anyhow::Result<()> {
     }
     let (memory, every, grouped) = (median(memory), median(every), median(grouped));
     println!("W1p: {count} messages, {KEYS} keys, default commits; median of 3 (min-max)");
-    println!("  in memory:          {:>10.0} msgs/s ({:.0}-{:.0})", memory.0, memory.1, memory.2);
-    println!("  sync every commit:  {:>10.0} msgs/s ({:.0}-{:.0})", every.0, every.1, every.2);
-    println!("  sync every 100 ms:  {:>10.0} msgs/s ({:.0}-{:.0})", grouped.0, grouped.1, grouped.2);
+    println!(
+        "  in memory:          {:>10.0} msgs/s ({:.0}-{:.0})",
+        memory.0, memory.1, memory.2
+    );
+    println!(
+        "  sync every commit:  {:>10.0} msgs/s ({:.0}-{:.0})",
+        every.0, every.1, every.2
+    );
+    println!(
+        "  sync every 100 ms:  {:>10.0} msgs/s ({:.0}-{:.0})",
+        grouped.0, grouped.1, grouped.2
+    );
     println!("  ratio every-commit/in-memory: {:.2}", every.0 / memory.0);
     println!("  ratio grouped/in-memory:      {:.2}", grouped.0 / memory.0);
 

@@ -81,8 +81,11 @@ fn args() -> anyhow::Result<Args> {
             _ => positional.push(PathBuf::from(arg)),
         }
     }
-    let [state, input, out] = <[PathBuf; 3]>::try_from(positional)
-        .map_err(|_| anyhow::anyhow!("usage: durable STATE INPUT.jsonl OUT [--count N] [--compact-after BYTES] [--schema-v2]"))?;
+    let [state, input, out] = <[PathBuf; 3]>::try_from(positional).map_err(|_| {
+        anyhow::anyhow!(
+            "usage: durable STATE INPUT.jsonl OUT [--count N] [--compact-after BYTES] [--schema-v2]"
+        )
+    })?;
     Ok(Args {
         state,
         input,
@@ -123,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
     let lines = pipeline.read("lines", FileSource::json_lines(&args.input), reader(lines_schema));
     let counter = pipeline.read("counter", Counter { total: args.count }, reader(counter_schema));
     lines.sink("lines.csv", CsvSink::open(args.out.join("lines.csv")).await?);
-    counter.sink("counter.jsonl", JsonLinesSink::open(args.out.join("counter.jsonl")).await?);
+    counter.sink(
+        "counter.jsonl",
+        JsonLinesSink::open(args.out.join("counter.jsonl")).await?,
+    );
 
     pipeline.run_until(tokio::signal::ctrl_c()).await?;
     write_tables(&args.out, &[&lines, &counter])?;
@@ -135,9 +141,15 @@ async fn main() -> anyhow::Result<()> {
 fn write_tables(out: &Path, tables: &[&Table]) -> anyhow::Result<()> {
     let mut all = serde_json::Map::new();
     for table in tables {
-        let rows: Vec<serde_json::Value> = table.snapshot().rows().iter().map(|(_, row)| row.to_json()).collect();
+        let rows: Vec<serde_json::Value> = table
+            .snapshot()
+            .rows()
+            .iter()
+            .map(|(_, row)| row.to_json())
+            .collect();
         all.insert(table.name().to_owned(), rows.into());
     }
     let path = out.join("tables.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&all)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&path, serde_json::to_vec_pretty(&all)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -39,7 +39,8 @@ fn example() -> PathBuf {
             // Tests run from target/<profile>/deps; examples are in target/<profile>/examples.
             let exe = std::env::current_exe().expect("the test binary's path");
             let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-            dir.join("examples").join(format!("durable{}", std::env::consts::EXE_SUFFIX))
+            dir.join("examples")
+                .join(format!("durable{}", std::env::consts::EXE_SUFFIX))
         })
         .clone()
 }
@@ -90,7 +91,11 @@ impl Run {
         while started.elapsed() < after {
             if let Some(status) = child.try_wait().unwrap() {
                 let output = child.wait_with_output().unwrap();
-                assert!(status.success(), "the example failed: {}", String::from_utf8_lossy(&output.stderr));
+                assert!(
+                    status.success(),
+                    "the example failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
                 return false;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -126,7 +131,12 @@ impl Rng {
         let seed = std::env::var("CRASH_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
         eprintln!("crash test seed: CRASH_SEED={seed}");
         Rng(seed | 1)
     }
@@ -141,7 +151,9 @@ impl Rng {
 
 /// Last write wins over the input file.
 fn expected_lines() -> BTreeMap<i64, i64> {
-    (0..LINES).map(|i| (((i * 7919) % IDS) as i64, i as i64)).collect()
+    (0..LINES)
+        .map(|i| (((i * 7919) % IDS) as i64, i as i64))
+        .collect()
 }
 
 /// The counter's table appends: every `n` once, as `n -> k`.
@@ -155,7 +167,10 @@ fn final_table(out: &Path, table: &str, key: &str, value: &str) -> BTreeMap<i64,
     let mut rows = BTreeMap::new();
     for row in tables[table].as_array().unwrap() {
         let k = row[key].as_i64().unwrap();
-        assert!(rows.insert(k, row[value].as_i64().unwrap()).is_none(), "{table}: {key} {k} is in the table twice");
+        assert!(
+            rows.insert(k, row[value].as_i64().unwrap()).is_none(),
+            "{table}: {key} {k} is in the table twice"
+        );
     }
     rows
 }
@@ -168,20 +183,36 @@ fn fold(changes: impl IntoIterator<Item = (u64, i64, i64, i64)>, what: &str) -> 
     let mut last_time = 0;
     let mut times = Vec::new();
     for (time, key, value, diff) in changes {
-        assert!(time >= last_time, "{what}: commit {time} after commit {last_time}");
+        assert!(
+            time >= last_time,
+            "{what}: commit {time} after commit {last_time}"
+        );
         if time != last_time {
             times.push(time);
         }
         last_time = time;
         match diff {
-            1 => assert!(table.insert(key, value).is_none(), "{what}: key {key} inserted twice (commit {time})"),
-            -1 => assert_eq!(table.remove(&key), Some(value), "{what}: commit {time} retracts a row not there"),
+            1 => assert!(
+                table.insert(key, value).is_none(),
+                "{what}: key {key} inserted twice (commit {time})"
+            ),
+            -1 => assert_eq!(
+                table.remove(&key),
+                Some(value),
+                "{what}: commit {time} retracts a row not there"
+            ),
             other => panic!("{what}: diff {other}"),
         }
     }
     // Commit times are consecutive: none missing, none written twice.
     for pair in times.windows(2) {
-        assert_eq!(pair[1], pair[0] + 1, "{what}: commits jump from {} to {}", pair[0], pair[1]);
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "{what}: commits jump from {} to {}",
+            pair[0],
+            pair[1]
+        );
     }
     table
 }
@@ -247,15 +278,33 @@ fn killed_at_random_moments_it_ends_with_every_row_once() {
     eprintln!("{kills} kills, {torn} torn records");
 
     let lines = final_table(&run.out, "lines", "id", "v");
-    assert_eq!(lines, expected_lines(), "the lines table is last-write-wins over the input");
+    assert_eq!(
+        lines,
+        expected_lines(),
+        "the lines table is last-write-wins over the input"
+    );
     let counter = final_table(&run.out, "counter", "n", "k");
     let expected = expected_counter();
-    let missing: Vec<_> = expected.keys().filter(|n| !counter.contains_key(n)).take(10).collect();
-    let extra: Vec<_> = counter.keys().filter(|n| !expected.contains_key(n)).take(10).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "counter: missing {missing:?}, extra {extra:?}");
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|n| !counter.contains_key(n))
+        .take(10)
+        .collect();
+    let extra: Vec<_> = counter
+        .keys()
+        .filter(|n| !expected.contains_key(n))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "counter: missing {missing:?}, extra {extra:?}"
+    );
     assert_eq!(counter, expected, "every message of the counter once");
     assert_eq!(fold(csv_changes(&run.out.join("lines.csv")), "lines.csv"), lines);
-    assert_eq!(fold(jsonl_changes(&run.out.join("counter.jsonl")), "counter.jsonl"), counter);
+    assert_eq!(
+        fold(jsonl_changes(&run.out.join("counter.jsonl")), "counter.jsonl"),
+        counter
+    );
     assert!(
         run.files("lines", "snapshot").len() <= 1,
         "compaction keeps one snapshot: {:?}",
@@ -264,9 +313,16 @@ fn killed_at_random_moments_it_ends_with_every_row_once() {
 
     // Started again after the end, it restores everything and has nothing to add.
     let output = run.run_to_end(&[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(final_table(&run.out, "lines", "id", "v"), expected_lines());
-    assert_eq!(fold(csv_changes(&run.out.join("lines.csv")), "lines.csv"), expected_lines());
+    assert_eq!(
+        fold(csv_changes(&run.out.join("lines.csv")), "lines.csv"),
+        expected_lines()
+    );
 }
 
 #[test]
@@ -276,13 +332,21 @@ fn a_torn_last_record_is_dropped_with_a_warning_and_read_again() {
     // header, which is written whole before the segment exists).
     let (log, len) = (0..20)
         .find_map(|_| {
-            assert!(run.kill_after(Duration::from_millis(300)), "the example ended too soon");
+            assert!(
+                run.kill_after(Duration::from_millis(300)),
+                "the example ended too soon"
+            );
             let log = run.files("lines", "segment").pop()?;
             let len = std::fs::metadata(&log).unwrap().len();
             (len > 64).then_some((log, len))
         })
         .expect("a segment with records");
-    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(len - 3).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
     let output = run.run_to_end(&[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -292,22 +356,35 @@ fn a_torn_last_record_is_dropped_with_a_warning_and_read_again() {
         "a warning names the torn file {name}: {stderr}"
     );
     assert_eq!(final_table(&run.out, "lines", "id", "v"), expected_lines());
-    assert_eq!(fold(csv_changes(&run.out.join("lines.csv")), "lines.csv"), expected_lines());
+    assert_eq!(
+        fold(csv_changes(&run.out.join("lines.csv")), "lines.csv"),
+        expected_lines()
+    );
 }
 
 #[test]
 fn a_corrupt_snapshot_is_an_error_naming_the_file() {
     let run = Run::new();
     let output = run.run_to_end(&[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let snapshot = run.files("lines", "snapshot").pop().expect("a snapshot (compact-after is small)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let snapshot = run
+        .files("lines", "snapshot")
+        .pop()
+        .expect("a snapshot (compact-after is small)");
     let mut bytes = std::fs::read(&snapshot).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
     std::fs::write(&snapshot, bytes).unwrap();
     let output = run.run_to_end(&[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a corrupt snapshot must not start: {stderr}");
+    assert!(
+        !output.status.success(),
+        "a corrupt snapshot must not start: {stderr}"
+    );
     assert!(
         stderr.contains(&*snapshot.file_name().unwrap().to_string_lossy()),
         "the error names the file: {stderr}"
@@ -317,10 +394,18 @@ fn a_corrupt_snapshot_is_an_error_naming_the_file() {
 #[test]
 fn a_changed_schema_is_an_error() {
     let run = Run::new();
-    assert!(run.kill_after(Duration::from_millis(300)), "the example ended too soon");
+    assert!(
+        run.kill_after(Duration::from_millis(300)),
+        "the example ended too soon"
+    );
     let output = run.run_to_end(&["--schema-v2"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a changed schema must not start: {stderr}");
-    assert!(stderr.contains("counter") && stderr.contains("note"), "the error names the table and the column: {stderr}");
+    assert!(
+        !output.status.success(),
+        "a changed schema must not start: {stderr}"
+    );
+    assert!(
+        stderr.contains("counter") && stderr.contains("note"),
+        "the error names the table and the column: {stderr}"
+    );
 }
-

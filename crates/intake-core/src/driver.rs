@@ -16,7 +16,12 @@ use crate::table::{Applied, TableShared};
 /// committed and delivered, then ends the table. The queue decides when a commit is
 /// due: autocommit duration since its first event, `max_batch_size` events, an explicit
 /// commit, or the end of every source.
-pub(crate) async fn drive(table: Arc<TableShared>, queue: Arc<Queue>, lifecycle: Arc<Lifecycle>, sync: SyncPolicy) {
+pub(crate) async fn drive(
+    table: Arc<TableShared>,
+    queue: Arc<Queue>,
+    lifecycle: Arc<Lifecycle>,
+    sync: SyncPolicy,
+) {
     let mut recorder = table.store().map(|store| Recorder::new(store, sync));
     // Cleared when a commit could not be made durable: nothing after it is delivered.
     let mut delivering = true;
@@ -107,6 +112,8 @@ impl Recorder {
         let changes = applied.batch.as_ref().map(|(batch, _)| batch.clone());
         let store = self.store.clone();
         let appended = blocking(move || {
+            #[cfg(test)]
+            std::thread::sleep(tests::RECORD_DELAY);
             let mut store = lock(&store);
             let changes = changes.as_ref().map_or(&[][..], |batch| batch.changes());
             store.append(time, changes, &offsets, generated)?;
@@ -143,7 +150,9 @@ impl Recorder {
         let Some(job) = self.snapshot.take() else {
             return Ok(());
         };
-        let done = job.await.map_err(|e| PersistenceError::Background(e.to_string()))??;
+        let done = job
+            .await
+            .map_err(|e| PersistenceError::Background(e.to_string()))??;
         let keep_after = table.oldest_sink_position();
         let store = self.store.clone();
         blocking(move || lock(&store).finish_snapshot(done, keep_after)).await
@@ -200,5 +209,74 @@ fn compute_heavy<R>(events: usize, work: impl FnOnce() -> R) -> R {
         tokio::task::block_in_place(work)
     } else {
         work()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::{
+        ChangeBatch, Column, DataType, Persistence, Pipeline, Reader, Schema, SourceContext, Subscriber,
+        source_fn,
+    };
+
+    /// How long writing a record takes in these tests: long enough that a delivery
+    /// racing ahead of its record would be seen before the record exists.
+    pub(super) const RECORD_DELAY: Duration = Duration::from_millis(20);
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// Every commit a subscriber sees is already in storage: a copy of the storage
+    /// taken as a subscriber receives commit `t` (what a crash at that instant would
+    /// leave) restores a table at commit `t` or later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_commit_is_in_storage_before_a_subscriber_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let copies = tempfile::tempdir().unwrap();
+        let schema = Schema::new([
+            Column::new("key", DataType::Int).primary_key(),
+            Column::new("value", DataType::Int),
+        ])
+        .unwrap();
+        let reader = || Reader::json(schema.clone()).autocommit_duration(Duration::from_secs(3600));
+        let source = source_fn(|ctx: SourceContext| async move {
+            for n in 1..=5 {
+                ctx.next_json(serde_json::json!({"key": n, "value": n})).await?;
+                ctx.commit().await?;
+            }
+            Ok(())
+        });
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        let table = pipeline.read("t", source, reader());
+        let (state, into) = (dir.path().to_owned(), copies.path().to_owned());
+        table.subscribe(Subscriber::new().on_batch(move |batch: &ChangeBatch| {
+            copy_dir(&state, &into.join(batch.time().to_string()));
+        }));
+        pipeline.run().await.unwrap();
+        drop(table);
+        for time in 1..=5u64 {
+            let mut pipeline =
+                Pipeline::new().persist(Persistence::new(copies.path().join(time.to_string())));
+            let table = pipeline.read("t", source_fn(|_| async { Ok(()) }), reader());
+            pipeline.run().await.unwrap();
+            let restored = table.time().map_or(0, crate::Time::as_u64);
+            assert!(
+                restored >= time,
+                "commit {time} was delivered before it was stored (a copy then restores {restored})"
+            );
+        }
     }
 }

@@ -86,11 +86,11 @@ pub use reader::{ErrorPolicy, Reader};
 pub use row::{Key, Row, RowError};
 pub use schema::{Column, RowType, Schema, SchemaError};
 pub use sink::Sink;
-pub use store::{PersistenceError, SyncPolicy};
 pub use source::{
     BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
     from_try_stream, source_fn,
 };
+pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableStats};
 pub use value::{DataType, Timestamp, Value};

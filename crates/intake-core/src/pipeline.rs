@@ -19,11 +19,11 @@ use crate::lifecycle::{Lifecycle, panic_message};
 use crate::parse::{Parser, Rejected};
 use crate::partition::{Partitioned, PartitionedInput, PartitionedSource, Worker};
 use crate::persist::Persistence;
-use crate::store::{PersistenceError, SyncPolicy, TableStore};
 use crate::queue::Queue;
 use crate::reader::Reader;
-use crate::source::{SendError, Source, SourceContext};
 use crate::schema::Schema;
+use crate::source::{SendError, Source, SourceContext};
+use crate::store::{PersistenceError, SyncPolicy, TableStore};
 use crate::table::{Table, TableShared};
 
 /// Runs sources into tables and keeps the tables' subscribers fed.
@@ -563,7 +563,12 @@ async fn run_inputs(
 
 /// Where the source (or partition) `name` resumes: from the offset storage restored,
 /// else the one its reader was given, else the one the pipeline was given.
-fn resume_offset(name: &str, stored: &Offsets, reader: &Reader, resume: &Offsets) -> Option<serde_json::Value> {
+fn resume_offset(
+    name: &str,
+    stored: &Offsets,
+    reader: &Reader,
+    resume: &Offsets,
+) -> Option<serde_json::Value> {
     stored
         .get(name)
         .or(reader.resume.as_ref())
@@ -578,7 +583,11 @@ fn persistent_tables(inputs: &[Input]) -> Vec<(String, Schema, Arc<TableShared>)
         .iter()
         .map(|input| {
             let id = input.reader.persistent_id.as_deref().unwrap_or(&input.name);
-            (id.to_owned(), input.reader.schema.clone(), input.table.shared().clone())
+            (
+                id.to_owned(),
+                input.reader.schema.clone(),
+                input.table.shared().clone(),
+            )
         })
         .collect()
 }

@@ -778,11 +778,9 @@ impl TableShared {
         let mut progress = self.progress.subscribe();
         // The commit at `upto` may be applied but not yet written.
         let _ = progress.wait_for(|p| p.durable >= Some(upto) || p.closed).await;
-        let replayed = tokio::task::spawn_blocking(move || {
-            lock(&store).replay(Some(after), upto)
-        })
-        .await
-        .map_err(|e| BoxError::from(format!("reading the table's log failed: {e}")))?;
+        let replayed = tokio::task::spawn_blocking(move || lock(&store).replay(Some(after), upto))
+            .await
+            .map_err(|e| BoxError::from(format!("reading the table's log failed: {e}")))?;
         replayed.map_err(|e: PersistenceError| BoxError::from(e))
     }
 

@@ -43,7 +43,6 @@
 //! `schema.json`) are written as a temporary file, synced, renamed and the directory
 //! synced, so they exist complete or not at all.
 
-
 mod codec;
 mod files;
 mod schema_file;
