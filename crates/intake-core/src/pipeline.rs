@@ -24,7 +24,7 @@ use crate::reader::Reader;
 use crate::schema::Schema;
 use crate::source::{SendError, Source, SourceContext};
 use crate::store::{PersistenceError, SyncPolicy, TableStore};
-use crate::table::{Table, TableShared};
+use crate::table::{Slot, Table, TableShared};
 
 /// Runs sources into tables and keeps the tables' subscribers fed.
 ///
@@ -620,7 +620,7 @@ async fn restore(
             persistence.compact_after,
         );
         let opened = tokio::task::spawn_blocking(move || {
-            let (mut store, restored) = TableStore::open(&dir, &id, &schema, sync)?;
+            let (mut store, restored) = TableStore::open_into(&dir, &id, &schema, sync, Slot::restored)?;
             store.set_min_snapshot_bytes(compact_after);
             Ok((store, restored))
         })

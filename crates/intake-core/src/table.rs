@@ -14,14 +14,14 @@ use crate::change::{Change, ChangeBatch, Offsets, Time};
 
 /// The rows, with a slot per key. `IndexMap` gives every slot a stable position
 /// during a commit, so a commit looks each key up once and then works by position.
-type Rows = indexmap::IndexMap<Key, Slot, foldhash::fast::RandomState>;
+pub(crate) type Rows = RowMap<Slot>;
 use crate::lifecycle::{Lifecycle, panic_message};
 use crate::row::{Key, Row};
 use crate::schema::Schema;
 use crate::sink::Sink;
 use crate::source::BoxError;
 use crate::source::Event;
-use crate::store::{PersistenceError, Restored, TableStore};
+use crate::store::{PersistenceError, Restored, RowMap, TableStore};
 use crate::subscribe::Subscriber;
 
 /// A live, keyed, in-memory table fed by a source.
@@ -517,10 +517,20 @@ impl Stream for ChangeStream {
 
 /// A key's row. Between commits `row` is always `Some`; while a commit is applied, a
 /// key it deleted (or inserted and deleted) holds `None` until the commit ends.
-struct Slot {
+pub(crate) struct Slot {
     row: Option<Row>,
     /// The commit that last touched this slot.
     touched_in: u64,
+}
+
+impl Slot {
+    /// The slot of a row restored from storage.
+    pub(crate) fn restored(row: Row) -> Slot {
+        Slot {
+            row: Some(row),
+            touched_in: 0,
+        }
+    }
 }
 
 impl TableState {
@@ -689,7 +699,7 @@ impl TableShared {
 
     /// Fills the table with what storage restored, before its sources run, and gives
     /// the subscribers attached so far the restored rows as a snapshot batch.
-    pub(crate) fn restore(&self, store: TableStore, restored: Restored) {
+    pub(crate) fn restore(&self, store: TableStore, restored: Restored<Rows>) {
         let mut state = self.write();
         let Restored {
             time,
@@ -697,24 +707,19 @@ impl TableShared {
             offsets,
             generated,
         } = restored;
-        let changes: Vec<Change> = rows
-            .iter()
-            .map(|(key, row)| Change {
-                key: key.clone(),
-                row: row.clone(),
-                is_addition: true,
-            })
-            .collect();
-        state.rows = rows
-            .into_iter()
-            .map(|(key, row)| {
-                let slot = Slot {
-                    row: Some(row),
-                    touched_in: 0,
-                };
-                (key, slot)
-            })
-            .collect();
+        state.rows = rows;
+        // Only subscribers attached before the pipeline ran need the rows as a batch.
+        let changes: Vec<Change> = match state.subscribers.is_empty() {
+            true => Vec::new(),
+            false => state
+                .live_rows()
+                .map(|(key, row)| Change {
+                    key: key.clone(),
+                    row: row.clone(),
+                    is_addition: true,
+                })
+                .collect(),
+        };
         state.time = time;
         state.offsets = offsets;
         state.generated = generated;

@@ -267,13 +267,17 @@ fn validate_id(id: &str) -> Result<(), PersistenceError> {
     })
 }
 
-/// A table's state read back by [`TableStore::open`].
+/// A table's rows keyed for lookups, with values of the caller's choosing.
+pub(crate) type RowMap<V> = indexmap::IndexMap<Key, V, foldhash::fast::RandomState>;
+
+/// A table's state read back by [`TableStore::open`] (rows as a list) or
+/// [`TableStore::open_into`] (rows as a [`RowMap`]).
 #[derive(Debug)]
-pub(crate) struct Restored {
+pub(crate) struct Restored<R = Vec<(Key, Row)>> {
     /// The last commit's time; `None` when no commit was stored.
     pub(crate) time: Option<Time>,
     /// The table's rows after the last durable record.
-    pub(crate) rows: Vec<(Key, Row)>,
+    pub(crate) rows: R,
     /// The offsets as of that record.
     pub(crate) offsets: Offsets,
     /// The highest generated key id handed out (tables without primary key).
@@ -347,12 +351,42 @@ impl TableStore {
     /// [`Corrupt`](PersistenceError::Corrupt) for damage other than a torn tail,
     /// [`UnsupportedVersion`](PersistenceError::UnsupportedVersion), and
     /// [`Io`](PersistenceError::Io).
+    #[cfg(test)]
     pub(crate) fn open(
         dir: &Path,
         id: &str,
         schema: &Schema,
         sync: SyncPolicy,
     ) -> Result<(TableStore, Restored), PersistenceError> {
+        let (store, restored) = Self::open_into(dir, id, schema, sync, |row| row)?;
+        let Restored {
+            time,
+            rows,
+            offsets,
+            generated,
+        } = restored;
+        let rows = rows.into_iter().collect();
+        Ok((
+            store,
+            Restored {
+                time,
+                rows,
+                offsets,
+                generated,
+            },
+        ))
+    }
+
+    /// As [`open`](Self::open), with the rows restored straight into the map a table
+    /// keeps them in (each row wrapped by `wrap`), so that a large table is hashed
+    /// once on its way back into memory.
+    pub(crate) fn open_into<V>(
+        dir: &Path,
+        id: &str,
+        schema: &Schema,
+        sync: SyncPolicy,
+        wrap: impl Fn(Row) -> V,
+    ) -> Result<(TableStore, Restored<RowMap<V>>), PersistenceError> {
         validate_id(id)?;
         let dir = dir.join(id);
         fs::create_dir_all(&dir).map_err(|e| PersistenceError::io("create", &dir, e))?;
@@ -434,13 +468,13 @@ impl TableStore {
         }
 
         let mut since_snapshot = 0;
-        let mut table: Option<indexmap::IndexMap<Key, Row, foldhash::fast::RandomState>> = None;
+        let mut table: Option<RowMap<V>> = None;
         let last = live.last().copied();
         for &number in &live {
             let path = dir.join(files::segment_name(number));
             let is_last = Some(number) == last;
             let segment = replay_segment(&path, number, is_last, &shape, |record, offset| {
-                apply(&mut state, &mut table, record).map_err(|detail| PersistenceError::Corrupt {
+                apply(&mut state, &mut table, record, &wrap).map_err(|detail| PersistenceError::Corrupt {
                     path: path.clone(),
                     offset: Some(offset),
                     detail,
@@ -449,9 +483,21 @@ impl TableStore {
             since_snapshot += segment.len - SEGMENT_HEADER;
             segments.insert(number, segment);
         }
-        if let Some(table) = table {
-            state.rows = table.into_iter().collect();
-        }
+        let rows = match table {
+            Some(table) => table,
+            None => {
+                let count = state.rows.len();
+                let rows = into_map(std::mem::take(&mut state.rows), &wrap);
+                if rows.len() != count {
+                    return Err(PersistenceError::Corrupt {
+                        path: dir.join(files::snapshot_name(base)),
+                        offset: None,
+                        detail: "the snapshot holds a key twice".to_owned(),
+                    });
+                }
+                rows
+            }
+        };
 
         let current = match last {
             Some(number) => number,
@@ -494,7 +540,7 @@ impl TableStore {
         };
         let restored = Restored {
             time: state.time,
-            rows: state.rows,
+            rows,
             offsets: state.offsets,
             generated: state.generated,
         };
@@ -967,10 +1013,18 @@ fn decode_record(payload: &[u8], shape: &RowShape) -> Result<Record, Fault> {
 
 /// Applies a record to the state being restored; says what is inconsistent if it does
 /// not fit (a checksum cannot catch a record that was valid but out of place).
-fn apply(
+/// The rows of a snapshot as a map.
+fn into_map<V>(rows: Vec<(Key, Row)>, wrap: &impl Fn(Row) -> V) -> RowMap<V> {
+    let mut map = RowMap::with_capacity_and_hasher(rows.len(), Default::default());
+    map.extend(rows.into_iter().map(|(key, row)| (key, wrap(row))));
+    map
+}
+
+fn apply<V>(
     state: &mut snapshot::Loaded,
-    table: &mut Option<indexmap::IndexMap<Key, Row, foldhash::fast::RandomState>>,
+    table: &mut Option<RowMap<V>>,
     record: Record,
+    wrap: &impl Fn(Row) -> V,
 ) -> Result<(), String> {
     let advances = record.time > state.time || (record.changes.is_empty() && record.time == state.time);
     if !advances {
@@ -985,8 +1039,7 @@ fn apply(
             Some(rows) => rows,
             None => {
                 let count = state.rows.len();
-                let mut rows = indexmap::IndexMap::with_capacity_and_hasher(count, Default::default());
-                rows.extend(state.rows.drain(..));
+                let rows = into_map(std::mem::take(&mut state.rows), wrap);
                 if rows.len() != count {
                     return Err("the snapshot holds a key twice".to_owned());
                 }
@@ -995,7 +1048,7 @@ fn apply(
         };
         for change in record.changes {
             if change.is_addition {
-                if rows.insert(change.key.clone(), change.row).is_some() {
+                if rows.insert(change.key.clone(), wrap(change.row)).is_some() {
                     return Err(format!(
                         "inserts key {} which the table already holds",
                         change.key
