@@ -279,4 +279,44 @@ mod tests {
             );
         }
     }
+
+    /// A stream attached while a commit's record is being written yields its snapshot
+    /// (which shows that commit) only once the record is in storage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_subscriber_s_snapshot_waits_for_its_commit_to_be_stored() {
+        use futures::StreamExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let schema = Schema::new([Column::new("key", DataType::Int).primary_key()]).unwrap();
+        let source = source_fn(|ctx: SourceContext| async move {
+            ctx.next_json(serde_json::json!({"key": 1})).await?;
+            ctx.commit().await?;
+            ctx.cancelled().await;
+            Ok(())
+        });
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        let table = pipeline.read("t", source, Reader::json(schema.clone()));
+        let shutdown = pipeline.shutdown_handle();
+        let running = tokio::spawn(pipeline.run());
+        // Attach as soon as the commit is applied, while its record is being written.
+        while table.time().is_none() {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let snapshot = table.changes().next().await.unwrap();
+        assert!(snapshot.is_snapshot());
+        copy_dir(dir.path(), copy.path());
+        shutdown.shutdown();
+        running.await.unwrap().unwrap();
+        drop(table);
+
+        let mut pipeline = Pipeline::new().persist(Persistence::new(copy.path()));
+        let table = pipeline.read("t", source_fn(|_| async { Ok(()) }), Reader::json(schema));
+        pipeline.run().await.unwrap();
+        assert_eq!(
+            table.len(),
+            1,
+            "the snapshot showed a commit that was not stored yet"
+        );
+    }
 }

@@ -311,9 +311,20 @@ impl Table {
                 cut_off: cut_off.clone(),
             });
         }
-        let attached_at = self.shared.progress.borrow().ready.then_some(state.time);
+        let progress = *self.shared.progress.borrow();
+        let attached_at = progress.ready.then_some(state.time);
+        // The snapshot may show a commit whose record is still being written.
+        let durable = (snapshot.is_some() && self.shared.store().is_some() && progress.durable < state.time)
+            .then(|| {
+                let mut progress = self.shared.progress.subscribe();
+                let time = state.time;
+                Pending(Box::pin(async move {
+                    let _ = progress.wait_for(|p| p.durable >= time || p.closed).await;
+                }))
+            });
         ChangeStream {
             snapshot,
+            durable,
             receiver,
             cut_off,
             attached_at,
@@ -487,6 +498,8 @@ impl fmt::Debug for Table {
 #[must_use = "streams do nothing unless polled"]
 pub struct ChangeStream {
     snapshot: Option<ChangeBatch>,
+    /// Completes when the commit the snapshot shows is durable.
+    durable: Option<Pending>,
     receiver: mpsc::Receiver<ChangeBatch>,
     cut_off: Arc<AtomicBool>,
     /// The table's time when the stream was attached, if the pipeline was running by
@@ -504,10 +517,25 @@ impl ChangeStream {
     }
 }
 
+/// A wait a stream must finish before it yields its snapshot.
+struct Pending(Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
 impl Stream for ChangeStream {
     type Item = ChangeBatch;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ChangeBatch>> {
+        if self.snapshot.is_some()
+            && let Some(durable) = self.durable.as_mut()
+        {
+            std::task::ready!(durable.0.as_mut().poll(cx));
+            self.durable = None;
+        }
         if let Some(snapshot) = self.snapshot.take() {
             return Poll::Ready(Some(snapshot));
         }

@@ -72,6 +72,10 @@ pub use sink::{CsvSink, JsonLinesSink};
 #[cfg(doctest)]
 pub struct FilesGuide;
 
+#[doc = include_str!("../../../docs/persistence.md")]
+#[cfg(doctest)]
+pub struct PersistenceGuide;
+
 /// FNV-1a, a stable hash (it is persisted in offsets and fingerprints).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
