@@ -240,6 +240,9 @@ async fn a_changed_schema_is_an_error_naming_the_table_and_the_column() {
     .unwrap();
     let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
     let table = pipeline.read("counter", counter(1, 5, 10), Reader::json(changed));
+    let ended = Arc::new(Mutex::new(false));
+    let on_end = ended.clone();
+    table.subscribe(Subscriber::new().on_end(move || *on_end.lock().unwrap() = true));
     let error = pipeline.run().await.unwrap_err();
     assert!(matches!(error, Error::Persistence { .. }), "{error}");
     let message = error.to_string();
@@ -248,6 +251,10 @@ async fn a_changed_schema_is_an_error_naming_the_table_and_the_column() {
         "{message}"
     );
     assert!(table.is_empty());
+    assert!(
+        *ended.lock().unwrap(),
+        "subscribers end before run returns, even when nothing ran"
+    );
 }
 
 #[tokio::test]

@@ -139,8 +139,9 @@ impl Pipeline {
     /// `source/partition` name) continues right after what that batch covered.
     ///
     /// An offset set on a source's own reader with
-    /// [`Reader::resume_from`](crate::Reader::resume_from) takes precedence. Sources
-    /// not named start from the beginning.
+    /// [`Reader::resume_from`](crate::Reader::resume_from) takes precedence, and with
+    /// [`persist`](Self::persist) the offsets restored from storage take precedence
+    /// over both. Sources not named start from the beginning.
     ///
     /// # Examples
     ///
@@ -195,8 +196,9 @@ impl Pipeline {
     /// [`PartitionedSource`] for how partitions are listed, built, resumed and failed.
     ///
     /// The table exists at once and fills when the pipeline runs. Partitions resume
-    /// from the offsets given to [`resume_from`](Self::resume_from), each from its own
-    /// under `name/partition`.
+    /// from the offsets restored from storage (with [`persist`](Self::persist)), else
+    /// from those given to [`resume_from`](Self::resume_from), each from its own under
+    /// `name/partition`.
     ///
     /// # Panics
     ///
@@ -489,10 +491,13 @@ async fn run_inputs(
     if let Some(persistence) = &persistence
         && let Err(error) = restore(persistent_tables(&inputs), persistence, &mut stored).await
     {
+        // Nothing ran: end the tables, so that subscribers get `on_end` and sinks
+        // close, before returning.
         for input in &inputs {
             input.table.shared().close();
         }
         lifecycle.abandon();
+        lifecycle.wait_for_tasks().await;
         return Err(error);
     }
     for input in &inputs {

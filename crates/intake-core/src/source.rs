@@ -386,9 +386,10 @@ impl SourceContext {
 
     /// Records the source's position in its input (Pathway's `_report_offset`, Bytewax's
     /// `snapshot`): an opaque JSON value, such as a byte offset and a file identity, that
-    /// covers every message sent before it. The table keeps, per source, the last
-    /// offset included in each commit ([`Table::committed_offsets`](crate::Table::committed_offsets)),
-    /// so a restart can resume from exactly what was committed (see
+    /// covers every message sent before it. Each commit carries, per source, the last
+    /// offset reported before it ([`ChangeBatch::offsets`](crate::ChangeBatch::offsets)),
+    /// and with [persistence](crate::Pipeline::persist) stores it with the commit, so a
+    /// restart resumes from exactly what was committed (see
     /// [`resume_offset`](Self::resume_offset)).
     ///
     /// Offsets are accepted during shutdown too, until the shutdown deadline: a source
@@ -409,10 +410,12 @@ impl SourceContext {
             .await
     }
 
-    /// Where the source should resume: the offset given to
-    /// [`Reader::resume_from`](crate::Reader::resume_from), typically one that
-    /// [`Table::committed_offsets`](crate::Table::committed_offsets) returned before a
-    /// restart. `None` means start from the beginning.
+    /// Where the source should resume, set before `run` is called: the offset of the
+    /// last durable commit when the table was restored from storage (with
+    /// [persistence](crate::Pipeline::persist)), else the one given to
+    /// [`Reader::resume_from`](crate::Reader::resume_from) or, by this source's name,
+    /// to [`Pipeline::resume_from`](crate::Pipeline::resume_from). `None` means start
+    /// from the beginning.
     pub fn resume_offset(&self) -> Option<&serde_json::Value> {
         self.shared.resume.as_ref()
     }

@@ -250,6 +250,10 @@ impl Table {
     /// Per source, the last offset it [reported](crate::SourceContext::report_offset)
     /// before the last commit, sorted by source name. Every message sent before that
     /// offset is in the table; resuming from it re-reads nothing that was committed.
+    ///
+    /// This is the table's own position, which runs ahead of what its subscribers and
+    /// sinks have handled. A consumer that records how far it got should record the
+    /// [`offsets`](crate::ChangeBatch::offsets) of the last batch it handled instead.
     pub fn committed_offsets(&self) -> Vec<(String, serde_json::Value)> {
         let state = self.shared.read();
         state
@@ -274,8 +278,12 @@ impl Table {
     /// The table's changes as an async stream of [`ChangeBatch`]es, one per commit.
     ///
     /// If the table already has rows, the first batch holds all of them as insertions
-    /// at the last commit's time, so folding every batch of the stream always gives the
-    /// table. The stream ends after the table's final commit.
+    /// at the last commit's time ([`is_snapshot`](crate::ChangeBatch::is_snapshot)), so
+    /// folding every batch of the stream always gives the table. A stream attached
+    /// before the pipeline runs receives, as that first batch, the rows restored from
+    /// storage (with [persistence](crate::Pipeline::persist)). With persistence, no
+    /// batch (the snapshot included) shows a commit before it is in storage. The stream
+    /// ends after the table's final commit.
     ///
     /// # Backpressure
     ///
@@ -362,6 +370,14 @@ impl Table {
 
 impl Table {
     /// Writes every commit of this table to `sink`, on a task of its own; see [`Sink`].
+    ///
+    /// Once the pipeline runs (and has restored the table, with
+    /// [persistence](crate::Pipeline::persist)), the sink's
+    /// [`resume`](Sink::resume) is called with the table's time; the sink then
+    /// receives the commits after the one it says it holds (read back from storage if
+    /// the table is ahead of it), or the table's rows as a snapshot batch if it holds
+    /// nothing, and then every new commit. While a sink is behind, storage keeps the
+    /// commits it has not written.
     ///
     /// The sink sees the same batches as a [`changes`](Self::changes) stream, with the
     /// same backpressure. If it fails (or panics), the pipeline shuts down and
