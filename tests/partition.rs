@@ -260,6 +260,38 @@ async fn each_partition_resumes_from_its_own_offset() {
 }
 
 #[tokio::test]
+async fn with_persistence_each_partition_resumes_from_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_counts = [("a", 2), ("b", 5), ("c", 0)];
+    let all_counts = [("a", 4), ("b", 5), ("c", 3)];
+    let mut pipeline = Pipeline::new().persist(intake::Persistence::new(dir.path()));
+    let first = pipeline.read_partitioned("shards", Shards::rows(&first_counts), reader());
+    pipeline.run().await.unwrap();
+    assert_eq!(rows(&first), expected(&first_counts));
+    drop(first);
+
+    // Restarted over the same storage: the table is back, and each partition resumes
+    // from its own offset of the last durable commit.
+    let shards = Shards::rows(&all_counts);
+    let mut pipeline = Pipeline::new().persist(intake::Persistence::new(dir.path()));
+    let second = pipeline.read_partitioned("shards", shards.clone(), reader());
+    pipeline.run().await.unwrap();
+    assert_eq!(
+        shards.builds(),
+        vec![
+            ("a".to_owned(), Some(json!(1))),
+            ("b".to_owned(), Some(json!(4))),
+            ("c".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        rows(&second),
+        expected(&all_counts),
+        "nothing read twice, nothing missed"
+    );
+}
+
+#[tokio::test]
 async fn workers_read_each_partition_exactly_once() {
     let counts: Vec<(String, u64)> = (0..7).map(|i| (format!("p{i}"), i + 1)).collect();
     let counts: Vec<(&str, u64)> = counts.iter().map(|(n, c)| (n.as_str(), *c)).collect();
