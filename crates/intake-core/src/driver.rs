@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, lock};
 use crate::queue::Queue;
 use crate::store::{PersistenceError, SnapshotDone, SyncPolicy, TableStore};
 use crate::table::{Applied, TableShared};
@@ -180,10 +180,6 @@ impl Recorder {
         self.failed = true;
         lifecycle.persistence_failed(table.name(), error);
     }
-}
-
-fn lock(store: &Mutex<TableStore>) -> std::sync::MutexGuard<'_, TableStore> {
-    store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs file work off the async workers.

@@ -69,11 +69,7 @@ impl Lifecycle {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the state consistent, so a panic elsewhere
-        // while the lock was held does not make it unusable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     pub(crate) fn set_shutdown_timeout(&self, timeout: Duration) {
@@ -259,6 +255,12 @@ impl Lifecycle {
 }
 
 /// The text of a panic's payload.
+/// Locks a mutex whose data stays consistent even if a holder panicked (every
+/// mutex here guards data that a panic cannot leave half-updated).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()

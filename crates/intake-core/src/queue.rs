@@ -81,9 +81,7 @@ impl Queue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lifecycle::lock(&self.state)
     }
 
     /// Waits until a commit is due and returns its events: at most `max_batch`, and

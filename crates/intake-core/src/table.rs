@@ -15,13 +15,13 @@ use crate::change::{Change, ChangeBatch, Offsets, Time};
 /// The rows, with a slot per key. `IndexMap` gives every slot a stable position
 /// during a commit, so a commit looks each key up once and then works by position.
 pub(crate) type Rows = RowMap<Slot>;
-use crate::lifecycle::{Lifecycle, panic_message};
+use crate::lifecycle::{Lifecycle, lock, panic_message};
 use crate::row::{Key, Row};
 use crate::schema::Schema;
 use crate::sink::Sink;
 use crate::source::BoxError;
 use crate::source::Event;
-use crate::store::{PersistenceError, Restored, RowMap, TableStore};
+use crate::store::{PersistenceError, Restored, RowMap, TableStore, show_time};
 use crate::subscribe::Subscriber;
 
 /// A live, keyed, in-memory table fed by a source.
@@ -439,8 +439,8 @@ async fn write_to_sink(
         if holds > base {
             return Err(format!(
                 "its resume returned commit {} but the table's last commit is {}: a sink must cut back what the table does not hold",
-                display_time(holds),
-                display_time(base)
+                show_time(holds),
+                show_time(base)
             )
             .into());
         }
@@ -474,10 +474,6 @@ async fn write_to_sink(
         ));
     }
     Ok(())
-}
-
-fn display_time(time: Option<Time>) -> String {
-    time.map_or_else(|| "none".to_owned(), |t| t.to_string())
 }
 
 /// Runs one call of a sink, giving up on it as [`Lifecycle::grace_over`] says.
@@ -880,9 +876,4 @@ impl TableShared {
         lock(&self.store).take();
         self.progress.send_modify(|p| p.closed = true);
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

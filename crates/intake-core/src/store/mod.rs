@@ -222,7 +222,8 @@ pub enum PersistenceError {
     },
 }
 
-fn show_time(time: Option<Time>) -> String {
+/// A time for a message: its number, or `none`.
+pub(crate) fn show_time(time: Option<Time>) -> String {
     time.map_or_else(|| "none".to_owned(), |t| t.to_string())
 }
 
