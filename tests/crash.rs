@@ -1,5 +1,6 @@
-//! Crash tests: the `durable` example is killed with SIGKILL at random moments while
-//! it ingests, restarted each time, and finally run to its end. Its tables must then
+//! Crash tests: the `durable` example is killed with SIGKILL (and now and then stopped
+//! with Ctrl-C) at random moments while it ingests, restarted each time, and finally
+//! run to its end. Its tables must then
 //! equal last-write-wins over the whole input, and its sinks must hold every commit
 //! exactly once. Also: a torn last commit record is dropped with a warning and its
 //! data read again, a corrupt snapshot is an error naming the file, a changed schema
@@ -19,7 +20,7 @@ use serde_json::Value as Json;
 const LINES: u64 = 60_000;
 const IDS: u64 = 3_001;
 /// Messages of the example's counter source.
-const COUNT: u64 = 20_000;
+const COUNT: u64 = 30_000;
 
 /// The example binary, built first so that a test run filtered to this file
 /// (which cargo builds without the examples) never runs a stale one.
@@ -83,9 +84,9 @@ impl Run {
         command
     }
 
-    /// Starts the example and kills it with SIGKILL after `after`; returns whether it
-    /// was still running (else it had finished by itself).
-    fn kill_after(&self, after: Duration) -> bool {
+    /// Starts the example and stops it after `after` as `stop` says; returns what
+    /// happened.
+    fn stop_after(&self, after: Duration, stop: Stop) -> Stopped {
         let mut child = self.command(&[]).spawn().expect("the example starts");
         let started = Instant::now();
         while started.elapsed() < after {
@@ -96,13 +97,40 @@ impl Run {
                     "the example failed: {}",
                     String::from_utf8_lossy(&output.stderr)
                 );
-                return false;
+                return Stopped::Finished;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
-        true
+        match stop {
+            Stop::Kill => {
+                child.kill().unwrap(); // SIGKILL on Unix
+                child.wait().unwrap();
+                Stopped::Killed
+            }
+            Stop::Interrupt => {
+                let pid = child.id().to_string();
+                let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+                assert!(sent.success(), "kill -INT {pid}");
+                let output = child.wait_with_output().unwrap();
+                use std::os::unix::process::ExitStatusExt as _;
+                if output.status.signal() == Some(2) {
+                    // Interrupted before it installed its Ctrl-C handler: as good as killed.
+                    return Stopped::Killed;
+                }
+                assert!(
+                    output.status.success(),
+                    "Ctrl-C must stop the example cleanly: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                Stopped::Clean
+            }
+        }
+    }
+
+    /// Starts the example and kills it with SIGKILL after `after`; returns whether it
+    /// was still running (else it had finished by itself).
+    fn kill_after(&self, after: Duration) -> bool {
+        self.stop_after(after, Stop::Kill) == Stopped::Killed
     }
 
     fn run_to_end(&self, extra: &[&str]) -> Output {
@@ -121,6 +149,23 @@ impl Run {
         files.sort();
         files
     }
+}
+
+/// How a run is stopped.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGINT: Ctrl-C, a clean stop.
+    Interrupt,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    Finished,
+    Killed,
+    Clean,
 }
 
 /// A small deterministic generator, seeded from the clock (printed, to replay a run).
@@ -244,21 +289,30 @@ fn jsonl_changes(path: &Path) -> Vec<(u64, i64, i64, i64)> {
 }
 
 #[test]
-fn killed_at_random_moments_it_ends_with_every_row_once() {
+fn killed_and_stopped_at_random_moments_it_ends_with_every_row_once() {
     let run = Run::new();
     let mut rng = Rng::new();
     let mut kills = 0;
     let mut torn = 0;
-    for attempt in 0..40 {
-        if kills >= 12 {
-            break;
-        }
-        // Early kills land during startup and restore, later ones mid-ingest.
+    let mut clean = 0;
+    // Twelve crashes and three clean stops (Ctrl-C), in an order of the seed's choosing;
+    // early stops land during startup and restore, later ones mid-ingest.
+    let mut plan = [Stop::Kill; 15];
+    for _ in 0..3 {
+        plan[rng.below(15) as usize] = Stop::Interrupt;
+    }
+    for (attempt, stop) in plan.into_iter().enumerate() {
         let after = Duration::from_millis(20 + rng.below(400));
-        if !run.kill_after(after) {
-            panic!("the example finished after {attempt} runs and {kills} kills; make the input longer");
+        match run.stop_after(after, stop) {
+            Stopped::Finished => {
+                panic!("the example finished after {attempt} runs and {kills} kills; make the input longer")
+            }
+            Stopped::Clean => {
+                clean += 1;
+                continue;
+            }
+            Stopped::Killed => kills += 1,
         }
-        kills += 1;
         // Now and then, tear the last commit record as a crash mid-write would.
         if rng.below(3) == 0
             && let Some(log) = run.files("lines", "segment").last()
@@ -272,10 +326,11 @@ fn killed_at_random_moments_it_ends_with_every_row_once() {
         }
     }
     assert!(kills >= 10, "only {kills} kills landed");
+    assert!(clean >= 1, "no clean stop landed");
     let output = run.run_to_end(&[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the last run failed: {stderr}");
-    eprintln!("{kills} kills, {torn} torn records");
+    eprintln!("{kills} kills, {clean} clean stops, {torn} torn records");
 
     let lines = final_table(&run.out, "lines", "id", "v");
     assert_eq!(
@@ -394,9 +449,12 @@ fn a_corrupt_snapshot_is_an_error_naming_the_file() {
 #[test]
 fn a_changed_schema_is_an_error() {
     let run = Run::new();
+    // A short first run (the last `--count` wins) stores the tables with their schemas.
+    let output = run.run_to_end(&["--count", "100"]);
     assert!(
-        run.kill_after(Duration::from_millis(300)),
-        "the example ended too soon"
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
     let output = run.run_to_end(&["--schema-v2"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
