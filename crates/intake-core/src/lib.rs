@@ -105,6 +105,12 @@ pub mod fuzzing {
     use crate::parse::{Format, ParseError, Parser, Payload};
     use crate::{Schema, Value};
 
+    /// Decodes `bytes` every way persistent storage reads its files; see
+    /// `store::fuzz_decode`. Never panics, whatever the bytes.
+    pub fn decode_store_bytes(schema: &Schema, bytes: &[u8]) {
+        crate::store::fuzz_decode(schema, bytes);
+    }
+
     /// Parses `bytes` as a JSON message of `schema`, as a source's `next_bytes` would.
     pub fn parse_json_bytes(schema: &Schema, bytes: &[u8]) -> Result<Vec<Value>, ParseError> {
         Parser::new(schema.clone(), Format::Json)

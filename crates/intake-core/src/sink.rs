@@ -8,9 +8,11 @@ use crate::source::BoxError;
 /// Writes a table's changes to an external system, in the spirit of Bytewax's
 /// `write_batch`: attach one with [`Table::sink`](crate::Table::sink).
 ///
-/// The sink receives every commit's [`ChangeBatch`] in order (starting with a snapshot
-/// batch if the table already had rows when the sink was attached), then `close` once
-/// the table is final. During shutdown it obeys the shutdown deadline like any
+/// The sink is first asked where its output stands ([`resume`](Self::resume)), then
+/// receives every commit's [`ChangeBatch`] in order from there (starting with a
+/// snapshot batch if it holds nothing and the table already has rows), then `close`
+/// once the table is final. Each batch carries the sources'
+/// [`offsets`](ChangeBatch::offsets) as of its commit, for a sink that records them. During shutdown it obeys the shutdown deadline like any
 /// subscriber (see [`Table::sink`](crate::Table::sink)): a sink that falls behind or
 /// hangs is dropped, and the pipeline fails naming it rather than ending as if every
 /// commit had been written.
