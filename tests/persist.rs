@@ -141,16 +141,30 @@ async fn a_restart_restores_rows_time_and_offsets() {
     assert_eq!(table.committed_offsets(), vec![("counter".to_owned(), 62.into())]);
 }
 
-/// A sink that keeps what it wrote in memory and holds up to `holds` on resume.
+/// A sink that keeps what it wrote in memory and holds up to `holds` on resume (which
+/// takes `slow` to answer).
 struct Recording {
     holds: Option<Time>,
     resumed_with: Arc<Mutex<Option<Option<Time>>>>,
     written: Arc<Mutex<Vec<(u64, bool, usize)>>>,
+    slow: Duration,
+}
+
+impl Recording {
+    fn holding(holds: Option<Time>, written: &Arc<Mutex<Vec<(u64, bool, usize)>>>) -> Recording {
+        Recording {
+            holds,
+            resumed_with: Arc::default(),
+            written: written.clone(),
+            slow: Duration::ZERO,
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Sink for Recording {
     async fn resume(&mut self, table_time: Option<Time>) -> Result<Option<Time>, BoxError> {
+        tokio::time::sleep(self.slow).await;
         *self.resumed_with.lock().unwrap() = Some(table_time);
         Ok(self.holds.min(table_time))
     }
@@ -170,14 +184,7 @@ async fn a_sink_behind_the_table_receives_exactly_the_commits_it_lacks() {
     let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
     let table = pipeline.read("counter", counter(1, 50, 5), reader());
     let first = Arc::new(Mutex::new(Vec::new()));
-    table.sink(
-        "first",
-        Recording {
-            holds: None,
-            resumed_with: Arc::default(),
-            written: first.clone(),
-        },
-    );
+    table.sink("first", Recording::holding(None, &first));
     pipeline.run().await.unwrap();
     let first = first.lock().unwrap().clone();
     assert_eq!(first.len(), 10);
@@ -190,20 +197,12 @@ async fn a_sink_behind_the_table_receives_exactly_the_commits_it_lacks() {
     table.sink(
         "behind",
         Recording {
-            holds: Some(time(6)),
             resumed_with: resumed.clone(),
-            written: written.clone(),
+            ..Recording::holding(Some(time(6)), &written)
         },
     );
     let level = Arc::new(Mutex::new(Vec::new()));
-    table.sink(
-        "level",
-        Recording {
-            holds: Some(time(10)),
-            resumed_with: Arc::default(),
-            written: level.clone(),
-        },
-    );
+    table.sink("level", Recording::holding(Some(time(10)), &level));
     pipeline.run().await.unwrap();
     assert_eq!(
         *resumed.lock().unwrap(),
@@ -353,4 +352,29 @@ async fn an_append_table_continues_its_generated_keys_after_a_restart() {
             "every message once after a restart"
         );
     }
+}
+
+/// Regression: a sink still resuming when its table closed (a clean stop right after
+/// a restart) found the storage released and failed, saying there was no log.
+#[tokio::test]
+async fn a_sink_behind_a_table_that_closes_at_once_still_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    pipeline.read("counter", counter(1, 50, 5), reader());
+    pipeline.run().await.unwrap();
+
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    // Nothing new to read: the table closes at once, while the sink is resuming.
+    let table = pipeline.read("counter", counter(1, 50, 5), reader());
+    let written = Arc::new(Mutex::new(Vec::new()));
+    table.sink(
+        "behind",
+        Recording {
+            slow: Duration::from_millis(50),
+            ..Recording::holding(Some(time(6)), &written)
+        },
+    );
+    pipeline.run().await.unwrap();
+    let times: Vec<u64> = written.lock().unwrap().iter().map(|w| w.0).collect();
+    assert_eq!(times, vec![7, 8, 9, 10]);
 }

@@ -45,7 +45,7 @@ pub(crate) struct TableShared {
     /// Where the table stands for sinks: restored, durable up to, closed.
     progress: watch::Sender<Progress>,
     /// The table's storage, when the pipeline persists it; released (with its lock)
-    /// when the table closes.
+    /// when the table has closed and its sinks have ended.
     store: Mutex<Option<Arc<Mutex<TableStore>>>>,
     /// Per sink, the time of the last commit it wrote (0: none yet); the log keeps the
     /// commits after the oldest so that a sink can resume from there after a crash.
@@ -410,6 +410,7 @@ impl Table {
             shared
                 .lock_sink_positions()
                 .retain(|p| !Arc::ptr_eq(p, &position));
+            shared.release_store_if_unused();
             let failure = match written {
                 Ok(Ok(())) => return,
                 Ok(Err(cause)) => cause,
@@ -873,7 +874,17 @@ impl TableShared {
         state.closed = true;
         state.subscribers.clear();
         drop(state);
-        lock(&self.store).take();
         self.progress.send_modify(|p| p.closed = true);
+        self.release_store_if_unused();
+    }
+
+    /// Releases the table's storage (and its directory's lock) once the table is final
+    /// and no sink may still replay from it: a sink behind the table resumes from the
+    /// log even when the table closes first.
+    fn release_store_if_unused(&self) {
+        let sinks = self.lock_sink_positions();
+        if sinks.is_empty() && self.progress.borrow().closed {
+            lock(&self.store).take();
+        }
     }
 }
