@@ -141,17 +141,20 @@ async fn a_restart_restores_rows_time_and_offsets() {
     assert_eq!(table.committed_offsets(), vec![("counter".to_owned(), 62.into())]);
 }
 
+/// What a sink wrote: per batch, its time, whether it was a snapshot, its length.
+type Written = Arc<Mutex<Vec<(u64, bool, usize)>>>;
+
 /// A sink that keeps what it wrote in memory and holds up to `holds` on resume (which
 /// takes `slow` to answer).
 struct Recording {
     holds: Option<Time>,
     resumed_with: Arc<Mutex<Option<Option<Time>>>>,
-    written: Arc<Mutex<Vec<(u64, bool, usize)>>>,
+    written: Written,
     slow: Duration,
 }
 
 impl Recording {
-    fn holding(holds: Option<Time>, written: &Arc<Mutex<Vec<(u64, bool, usize)>>>) -> Recording {
+    fn holding(holds: Option<Time>, written: &Written) -> Recording {
         Recording {
             holds,
             resumed_with: Arc::default(),
