@@ -1187,3 +1187,55 @@ async fn a_typed_message_with_a_nan_is_reported_not_stored_as_the_default() {
     assert!(table.get(&1.into()).is_none());
     assert_eq!(table.get(&2.into()).unwrap()["price"].as_float(), Some(2.5));
 }
+
+#[tokio::test]
+async fn wait_for_returns_once_a_commit_makes_the_condition_hold() {
+    let (go, mut gate) = tokio::sync::mpsc::channel::<()>(1);
+    let source = source_fn(move |ctx: SourceContext| async move {
+        ctx.next_str(row(1, "manul")).await?;
+        ctx.commit().await?;
+        // The second row only when the test says so, after it started waiting.
+        gate.recv().await;
+        ctx.next_str(row(2, "lynx")).await?;
+        ctx.commit().await?;
+        ctx.cancelled().await;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("cats", source, manual_commits());
+    let shutdown = pipeline.shutdown_handle();
+    let running = tokio::spawn(pipeline.run());
+
+    table.wait_for(|t| t.get(&1.into()).is_some()).await.unwrap();
+    let waiting = tokio::spawn({
+        let table = table.clone();
+        async move { table.wait_for(|t| t.len() == 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "the condition does not hold yet");
+    go.send(()).await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(contents(&table).len(), 2);
+    shutdown.shutdown();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn wait_for_fails_when_the_table_ends_without_the_condition() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(row(1, "manul")).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("cats", source, manual_commits());
+    let waiting = tokio::spawn({
+        let table = table.clone();
+        async move { table.wait_for(|t| t.get(&2.into()).is_some()).await }
+    });
+    pipeline.run().await.unwrap();
+    let ended = waiting.await.unwrap().unwrap_err();
+    assert_eq!(ended.table(), "cats");
+    // After the end it answers at once, from the final state.
+    table.wait_for(|t| t.len() == 1).await.unwrap();
+    assert!(table.wait_for(|t| t.is_empty()).await.is_err());
+}

@@ -92,7 +92,7 @@ pub use source::{
 };
 pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
-pub use table::{ChangeStream, Snapshot, Table, TableStats};
+pub use table::{ChangeStream, Snapshot, Table, TableEnded, TableStats};
 pub use value::{DataType, Timestamp, Value};
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`, as

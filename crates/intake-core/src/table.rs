@@ -61,6 +61,8 @@ pub(crate) struct Progress {
     restored: Option<Time>,
     /// The last commit whose record is in storage.
     durable: Option<Time>,
+    /// The last commit applied.
+    time: Option<Time>,
     /// The table is final.
     closed: bool,
 }
@@ -131,6 +133,21 @@ pub struct TableStats {
     pub changes: u64,
     /// Rows in the table now.
     pub rows: u64,
+}
+
+/// The error of [`Table::wait_for`]: the table made its final commit without the
+/// condition holding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table `{table}` ended before the condition held")]
+pub struct TableEnded {
+    table: String,
+}
+
+impl TableEnded {
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
 }
 
 /// A copy of a table's rows at one commit.
@@ -231,6 +248,53 @@ impl Table {
     /// The time of the last commit, or `None` before the first.
     pub fn time(&self) -> Option<Time> {
         self.shared.read().time
+    }
+
+    /// Waits until `condition` holds for the table: it is checked at once, then after
+    /// every commit that changes the table, until it returns `true` (instead of polling
+    /// [`get`](Self::get) in a loop).
+    ///
+    /// ```
+    /// # use intake_core::{source_fn, Column, DataType, Pipeline, Reader, Schema, SourceContext};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let schema = Schema::new([Column::new("sym", DataType::String).primary_key(), Column::new("p", DataType::Float)])?;
+    /// # let feed = source_fn(|ctx: SourceContext| async move {
+    /// #     ctx.next_str(r#"{"sym": "AAPL", "p": 189.5}"#).await?;
+    /// #     Ok(())
+    /// # });
+    /// let mut pipeline = Pipeline::new();
+    /// let prices = pipeline.read("prices", feed, Reader::json(schema));
+    /// let running = tokio::spawn(pipeline.run());
+    /// // Serve requests only once the first price is in.
+    /// prices.wait_for(|t| t.get(&"AAPL".into()).is_some()).await?;
+    /// # running.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TableEnded`] if the table made its final commit (the pipeline ended, or was
+    /// shut down) without the condition holding.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops waiting and changes nothing.
+    pub async fn wait_for(&self, mut condition: impl FnMut(&Table) -> bool) -> Result<(), TableEnded> {
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            // Marked seen before checking, so a commit in between wakes the wait.
+            let closed = progress.borrow_and_update().closed;
+            if condition(self) {
+                return Ok(());
+            }
+            if closed || progress.changed().await.is_err() {
+                return Err(TableEnded {
+                    table: self.shared.name.to_string(),
+                });
+            }
+        }
     }
 
     /// A copy of every row as of the last commit, sorted by key.
@@ -720,6 +784,7 @@ impl TableShared {
         self.stats
             .changes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.progress.send_modify(|p| p.time = Some(time));
         Applied {
             batch: Some((batch, subscribers)),
             offsets_moved,
@@ -776,6 +841,7 @@ impl TableShared {
         self.progress.send_modify(|p| {
             p.restored = time;
             p.durable = time;
+            p.time = time;
         });
     }
 
