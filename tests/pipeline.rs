@@ -1239,3 +1239,66 @@ async fn wait_for_fails_when_the_table_ends_without_the_condition() {
     table.wait_for(|t| t.len() == 1).await.unwrap();
     assert!(table.wait_for(|t| t.is_empty()).await.is_err());
 }
+
+/// Log lines written while `run` runs, on this thread (a current-thread runtime keeps
+/// every task here).
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let writer = Buffer(logs.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+/// Regression: every skipped message was one WARN line, so 10,000 bad frames were
+/// 10,000 lines. Now a source logs its first ten one by one, then summaries.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_bad_input_is_summarised_in_the_log() {
+    let (logs, _guard) = capture_logs();
+    let source = source_fn(|ctx: SourceContext| async move {
+        for n in 0..10_000 {
+            ctx.next_str(format!("not json {n}")).await?;
+        }
+        // Ten seconds later, more: one summary line for the flood so far.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        ctx.next_str("still not json").await?;
+        ctx.next_str(row(1, "manul")).await?;
+        ctx.next_str("nor this").await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "cats",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    pipeline.run().await.unwrap();
+    assert_eq!(table.stats().rejected, 10_002);
+    assert_eq!(table.len(), 1);
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("intake::rejected")).collect();
+    assert_eq!(
+        lines.len(),
+        12,
+        "ten lines, a summary after ten seconds, one at the end:\n{logs}"
+    );
+    assert!(lines[10].contains("skipped=9991"), "{}", lines[10]);
+    assert!(
+        lines[11].contains("skipped=1") && lines[11].contains("total=10002"),
+        "{}",
+        lines[11]
+    );
+}

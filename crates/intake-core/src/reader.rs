@@ -17,7 +17,10 @@ pub enum ErrorPolicy {
     Fail,
     /// Skip the message and report it: it is counted in
     /// [`TableStats::rejected`](crate::TableStats::rejected), logged as a `tracing`
-    /// warning, and delivered with its source, raw bytes and reason to every
+    /// warning (target `intake::rejected`: each source logs its first ten skipped
+    /// messages one by one, then one summary line at most every ten seconds and one
+    /// when it ends, so a flood of bad input does not flood the log), and delivered
+    /// with its source, raw bytes and reason to every
     /// [`Pipeline::rejected`](crate::Pipeline::rejected) stream. Its neighbours are kept.
     SkipAndReport,
 }

@@ -173,6 +173,8 @@ pub struct SourceContext {
 }
 
 struct ContextShared {
+    /// Rate-limits the log lines of skipped bad input.
+    rejections: RejectionLog,
     name: Arc<str>,
     resume: Option<serde_json::Value>,
     producer: Producer,
@@ -194,6 +196,7 @@ impl SourceContext {
         let lifecycle = table.lifecycle().clone();
         SourceContext {
             shared: Arc::new(ContextShared {
+                rejections: RejectionLog::default(),
                 name,
                 resume,
                 producer,
@@ -209,6 +212,8 @@ impl SourceContext {
     /// source of its table has finished, the table makes its final commit.
     pub(crate) fn finish(&self) {
         self.shared.producer.finish();
+        let table = self.shared.table.name();
+        self.shared.rejections.flush(&self.shared.name, table);
     }
 
     /// The source's name.
@@ -468,7 +473,9 @@ impl SourceContext {
         let rejected = Rejected::new(self.shared.name.clone(), raw, reason);
         match self.shared.policy {
             ErrorPolicy::SkipAndReport => {
-                tracing::warn!(source = %self.shared.name, table = %table.name(), reason = %rejected.reason(), "skipped bad input");
+                self.shared
+                    .rejections
+                    .log(&self.shared.name, table.name(), &rejected);
                 self.shared.lifecycle.report_rejected(&rejected);
                 Ok(())
             }
@@ -477,6 +484,83 @@ impl SourceContext {
                 Err(SendError::Rejected(Box::new(rejected)))
             }
         }
+    }
+}
+
+/// The `tracing` target of the log lines about skipped bad input.
+pub(crate) const REJECTED_TARGET: &str = "intake::rejected";
+
+/// How many skipped messages a source logs one by one before it summarises.
+const REJECTIONS_LOGGED_EACH: u64 = 10;
+
+/// How often a source summarises the bad input it skipped once it logs no more
+/// messages one by one.
+const REJECTION_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps a flood of bad input from flooding the log: a source logs its first
+/// [`REJECTIONS_LOGGED_EACH`] skipped messages one by one, then one summary line at
+/// most every [`REJECTION_SUMMARY_EVERY`] (and one when it finishes) with how many
+/// were skipped since and the last reason. Every skipped message is still counted in
+/// the table's stats and offered to the rejected streams.
+#[derive(Default)]
+struct RejectionLog {
+    state: std::sync::Mutex<RejectionLogState>,
+}
+
+#[derive(Default)]
+struct RejectionLogState {
+    logged: u64,
+    /// Skipped since the last line, with the last one's reason.
+    unlogged: u64,
+    last_reason: Option<String>,
+    /// When the last summary (or the last message logged one by one) was written.
+    last_line: Option<tokio::time::Instant>,
+}
+
+impl RejectionLog {
+    fn log(&self, source: &str, table: &str, rejected: &Rejected) {
+        let mut state = crate::lifecycle::lock(&self.state);
+        let now = tokio::time::Instant::now();
+        if state.logged < REJECTIONS_LOGGED_EACH {
+            state.logged += 1;
+            state.last_line = Some(now);
+            drop(state);
+            tracing::warn!(target: REJECTED_TARGET, source, table, reason = %rejected.reason(), "skipped bad input");
+            return;
+        }
+        state.unlogged += 1;
+        state.last_reason = Some(rejected.reason().to_string());
+        let due = state
+            .last_line
+            .is_none_or(|last| now.duration_since(last) >= REJECTION_SUMMARY_EVERY);
+        if due {
+            state.last_line = Some(now);
+            Self::summarise(&mut state, source, table);
+        }
+    }
+
+    /// Writes the summary of what was skipped since the last line, if anything was.
+    fn flush(&self, source: &str, table: &str) {
+        Self::summarise(&mut crate::lifecycle::lock(&self.state), source, table);
+    }
+
+    fn summarise(state: &mut RejectionLogState, source: &str, table: &str) {
+        if state.unlogged == 0 {
+            return;
+        }
+        let skipped = std::mem::take(&mut state.unlogged);
+        let last_reason = state.last_reason.take().unwrap_or_default();
+        state.logged += skipped;
+        tracing::warn!(
+            target: REJECTED_TARGET,
+            source,
+            table,
+            skipped,
+            total = state.logged,
+            last_reason,
+            "skipped more bad input (summarised: after the first {REJECTIONS_LOGGED_EACH}, a line at most every {}s)",
+            REJECTION_SUMMARY_EVERY.as_secs()
+        );
     }
 }
 
