@@ -75,7 +75,29 @@ mod table;
 mod typed;
 mod value;
 
+/// The attribute that makes a trait's `async fn`s usable with `dyn`: write
+/// `#[intake::async_trait]` (or `#[intake_core::async_trait]`) on an `impl Source`,
+/// `impl Sink` or `impl PartitionedSource` without a dependency of your own. Re-exported
+/// from the [`async-trait`](https://docs.rs/async-trait) crate.
+///
+/// ```
+/// use intake_core::{async_trait, BoxError, Source, SourceContext};
+///
+/// struct Once;
+///
+/// #[async_trait]
+/// impl Source for Once {
+///     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+///         ctx.next_str(r#"{"n": 1}"#).await?;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use async_trait::async_trait;
 pub use batch::{BatchAsync, batch_async};
+/// The byte buffer messages are sent as ([`SourceContext::next_bytes`],
+/// [`Message::Bytes`]), re-exported from the [`bytes`](https://docs.rs/bytes) crate.
+pub use bytes::Bytes;
 pub use change::{Change, ChangeBatch, Offsets, Time};
 pub use error::{Error, SourceFailure};
 pub use parse::{Format, MAX_JSON_DEPTH, ParseError, Rejected};
