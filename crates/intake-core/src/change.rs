@@ -9,7 +9,11 @@ use crate::schema::Schema;
 
 /// The logical time of a commit. Each commit of a table that changes something gets a
 /// time strictly greater than the previous one; the first is 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Serializes as its number, and deserializes from one (to hand a stored time back from
+/// [`Sink::resume`](crate::Sink::resume)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Time(u64);
 
 impl Time {
@@ -67,6 +71,20 @@ impl Change {
     /// `+1` for an insertion, `-1` for a retraction, as in Pathway's `diff` column.
     pub fn diff(&self) -> i64 {
         if self.is_addition { 1 } else { -1 }
+    }
+}
+
+/// Serializes as an object `{"key": ..., "row": {...}, "diff": 1}`: the
+/// [key](Key#impl-Serialize-for-Key), the [row](Row#impl-Serialize-for-Row) and
+/// [`diff`](Change::diff) (`1` for an insertion, `-1` for a retraction).
+impl serde::Serialize for Change {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut change = serializer.serialize_struct("Change", 3)?;
+        change.serialize_field("key", &self.key)?;
+        change.serialize_field("row", &self.row)?;
+        change.serialize_field("diff", &self.diff())?;
+        change.end()
     }
 }
 
@@ -156,6 +174,29 @@ impl ChangeBatch {
     /// The retractions.
     pub fn retractions(&self) -> impl Iterator<Item = &Change> {
         self.changes.iter().filter(|c| !c.is_addition)
+    }
+}
+
+/// Serializes as an object with the commit's `time` (a number), `is_snapshot`, the
+/// `offsets` (an object keyed by source name, as [`Offsets`] serializes) and the
+/// `changes` in order, each [`{"key", "row", "diff"}`](Change#impl-Serialize-for-Change).
+///
+/// An update of one row, as JSON:
+///
+/// ```text
+/// {"time":3,"is_snapshot":false,"offsets":{"feed":41},
+///  "changes":[{"key":"AAPL","row":{"sym":"AAPL","close":189.5},"diff":-1},
+///             {"key":"AAPL","row":{"sym":"AAPL","close":190.0},"diff":1}]}
+/// ```
+impl serde::Serialize for ChangeBatch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut batch = serializer.serialize_struct("ChangeBatch", 4)?;
+        batch.serialize_field("time", &self.time)?;
+        batch.serialize_field("is_snapshot", &self.snapshot)?;
+        batch.serialize_field("offsets", &self.offsets)?;
+        batch.serialize_field("changes", &*self.changes)?;
+        batch.end()
     }
 }
 

@@ -107,6 +107,31 @@ impl fmt::Display for Key {
     }
 }
 
+/// Serializes as the key's values: a single-column key as its [value](Value#impl-Serialize-for-Value)
+/// (`"AAPL"`), a composite key as an array of its values in schema order
+/// (`["AAPL",2024]`), a generated key as its number (`17`).
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::{Key, Value};
+///
+/// assert_eq!(serde_json::to_string(&Key::from("AAPL"))?, r#""AAPL""#);
+/// let composite = Key::new([Value::from("AAPL"), Value::from(2024)]);
+/// assert_eq!(serde_json::to_string(&composite)?, r#"["AAPL",2024]"#);
+/// assert_eq!(serde_json::to_string(&Key::generated(17))?, "17");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl serde::Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            KeyRepr::Generated(id) => serializer.serialize_u64(*id),
+            KeyRepr::Single(value) => value.serialize(serializer),
+            KeyRepr::Composite(values) => serializer.collect_seq(values.iter()),
+        }
+    }
+}
+
 /// Single-column keys from the types a key column can hold. (There is deliberately no
 /// conversion from `serde_json::Value`: JSON columns cannot be keys, so `json!(3)`
 /// would never match the int key `3`. Convert it to an `i64` or `&str` first.)
@@ -291,6 +316,35 @@ impl Row {
     /// When `T` does not match the row's columns, as [`serde_json::from_value`] reports.
     pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_value(self.to_json())
+    }
+}
+
+/// Serializes as an object of column name to value, in schema column order, each value
+/// as [`Value::to_json`] writes it: the same JSON as [`Row::to_json`] and
+/// [`Display`](fmt::Display), so `axum::Json(row)` answers with the row.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::{Column, DataType, Row, Schema, Value};
+///
+/// let schema = Schema::new([
+///     Column::new("sym", DataType::String).primary_key(),
+///     Column::new("close", DataType::Float),
+/// ])?;
+/// let row = Row::new(&schema, vec![Value::from("AAPL"), Value::from(189.5)])?;
+/// assert_eq!(serde_json::to_string(&row)?, r#"{"sym":"AAPL","close":189.5}"#);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl serde::Serialize for Row {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.schema
+                .columns()
+                .iter()
+                .map(|column| column.name())
+                .zip(self.values.iter()),
+        )
     }
 }
 

@@ -122,6 +122,76 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// Serializes as the RFC 3339 string of [`Display`](fmt::Display) (`"2024-05-01T10:00:00.5Z"`),
+/// as [`Value::to_json`] writes a timestamp, so a `Timestamp` field of a
+/// `#[derive(Serialize, RowType)]` struct fills its timestamp column on a typed send.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::Timestamp;
+///
+/// let t = Timestamp::from_unix_millis(1_714_564_800_500).unwrap();
+/// assert_eq!(serde_json::to_string(&t)?, r#""2024-05-01T12:00:00.5Z""#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Deserializes from what a timestamp column accepts: an RFC 3339 string (any offset,
+/// as in [`Timestamp::parse_rfc3339`]) or an integer count of milliseconds since the
+/// Unix epoch.
+///
+/// # Examples
+///
+/// ```
+/// use intake_core::Timestamp;
+///
+/// let text: Timestamp = serde_json::from_str(r#""2024-05-01T14:00:00.5+02:00""#)?;
+/// let millis: Timestamp = serde_json::from_str("1714564800500")?;
+/// assert_eq!(text, millis);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TimestampVisitor)
+    }
+}
+
+struct TimestampVisitor;
+
+impl serde::de::Visitor<'_> for TimestampVisitor {
+    type Value = Timestamp;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an RFC 3339 timestamp string or an integer of milliseconds since the Unix epoch")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Timestamp, E> {
+        Timestamp::parse_rfc3339(text).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, millis: i64) -> Result<Timestamp, E> {
+        Timestamp::from_unix_millis(millis).ok_or_else(|| {
+            E::custom(format_args!(
+                "{millis} ms since the epoch is outside the years 1677 to 2262"
+            ))
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, millis: u64) -> Result<Timestamp, E> {
+        match i64::try_from(millis) {
+            Ok(millis) => self.visit_i64(millis),
+            Err(_) => Err(E::custom(format_args!(
+                "{millis} ms since the epoch is outside the years 1677 to 2262"
+            ))),
+        }
+    }
+}
+
 /// One cell of a [`Row`](crate::Row).
 ///
 /// Strings, bytes and JSON are reference counted, so cloning a value (for example into
@@ -243,6 +313,29 @@ impl Value {
             },
             Value::Json(j) => (**j).clone(),
             Value::Timestamp(t) => serde_json::Value::String(t.to_string()),
+        }
+    }
+}
+
+/// Serializes as [`Value::to_json`] writes the value: null, a boolean, a number, a
+/// string, bytes as a string when they are UTF-8 and an array of numbers otherwise, JSON
+/// as it is, a timestamp as an RFC 3339 string.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::Int(i) => serializer.serialize_i64(*i),
+            Value::Float(x) => serializer.serialize_f64(*x),
+            Value::String(s) => serializer.serialize_str(s),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => serializer.serialize_str(s),
+                // A sequence, not `serialize_bytes`, so every format writes what
+                // `to_json` does rather than its own bytes encoding.
+                Err(_) => serializer.collect_seq(b.iter()),
+            },
+            Value::Json(j) => j.serialize(serializer),
+            Value::Timestamp(t) => t.serialize(serializer),
         }
     }
 }

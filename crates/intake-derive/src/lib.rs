@@ -21,15 +21,29 @@
 //! - `type = "int" | "float" | "bool" | "string" | "bytes" | "json" | "timestamp"`:
 //!   the column type, for field types not in the table (such as a newtype that
 //!   serializes as one of those);
-//! - `rename = "name"`: the column's name, as with `#[serde(rename)]`.
+//! - `rename = "name"`: the column's name, when it must differ from serde's name of
+//!   the field.
+//!
+//! Column names follow serde's: a field's `#[serde(rename = "name")]` and the struct's
+//! `#[serde(rename_all = "camelCase")]` (or any other serde rule) name its column too,
+//! so one `rename` serves both, and a typed send (`ctx.next(&value)`) and
+//! `row.deserialize()` meet the columns under the names serde writes and reads.
+//! `#[intake(rename)]` takes precedence over serde's; use it only when the struct is
+//! not sent or read through serde under that name. A raw identifier (`r#type`) names
+//! the column without its `r#`, as in serde.
 //!
 //! [`Schema`]: https://docs.rs/intake/latest/intake/struct.Schema.html
 
 use proc_macro::TokenStream;
-use proc_macro2::TokenStream as TokenStream2;
+use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Expr, Fields, GenericArgument, LitStr, PathArguments, Type, parse_macro_input};
+use syn::{
+    Attribute, Data, DeriveInput, Expr, ExprLit, Fields, GenericArgument, Lit, LitStr, Meta, PathArguments,
+    Token, Type, parse_macro_input,
+};
 
 /// Implements `intake::RowType` for a struct with named fields; see the crate docs.
 #[proc_macro_derive(RowType, attributes(intake))]
@@ -64,9 +78,12 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             "RowType needs a struct with named fields: each field is a column",
         ));
     };
+    let rename_all = serde_rename(&input.attrs, "rename_all")?
+        .map(|(rule, span)| RenameRule::parse(&rule, span))
+        .transpose()?;
     let mut columns: Vec<ColumnSpec> = Vec::new();
     for field in &fields.named {
-        let spec = column(field)?;
+        let spec = column(field, rename_all)?;
         // What `Schema::new` would refuse, refused at compile time where the field is.
         if columns.iter().any(|c| c.name == spec.name) {
             return Err(syn::Error::new(
@@ -126,8 +143,17 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     })
 }
 
-fn column(field: &syn::Field) -> syn::Result<ColumnSpec> {
-    let mut name = field.ident.as_ref().map(ToString::to_string).unwrap_or_default();
+fn column(field: &syn::Field, rename_all: Option<RenameRule>) -> syn::Result<ColumnSpec> {
+    let ident = field
+        .ident
+        .as_ref()
+        .map(|i| i.unraw().to_string())
+        .unwrap_or_default();
+    // serde's name of the field, which typed sends write and `row.deserialize` reads.
+    let mut name = match serde_rename(&field.attrs, "rename")? {
+        Some((name, _)) => name,
+        None => rename_all.map_or_else(|| ident.clone(), |rule| rule.apply(&ident)),
+    };
     let mut primary_key = false;
     let mut default = None;
     let mut explicit_type = None;
@@ -249,4 +275,207 @@ fn infer_type(ty: &Type) -> Option<TokenStream2> {
         "Timestamp" => quote!(Timestamp),
         _ => return None,
     })
+}
+
+/// The value of serde's `key = "..."` (or `key(serialize = "...", deserialize = "...")`)
+/// among `attrs`, with the literal for error spans. Other serde attributes are serde's
+/// business and left alone, as are ones that do not parse (serde reports those).
+///
+/// # Errors
+///
+/// When the serialize and deserialize values differ: a column has one name.
+fn serde_rename(attrs: &[Attribute], key: &str) -> syn::Result<Option<(String, Span)>> {
+    let mut found = None;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let Ok(metas) = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) else {
+            continue;
+        };
+        for meta in metas {
+            match meta {
+                Meta::NameValue(pair) if pair.path.is_ident(key) => {
+                    if let Some(lit) = string_literal(&pair.value) {
+                        found = Some(lit);
+                    }
+                }
+                Meta::List(list) if list.path.is_ident(key) => {
+                    let Ok(pairs) =
+                        list.parse_args_with(Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated)
+                    else {
+                        continue;
+                    };
+                    let mut serialize = None;
+                    let mut deserialize = None;
+                    for pair in pairs {
+                        let lit = string_literal(&pair.value);
+                        if pair.path.is_ident("serialize") {
+                            serialize = lit;
+                        } else if pair.path.is_ident("deserialize") {
+                            deserialize = lit;
+                        }
+                    }
+                    match (serialize, deserialize) {
+                        (Some(s), Some(d)) if s.0 != d.0 => {
+                            return Err(syn::Error::new(
+                                s.1,
+                                format!(
+                                    "serde writes this as `{}` and reads it as `{}`, but a column has one \
+                                     name: use one name, or give the column's with #[intake(rename = \"...\")]",
+                                    s.0, d.0
+                                ),
+                            ));
+                        }
+                        (Some(lit), Some(_)) => found = Some(lit),
+                        (Some(lit), None) | (None, Some(lit)) => {
+                            return Err(syn::Error::new(
+                                lit.1,
+                                format!(
+                                    "serde uses `{}` in one direction only, but a typed send writes and \
+                                     `row.deserialize` reads the column under one name: give both \
+                                     directions the same name, or the column's with \
+                                     #[intake(rename = \"...\")]",
+                                    lit.0
+                                ),
+                            ));
+                        }
+                        (None, None) => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A string literal's value and where it is.
+fn string_literal(expr: &Expr) -> Option<(String, Span)> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Some((lit.value(), lit.span())),
+        _ => None,
+    }
+}
+
+/// serde's `rename_all` rules, applied to a field name as serde applies them.
+#[derive(Clone, Copy)]
+enum RenameRule {
+    Lower,
+    Upper,
+    Pascal,
+    Camel,
+    Snake,
+    ScreamingSnake,
+    Kebab,
+    ScreamingKebab,
+}
+
+impl RenameRule {
+    fn parse(rule: &str, span: Span) -> syn::Result<Self> {
+        Ok(match rule {
+            "lowercase" => RenameRule::Lower,
+            "UPPERCASE" => RenameRule::Upper,
+            "PascalCase" => RenameRule::Pascal,
+            "camelCase" => RenameRule::Camel,
+            "snake_case" => RenameRule::Snake,
+            "SCREAMING_SNAKE_CASE" => RenameRule::ScreamingSnake,
+            "kebab-case" => RenameRule::Kebab,
+            "SCREAMING-KEBAB-CASE" => RenameRule::ScreamingKebab,
+            _ => {
+                return Err(syn::Error::new(
+                    span,
+                    format!("unknown serde rename rule `{rule}`"),
+                ));
+            }
+        })
+    }
+
+    /// serde's `RenameRule::apply_to_field`: fields are taken to be snake_case.
+    fn apply(self, field: &str) -> String {
+        match self {
+            RenameRule::Lower | RenameRule::Snake => field.to_owned(),
+            RenameRule::Upper | RenameRule::ScreamingSnake => field.to_ascii_uppercase(),
+            RenameRule::Pascal => {
+                let mut pascal = String::new();
+                let mut capitalize = true;
+                for ch in field.chars() {
+                    if ch == '_' {
+                        capitalize = true;
+                    } else if capitalize {
+                        pascal.push(ch.to_ascii_uppercase());
+                        capitalize = false;
+                    } else {
+                        pascal.push(ch);
+                    }
+                }
+                pascal
+            }
+            RenameRule::Camel => {
+                let pascal = RenameRule::Pascal.apply(field);
+                let mut chars = pascal.chars();
+                chars
+                    .next()
+                    .map(|first| first.to_ascii_lowercase().to_string() + chars.as_str())
+                    .unwrap_or_default()
+            }
+            RenameRule::Kebab => field.replace('_', "-"),
+            RenameRule::ScreamingKebab => field.to_ascii_uppercase().replace('_', "-"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syn::parse_quote;
+
+    use super::*;
+
+    #[test]
+    fn rename_rules_match_serde_on_snake_case_fields() {
+        let cases = [
+            (RenameRule::Lower, "last_trade_price"),
+            (RenameRule::Upper, "LAST_TRADE_PRICE"),
+            (RenameRule::Pascal, "LastTradePrice"),
+            (RenameRule::Camel, "lastTradePrice"),
+            (RenameRule::Snake, "last_trade_price"),
+            (RenameRule::ScreamingSnake, "LAST_TRADE_PRICE"),
+            (RenameRule::Kebab, "last-trade-price"),
+            (RenameRule::ScreamingKebab, "LAST-TRADE-PRICE"),
+        ];
+        for (rule, expected) in cases {
+            assert_eq!(rule.apply("last_trade_price"), expected);
+        }
+        assert_eq!(RenameRule::Camel.apply("p"), "p");
+    }
+
+    #[test]
+    fn serde_rename_reads_both_forms_and_ignores_other_attributes() {
+        let attrs: Vec<Attribute> = vec![
+            parse_quote!(#[serde(default, skip_serializing_if = "Option::is_none")]),
+            parse_quote!(#[serde(rename = "p")]),
+        ];
+        assert_eq!(
+            serde_rename(&attrs, "rename").unwrap().map(|r| r.0).as_deref(),
+            Some("p")
+        );
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[serde(rename(serialize = "q", deserialize = "q"))])];
+        assert_eq!(
+            serde_rename(&attrs, "rename").unwrap().map(|r| r.0).as_deref(),
+            Some("q")
+        );
+        let attrs: Vec<Attribute> = vec![parse_quote!(#[serde(with = "module")])];
+        assert!(serde_rename(&attrs, "rename").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_field_serde_names_two_ways_is_refused() {
+        for attr in [
+            parse_quote!(#[serde(rename(serialize = "a", deserialize = "b"))]),
+            parse_quote!(#[serde(rename(deserialize = "b"))]),
+        ] {
+            let attrs: Vec<Attribute> = vec![attr];
+            let error = serde_rename(&attrs, "rename").unwrap_err().to_string();
+            assert!(error.contains("#[intake(rename"), "{error}");
+        }
+    }
 }
