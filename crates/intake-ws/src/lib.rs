@@ -46,7 +46,7 @@ mod source;
 
 pub use error::{ProtocolError, WsError};
 pub use polygon::Polygon;
-pub use protocol::{Frame, Generic, Protocol, Replies};
+pub use protocol::{Filtered, Frame, Generic, Protocol, Replies};
 pub use reconnect::{Reconnect, WsStats};
 pub use source::{WebSocketSource, install_crypto_provider};
 

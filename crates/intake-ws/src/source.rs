@@ -292,7 +292,8 @@ impl WebSocketSource {
         self
     }
 
-    /// The source's counters (connects, reconnects, frames, messages, pongs), live
+    /// The source's counters (connects, reconnects, frames, messages, skipped frames,
+    /// pongs), live
     /// while it runs.
     pub fn stats(&self) -> Arc<WsStats> {
         self.stats.clone()
@@ -368,7 +369,14 @@ impl WebSocketSource {
             match self.protocol.on_message(frame, &mut replies) {
                 Ok(messages) => {
                     send_replies(&mut replies, &replies_tx);
-                    if !messages.is_empty() {
+                    if messages.is_empty() {
+                        WsStats::add(&self.stats.skipped, 1);
+                        tracing::debug!(
+                            source = ctx.name(),
+                            frame = self.stats.frames(),
+                            "a frame carried no data (a control frame of the protocol); skipped"
+                        );
+                    } else {
                         // Reports of bad input do not make a connection healthy.
                         healthy |= messages.iter().any(|m| !matches!(m, Message::Invalid { .. }));
                         WsStats::add(&self.stats.messages, messages.len() as u64);
