@@ -328,3 +328,50 @@ fn without_a_filter_generic_emits_frames_as_before() {
     );
     assert!(format!("{protocol:?}").contains("filter_map: false"));
 }
+
+/// The guide's promise that Polygon's status events are skipped in the protocol (and
+/// counted as such), not reported as bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polygon_status_frames_count_as_skipped_not_rejected() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let status = |status: &str| {
+            tungstenite::Message::text(json!([{"ev": "status", "status": status}]).to_string())
+        };
+        ws.send(status("connected")).await.unwrap();
+        let _auth = ws.next().await;
+        ws.send(status("auth_success")).await.unwrap();
+        let _subscribe = ws.next().await;
+        ws.send(status("success")).await.unwrap();
+        let aggregate = json!([{"ev": "A", "sym": "AAPL", "c": 190.5, "v": 100}]);
+        ws.send(tungstenite::Message::text(aggregate.to_string()))
+            .await
+            .unwrap();
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "done".into(),
+            }))
+            .await;
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let source = WebSocketSource::new(url)
+        .protocol(intake_ws::Polygon::new("KEY", "A.*"))
+        .reconnect_on_normal_close(false);
+    let stats = source.stats();
+    let schema = Schema::new([
+        Column::new("sym", DataType::String).primary_key(),
+        Column::new("c", DataType::Float),
+    ])
+    .unwrap();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("polygon", source, Reader::json(schema));
+    run(pipeline).await.unwrap();
+    assert_eq!(table.len(), 1);
+    assert_eq!(stats.frames(), 4);
+    assert_eq!(stats.skipped(), 3);
+    assert_eq!(table.stats().rejected, 0);
+}
