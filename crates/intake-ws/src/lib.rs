@@ -5,17 +5,20 @@
 //! - [`WebSocketSource`]: the source, with connect timeout, headers, maximum message
 //!   size, [`Reconnect`] policy, pings and a silence deadline.
 //! - [`Protocol`]: the hook that sees every frame and can reply; [`Polygon`] (the
-//!   Polygon.io stocks feed) and [`Generic`] (send fixed messages, emit every frame)
-//!   ship ready.
+//!   Polygon.io stocks feed) and [`Generic`] (send fixed messages, emit every frame,
+//!   or the frames a [`filter_map`](Generic::filter_map) says are data) ship ready.
 //! - [`WsStats`]: live counters, such as reconnects.
 //! - [`WsError`]: why a source stopped for good.
 //!
-//! The guide, `docs/websocket.md`, is the counterpart of Pathway's WebSocket tutorial.
+//! Read a feed with [`ErrorPolicy::SkipAndReport`](intake_core::ErrorPolicy::SkipAndReport),
+//! as the example does: core's default, `Fail`, suits a file read once, but fails a
+//! service on its feed's first odd frame. The guide, `docs/websocket.md`, is the
+//! counterpart of Pathway's WebSocket tutorial, and gives the reasons.
 //!
 //! # Example
 //!
 //! ```no_run
-//! use intake_core::{Column, DataType, Pipeline, Reader, Schema};
+//! use intake_core::{Column, DataType, ErrorPolicy, Pipeline, Reader, Schema};
 //! use intake_ws::{Polygon, WebSocketSource};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -29,7 +32,8 @@
 //! let source = WebSocketSource::new(Polygon::DELAYED_STOCKS_URL).protocol(Polygon::new("MY-API-KEY", "A.*"));
 //!
 //! let mut pipeline = Pipeline::new();
-//! let aggregates = pipeline.read("polygon", source, Reader::json(schema));
+//! let reader = Reader::json(schema).error_policy(ErrorPolicy::SkipAndReport);
+//! let aggregates = pipeline.read("polygon", source, reader);
 //! pipeline.run().await?;
 //! # let _ = aggregates;
 //! # Ok(())
@@ -46,7 +50,7 @@ mod source;
 
 pub use error::{ProtocolError, WsError};
 pub use polygon::Polygon;
-pub use protocol::{Frame, Generic, Protocol, Replies};
+pub use protocol::{Filtered, Frame, Generic, Protocol, Replies};
 pub use reconnect::{Reconnect, WsStats};
 pub use source::{WebSocketSource, install_crypto_provider};
 

@@ -194,13 +194,67 @@ pub trait Protocol: Send + 'static {
     fn on_message(&mut self, frame: Frame, replies: &mut Replies) -> Result<Vec<Message>, ProtocolError>;
 }
 
+/// What a [`Generic`] protocol's [`filter_map`](Generic::filter_map) makes of a
+/// frame.
+///
+/// # Examples
+///
+/// Binance-style streams answer a subscription with `{"result":null,"id":1}`, an
+/// acknowledgement that is not a trade:
+///
+/// ```
+/// use intake_ws::{Filtered, Frame};
+/// use serde_json::Value;
+///
+/// fn trades_only(frame: &Frame) -> Filtered {
+///     match frame.json::<Value>() {
+///         // The acknowledgement of a request (`SUBSCRIBE`, `LIST_SUBSCRIPTIONS`, …).
+///         Ok(reply) if reply.get("id").is_some() && reply.get("result").is_some() => Filtered::Skip,
+///         // Parsed once: the reader takes the value as it is.
+///         Ok(trade) => Filtered::Json(trade),
+///         Err(error) => Filtered::Invalid(format!("malformed JSON: {error}")),
+///     }
+/// }
+///
+/// assert!(matches!(trades_only(&Frame::text(r#"{"result":null,"id":1}"#)), Filtered::Skip));
+/// assert!(matches!(trades_only(&Frame::text(r#"{"e":"trade","s":"BTCUSDT","p":"65000.1"}"#)), Filtered::Json(_)));
+/// assert!(matches!(trades_only(&Frame::text("{oops")), Filtered::Invalid(_)));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Filtered {
+    /// The frame is data, as it arrived: it becomes [`Message::Bytes`], parsed by the
+    /// reader's format.
+    Keep,
+    /// The frame is data, rewritten: this payload replaces it and is parsed by the
+    /// reader's format.
+    Bytes(Bytes),
+    /// The frame is data, rewritten (or just parsed) as JSON: it becomes
+    /// [`Message::Json`], which the reader takes without parsing it again.
+    Json(serde_json::Value),
+    /// The frame is not data, such as a subscription acknowledgement or a heartbeat:
+    /// it produces no message. Skipped frames are counted in
+    /// [`WsStats::skipped`](crate::WsStats::skipped) and logged at debug level.
+    Skip,
+    /// The frame is bad input: it becomes [`Message::Invalid`] with the frame as it
+    /// arrived and this reason, and goes through the reader's
+    /// [`ErrorPolicy`](intake_core::ErrorPolicy) (fail the pipeline, or skip and
+    /// report it).
+    Invalid(String),
+}
+
+/// The filter of a [`Generic`] protocol; shared so that `Generic` stays `Clone`.
+type FilterFn = std::sync::Arc<dyn Fn(&Frame) -> Filtered + Send + Sync>;
+
 /// A protocol for servers that need no conversation: it sends a fixed list of
 /// messages after every connect (such as a subscription) and emits every data frame
 /// as it is.
 ///
 /// Frames become [`Message::Bytes`], parsed by the reader's format. With
-/// [`split_arrays`](Self::split_arrays), a frame holding a JSON array becomes one
-/// message per element instead.
+/// [`filter_map`](Self::filter_map), a function decides first which frames are data
+/// (and may rewrite them), which are control frames of the exchange to skip, and
+/// which are bad input. With [`split_arrays`](Self::split_arrays), a frame holding a
+/// JSON array (after the filter) becomes one message per element instead.
 ///
 /// # Examples
 ///
@@ -211,11 +265,38 @@ pub trait Protocol: Send + 'static {
 ///     .protocol(Generic::new().send_on_connect(r#"{"op": "subscribe", "channel": "trades"}"#).split_arrays(true));
 /// # let _ = source;
 /// ```
-#[derive(Debug, Clone, Default)]
+///
+/// A Binance-style stream, whose subscription is acknowledged with
+/// `{"result":null,"id":1}`, a frame that is not a trade:
+///
+/// ```
+/// use intake_ws::{Filtered, Generic, WebSocketSource};
+///
+/// let protocol = Generic::new()
+///     .send_on_connect(r#"{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}"#)
+///     .filter_map(|frame| match frame.as_str() {
+///         Some(text) if text.starts_with(r#"{"result""#) => Filtered::Skip,
+///         _ => Filtered::Keep,
+///     });
+/// let source = WebSocketSource::new("wss://stream.binance.com:9443/ws").protocol(protocol);
+/// # let _ = source;
+/// ```
+#[derive(Clone, Default)]
 #[must_use]
 pub struct Generic {
     on_connect: Vec<String>,
     split_arrays: bool,
+    filter: Option<FilterFn>,
+}
+
+impl std::fmt::Debug for Generic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generic")
+            .field("on_connect", &self.on_connect)
+            .field("split_arrays", &self.split_arrays)
+            .field("filter_map", &self.filter.is_some())
+            .finish()
+    }
 }
 
 impl Generic {
@@ -237,9 +318,71 @@ impl Generic {
     /// `[1, 2` cut short) becomes [`Message::Invalid`] with the JSON error as its
     /// reason, so that the reader's [`ErrorPolicy`](intake_core::ErrorPolicy) reports
     /// what is really wrong with it.
+    ///
+    /// With a [`filter_map`](Self::filter_map), splitting applies to what the filter
+    /// passes on: the frame it keeps, the payload it rewrote
+    /// ([`Filtered::Bytes`]), or the JSON array it returned ([`Filtered::Json`]).
     pub fn split_arrays(mut self, split: bool) -> Self {
         self.split_arrays = split;
         self
+    }
+
+    /// Decides, for every data frame, whether it is data (kept as it is, or
+    /// rewritten), a control frame of the exchange to skip (a subscription
+    /// acknowledgement, a heartbeat), or bad input; see [`Filtered`]. Default: every
+    /// frame is data. Setting it again replaces the previous function.
+    ///
+    /// The function runs before [`split_arrays`](Self::split_arrays), on the whole
+    /// frame, on the source's task: keep it quick (a prefix check, or one parse whose
+    /// value it passes on as [`Filtered::Json`] so the reader does not parse again).
+    /// A frame it reports as [`Filtered::Invalid`] reaches the reader's
+    /// [`ErrorPolicy`](intake_core::ErrorPolicy) with the frame as it arrived as its
+    /// raw input. Without a filter, the protocol costs what it did before: no call,
+    /// no allocation.
+    ///
+    /// # Examples
+    ///
+    /// Skips Binance's `{"result":null,"id":1}` and heartbeats, and unwraps combined
+    /// streams' `{"stream": …, "data": {…}}` envelopes:
+    ///
+    /// ```
+    /// use intake_ws::{Filtered, Generic};
+    /// use serde_json::Value;
+    ///
+    /// let protocol = Generic::new().filter_map(|frame| match frame.json::<Value>() {
+    ///     Ok(reply) if reply.get("id").is_some() && reply.get("result").is_some() => Filtered::Skip,
+    ///     Ok(heartbeat) if heartbeat["event"] == "heartbeat" => Filtered::Skip,
+    ///     Ok(mut envelope) if envelope.get("stream").is_some() => Filtered::Json(envelope["data"].take()),
+    ///     Ok(event) => Filtered::Json(event),
+    ///     Err(error) => Filtered::Invalid(format!("malformed JSON: {error}")),
+    /// });
+    /// # let _ = protocol;
+    /// ```
+    pub fn filter_map<F>(mut self, filter: F) -> Self
+    where
+        F: Fn(&Frame) -> Filtered + Send + Sync + 'static,
+    {
+        self.filter = Some(std::sync::Arc::new(filter));
+        self
+    }
+
+    /// The messages of data that passed the filter: `payload` in the reader's
+    /// format, split when it is a JSON array and splitting is on. `rewritten_from`
+    /// is the frame as it arrived when the filter rewrote it (`None`: `payload` is
+    /// the frame), reported as the raw input of a broken array.
+    fn emit_bytes(&self, payload: Bytes, rewritten_from: Option<Frame>) -> Vec<Message> {
+        if self.split_arrays && payload.trim_ascii_start().first() == Some(&b'[') {
+            // Passed on whole, a broken array would be refused by the reader as "not an
+            // object", hiding the real problem.
+            return match serde_json::from_slice::<Vec<serde_json::Value>>(&payload) {
+                Ok(items) => items.into_iter().map(Message::Json).collect(),
+                Err(error) => vec![Message::Invalid {
+                    reason: format!("malformed JSON: {error}"),
+                    raw: rewritten_from.map_or(payload, Frame::into_bytes),
+                }],
+            };
+        }
+        vec![Message::Bytes(payload)]
     }
 }
 
@@ -252,17 +395,21 @@ impl Protocol for Generic {
     }
 
     fn on_message(&mut self, frame: Frame, _replies: &mut Replies) -> Result<Vec<Message>, ProtocolError> {
-        if self.split_arrays && frame.as_bytes().trim_ascii_start().first() == Some(&b'[') {
-            // Passed on whole, a broken array would be refused by the reader as "not an
-            // object", hiding the real problem.
-            return Ok(match frame.json::<Vec<serde_json::Value>>() {
-                Ok(items) => items.into_iter().map(Message::Json).collect(),
-                Err(error) => vec![Message::Invalid {
-                    reason: format!("malformed JSON: {error}"),
-                    raw: frame.into_bytes(),
-                }],
-            });
-        }
-        Ok(vec![Message::Bytes(frame.into_bytes())])
+        let Some(filter) = &self.filter else {
+            return Ok(self.emit_bytes(frame.into_bytes(), None));
+        };
+        Ok(match filter(&frame) {
+            Filtered::Keep => self.emit_bytes(frame.into_bytes(), None),
+            Filtered::Bytes(payload) => self.emit_bytes(payload, Some(frame)),
+            Filtered::Json(serde_json::Value::Array(items)) if self.split_arrays => {
+                items.into_iter().map(Message::Json).collect()
+            }
+            Filtered::Json(value) => vec![Message::Json(value)],
+            Filtered::Skip => Vec::new(),
+            Filtered::Invalid(reason) => vec![Message::Invalid {
+                raw: frame.into_bytes(),
+                reason,
+            }],
+        })
     }
 }

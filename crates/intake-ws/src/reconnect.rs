@@ -168,6 +168,7 @@ pub struct WsStats {
     pub(crate) reconnects: AtomicU64,
     pub(crate) frames: AtomicU64,
     pub(crate) messages: AtomicU64,
+    pub(crate) skipped: AtomicU64,
     pub(crate) pongs: AtomicU64,
 }
 
@@ -191,6 +192,14 @@ impl WsStats {
     /// Messages the protocol emitted to the table.
     pub fn messages(&self) -> u64 {
         self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Data frames the protocol turned into no message at all: control frames of the
+    /// exchange, such as subscription acknowledgements and heartbeats skipped by a
+    /// [`Generic`](crate::Generic) filter or Polygon's status events. Bad input is not
+    /// counted here: it becomes a report for the reader's error policy.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     /// Pings from the server answered with a pong.

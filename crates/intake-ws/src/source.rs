@@ -70,11 +70,23 @@ pub fn install_crypto_provider() {
 /// On shutdown the source sends a close frame (1000) and waits up to a second for
 /// the server's reply.
 ///
+/// # Error policy
+///
+/// Read a feed with [`ErrorPolicy::SkipAndReport`](intake_core::ErrorPolicy::SkipAndReport),
+/// as the example below does. Core's default,
+/// [`ErrorPolicy::Fail`](intake_core::ErrorPolicy::Fail), suits input read once (a
+/// file to fix); on a feed that runs for days it fails the pipeline on the first odd
+/// frame. Skipped frames are not lost silently: they are counted, logged and
+/// delivered on [`Pipeline::rejected`](intake_core::Pipeline::rejected). Frames that
+/// are not data at all (acknowledgements, heartbeats) belong in the protocol, which
+/// skips them before the reader sees them (see [`Generic::filter_map`]). The guide,
+/// `docs/websocket.md`, gives the reasons.
+///
 /// # Examples
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use intake_core::{Column, DataType, Pipeline, Reader, Schema};
+/// use intake_core::{Column, DataType, ErrorPolicy, Pipeline, Reader, Schema};
 /// use intake_ws::{Polygon, Reconnect, WebSocketSource};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -92,9 +104,16 @@ pub fn install_crypto_provider() {
 /// let stats = source.stats();
 ///
 /// let mut pipeline = Pipeline::new();
-/// let aggregates = pipeline.read("polygon", source, Reader::json(schema));
+/// // A feed: bad frames are skipped and reported, not the end of the pipeline.
+/// let reader = Reader::json(schema).error_policy(ErrorPolicy::SkipAndReport);
+/// let aggregates = pipeline.read("polygon", source, reader);
 /// pipeline.run().await?;
-/// println!("{} symbols, {} reconnects", aggregates.len(), stats.reconnects());
+/// println!(
+///     "{} symbols, {} rejected, {} reconnects",
+///     aggregates.len(),
+///     aggregates.stats().rejected,
+///     stats.reconnects()
+/// );
 /// # Ok(())
 /// # }
 /// ```
@@ -292,7 +311,8 @@ impl WebSocketSource {
         self
     }
 
-    /// The source's counters (connects, reconnects, frames, messages, pongs), live
+    /// The source's counters (connects, reconnects, frames, messages, skipped frames,
+    /// pongs), live
     /// while it runs.
     pub fn stats(&self) -> Arc<WsStats> {
         self.stats.clone()
@@ -368,7 +388,14 @@ impl WebSocketSource {
             match self.protocol.on_message(frame, &mut replies) {
                 Ok(messages) => {
                     send_replies(&mut replies, &replies_tx);
-                    if !messages.is_empty() {
+                    if messages.is_empty() {
+                        WsStats::add(&self.stats.skipped, 1);
+                        tracing::debug!(
+                            source = ctx.name(),
+                            frame = self.stats.frames(),
+                            "a frame carried no data (a control frame of the protocol); skipped"
+                        );
+                    } else {
                         // Reports of bad input do not make a connection healthy.
                         healthy |= messages.iter().any(|m| !matches!(m, Message::Invalid { .. }));
                         WsStats::add(&self.stats.messages, messages.len() as u64);
