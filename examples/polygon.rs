@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use intake_core::{Pipeline, Reader, Subscriber};
+use intake_core::{ErrorPolicy, Pipeline, Reader, Subscriber};
 use intake_ws::{Polygon, Reconnect, WebSocketSource};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -58,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
     let stats = source.stats();
 
     let mut pipeline = Pipeline::new();
-    let aggregates = pipeline.read("polygon", source, Reader::json(schema));
+    // A feed must not die on its first odd frame: skip bad input, count and report it
+    // (docs/websocket.md, "Error policy").
+    let reader = Reader::json(schema).error_policy(ErrorPolicy::SkipAndReport);
+    let aggregates = pipeline.read("polygon", source, reader);
     aggregates.subscribe(Subscriber::new().on_change(|key, row, time, is_addition| {
         if is_addition {
             let close = row.get("c").and_then(|v| v.as_float()).unwrap_or_default();
