@@ -49,9 +49,30 @@ pub use intake_file as file;
 #[cfg(feature = "ws")]
 pub use intake_ws as ws;
 
-/// Derives [`RowType`] for a struct: each field a column, `Option` fields nullable,
-/// `#[intake(primary_key)]`, `#[intake(default = ...)]`, `#[intake(type = "...")]` and
-/// `#[intake(rename = "...")]` on fields.
+/// Derives [`RowType`] for a struct: each field a column, `Option` fields nullable.
+///
+/// | field type | column |
+/// |---|---|
+/// | `i8`..`i64`, `u8`..`u32`, `isize` | int |
+/// | `f32`, `f64` | float |
+/// | `bool` | bool |
+/// | `String`, `&str`, `Box<str>`, `Arc<str>`, `Rc<str>`, `char` | string |
+/// | `Vec<u8>`, `Bytes` | bytes |
+/// | `serde_json::Value` | json |
+/// | [`Timestamp`] | timestamp |
+/// | `Option<T>` | `T`'s column, nullable |
+///
+/// Field attributes, in `#[intake(...)]`:
+/// - `primary_key`: the column is (part of) the primary key;
+/// - `default = <expr>`: the column's default (anything `Into<Value>`);
+/// - `type = "int" | "float" | "bool" | "string" | "bytes" | "json" | "timestamp"`: the
+///   column's type, for a field type not in the table (such as a newtype that
+///   serializes as one of those);
+/// - `rename = "name"`: the column's name, when it must differ from serde's.
+///
+/// Columns are named as serde names the fields: `#[serde(rename = "...")]` on a field
+/// and `#[serde(rename_all = "...")]` on the struct name the columns too, so one rename
+/// serves both a typed send (`ctx.next(&value)`) and `row.deserialize()`.
 ///
 /// # Examples
 ///
@@ -62,8 +83,7 @@ pub use intake_ws as ws;
 /// struct Aggregate {
 ///     #[intake(primary_key)]
 ///     sym: String,
-///     #[serde(rename = "c")]
-///     #[intake(rename = "c")]
+///     #[serde(rename = "c")] // the column is `c` too
 ///     close: f64,
 ///     #[intake(default = 0)]
 ///     volume: i64,
