@@ -7,10 +7,13 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use intake_core::{BoxError, ChangeBatch, Key, Row, Schema, Sink, Time};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::sink::{field, naming, sync_parent};
 
@@ -53,8 +56,9 @@ use crate::sink::{field, naming, sync_parent};
 ///
 /// The sink holds one copy of the table's rows (shared with the batches, so the
 /// values of strings, bytes and JSON are not copied), and each commit rewrites the
-/// whole file: time and disk writes grow with the table, not with the commit. For a
-/// table of millions of rows that changes often, prefer the change log
+/// whole file: time and disk writes grow with the table, not with the commit.
+/// [`min_interval`](Self::min_interval) bounds how often a large table is rewritten;
+/// for a table of millions of rows that changes often, prefer the change log
 /// ([`JsonLinesSink`](crate::JsonLinesSink)), or a subscriber that serves the rows.
 ///
 /// # Cancel safety
@@ -83,6 +87,11 @@ pub struct TableFileSink {
     /// Whether the file may not show the rows folded so far: set before each write,
     /// cleared once one succeeds.
     stale: bool,
+    min_interval: Duration,
+    /// When the file was last rewritten, or when the scheduled rewrite will be.
+    last_write: Option<Instant>,
+    /// The scheduled rewrite, with [`min_interval`](TableFileSink::min_interval).
+    flush: Option<JoinHandle<()>>,
 }
 
 /// What a rewrite needs, cheap to move into a blocking task.
@@ -107,6 +116,12 @@ struct State {
     /// The schema of the last batch: a CSV header for a table with no rows.
     schema: Option<Schema>,
     rows: BTreeMap<Key, Row>,
+    /// Whether a rewrite is scheduled that will show every row folded so far. Read and
+    /// set under the lock with the fold, so that no fold lands just after a scheduled
+    /// rewrite and stays unwritten.
+    flush_scheduled: bool,
+    /// The error of a scheduled rewrite, reported by the next call.
+    flush_error: Option<io::Error>,
 }
 
 impl TableFileSink {
@@ -141,7 +156,31 @@ impl TableFileSink {
                 state: Arc::default(),
             },
             stale: true,
+            min_interval: Duration::ZERO,
+            last_write: None,
+            flush: None,
         }
+    }
+
+    /// Rewrites the file at most once per `interval` (the default, zero, rewrites it
+    /// after every commit). A commit within `interval` of the last rewrite is folded
+    /// into the rows and written by a rewrite scheduled for when the interval is over,
+    /// together with any commit until then; [`close`](Sink::close) writes the final
+    /// state at once. For a large table that commits often: the file then lags the
+    /// table by at most `interval` (plus one rewrite's time), and a crash loses
+    /// nothing the table keeps, as the file is only a view of it.
+    ///
+    /// An error of a scheduled rewrite is returned by the next
+    /// [`write_batch`](Sink::write_batch) or `close`, failing the pipeline.
+    ///
+    /// # Panics
+    ///
+    /// A scheduled rewrite is a Tokio task: `write_batch` panics outside a Tokio
+    /// runtime (a pipeline always runs its sinks in one).
+    #[must_use]
+    pub fn min_interval(mut self, interval: Duration) -> Self {
+        self.min_interval = interval;
+        self
     }
 
     /// The path written.
@@ -163,7 +202,50 @@ impl TableFileSink {
             .await
             .map_err(io::Error::other)??;
         self.stale = false;
+        self.last_write = Some(Instant::now());
         Ok(())
+    }
+
+    /// With a `min_interval`: folds `batch`, and rewrites the file now if the interval
+    /// since the last rewrite is over, else makes sure a rewrite is scheduled for when
+    /// it is.
+    async fn write_at_most_every_interval(&mut self, batch: ChangeBatch) -> io::Result<()> {
+        let now = Instant::now();
+        let due = self.last_write.is_none_or(|last| now >= last + self.min_interval);
+        if due && self.flush.as_ref().is_none_or(JoinHandle::is_finished) {
+            return self.rewrite(Some(batch)).await;
+        }
+        self.stale = true;
+        let job = self.job.clone();
+        let schedule = tokio::task::spawn_blocking(move || job.fold(&batch))
+            .await
+            .map_err(io::Error::other)??;
+        if schedule {
+            let at = self
+                .last_write
+                .map_or(now, |last| last + self.min_interval)
+                .max(now);
+            self.last_write = Some(at);
+            let job = self.job.clone();
+            self.flush = Some(tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                // Cancelled by `close` or drop while asleep; once writing, it finishes.
+                let _ = tokio::task::spawn_blocking(move || job.flush()).await;
+            }));
+        }
+        Ok(())
+    }
+
+    /// Cancels a scheduled rewrite that has not started (one writing finishes before
+    /// the next write takes the lock); the error of one that failed.
+    fn take_flush_error(&mut self) -> io::Result<()> {
+        if let Some(flush) = self.flush.take() {
+            flush.abort();
+        }
+        match self.job.lock()?.flush_error.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
@@ -180,7 +262,13 @@ impl fmt::Debug for TableFileSink {
 #[async_trait]
 impl Sink for TableFileSink {
     async fn write_batch(&mut self, batch: &ChangeBatch) -> Result<(), BoxError> {
-        Ok(self.rewrite(Some(batch.clone())).await?)
+        if self.min_interval.is_zero() {
+            return Ok(self.rewrite(Some(batch.clone())).await?);
+        }
+        if let Some(error) = self.job.lock()?.flush_error.take() {
+            return Err(error.into());
+        }
+        Ok(self.write_at_most_every_interval(batch.clone()).await?)
     }
 
     /// Returns `None`: the file holds the table's state, so the sink takes the
@@ -194,8 +282,10 @@ impl Sink for TableFileSink {
     }
 
     /// Writes the table's state if the file does not show it yet (no batch came since
-    /// the sink was resumed, or the last write failed).
+    /// the sink was resumed, the last write failed, or a rewrite is scheduled with
+    /// [`min_interval`](TableFileSink::min_interval)).
     async fn close(&mut self) -> Result<(), BoxError> {
+        self.take_flush_error()?;
         if self.stale {
             self.rewrite(None).await?;
         }
@@ -203,18 +293,56 @@ impl Sink for TableFileSink {
     }
 }
 
+impl Drop for TableFileSink {
+    fn drop(&mut self) {
+        // A sink dropped without `close` (its pipeline gave up on it) stops rewriting.
+        if let Some(flush) = self.flush.take() {
+            flush.abort();
+        }
+    }
+}
+
 impl Job {
-    fn run(&self, batch: Option<&ChangeBatch>) -> io::Result<()> {
-        let mut state = self.state.lock().map_err(|_| {
+    fn lock(&self) -> io::Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| {
             io::Error::other(format!(
                 "an earlier write of {} panicked: the rows it held are unknown",
                 self.path.display()
             ))
-        })?;
+        })
+    }
+
+    fn run(&self, batch: Option<&ChangeBatch>) -> io::Result<()> {
+        let mut state = self.lock()?;
         if let Some(batch) = batch {
             state.fold(batch);
         }
+        // Whatever was scheduled is written now.
+        state.flush_scheduled = false;
         self.replace(&state)
+    }
+
+    /// Folds `batch` without writing; whether the caller must schedule a rewrite.
+    fn fold(&self, batch: &ChangeBatch) -> io::Result<bool> {
+        let mut state = self.lock()?;
+        state.fold(batch);
+        let schedule = !state.flush_scheduled;
+        state.flush_scheduled = true;
+        Ok(schedule)
+    }
+
+    /// The scheduled rewrite: keeps its error for the sink's next call.
+    fn flush(&self) {
+        let Ok(mut state) = self.lock() else {
+            return;
+        };
+        if !state.flush_scheduled {
+            return;
+        }
+        state.flush_scheduled = false;
+        if let Err(error) = self.replace(&state) {
+            state.flush_error = Some(error);
+        }
     }
 
     /// Writes `state` to the temporary file, syncs it, renames it over the file and

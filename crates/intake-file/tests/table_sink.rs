@@ -363,3 +363,57 @@ async fn a_file_in_a_missing_directory_fails_the_pipeline() {
         other => panic!("{other:?}"),
     }
 }
+
+/// One commit per row, as the batches a table emitted.
+async fn one_commit_each(rows: Vec<Json>) -> Vec<ChangeBatch> {
+    let source = source_fn(move |ctx: SourceContext| async move {
+        for row in rows {
+            ctx.next_json(row).await?;
+            ctx.commit().await?;
+        }
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("cats", source, Reader::json(schema()));
+    let commits = tokio::spawn(table.changes().collect::<Vec<_>>());
+    pipeline.run().await.unwrap();
+    commits.await.unwrap()
+}
+
+/// With `min_interval`, a commit within the interval of the last rewrite is written
+/// by one rewrite when the interval is over (with the commits after it), never
+/// left out; `close` writes the final state at once.
+#[tokio::test(start_paused = true)]
+async fn with_a_min_interval_commits_are_written_once_it_is_over_and_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cats.jsonl");
+    let commits = one_commit_each((1..=4).map(|key| json!({"key": key, "genus": "felis"})).collect()).await;
+    assert_eq!(commits.len(), 4);
+    let rows = |keys: std::ops::RangeInclusive<i64>| {
+        keys.map(|key| format!("{{\"key\":{key},\"genus\":\"felis\",\"weight\":null}}\n"))
+            .collect::<String>()
+    };
+    let read = || std::fs::read_to_string(&path).unwrap();
+
+    let mut sink = TableFileSink::json_lines(&path).min_interval(Duration::from_secs(1));
+    sink.resume(None).await.unwrap();
+    assert_eq!(read(), "");
+    sink.write_batch(&commits[0]).await.unwrap();
+    assert_eq!(read(), "", "rewritten within the interval");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(read(), rows(1..=1), "not rewritten once the interval was over");
+
+    sink.write_batch(&commits[1]).await.unwrap();
+    sink.write_batch(&commits[2]).await.unwrap();
+    assert_eq!(read(), rows(1..=1));
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(read(), rows(1..=3));
+
+    sink.write_batch(&commits[3]).await.unwrap();
+    assert_eq!(read(), rows(1..=3));
+    sink.close().await.unwrap();
+    assert_eq!(read(), rows(1..=4), "close did not write the final state");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(read(), rows(1..=4));
+    assert!(!sink.temporary_path().exists());
+}
