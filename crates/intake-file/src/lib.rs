@@ -14,6 +14,9 @@
 //!   and `diff` columns like Pathway's `pw.io.csv.write`, synced per commit; opened with
 //!   `open`, they continue an earlier run's file holding every commit exactly once
 //!   across crashes (a `<path>.commits` file records the whole commits).
+//! - [`TableFileSink`]: the table itself rather than its changes, like Pathway's
+//!   snapshot output: the rows as of the last commit, sorted by key, as JSON lines (in
+//!   schema column order) or CSV, the file rewritten atomically after every commit.
 //!
 //! The guide is `docs/files.md`.
 //!
@@ -51,6 +54,7 @@ mod format;
 mod fragment;
 mod glob;
 mod sink;
+mod snapshot_sink;
 
 /// The decoder's entry points for the fuzz targets in `fuzz/`: built for this crate's
 /// tests and with `--cfg fuzzing` only.
@@ -67,6 +71,7 @@ pub use fragment::{
 };
 pub use glob::FileGlob;
 pub use sink::{CsvSink, JsonLinesSink};
+pub use snapshot_sink::TableFileSink;
 
 #[doc = include_str!("../../../docs/files.md")]
 #[cfg(doctest)]

@@ -122,7 +122,7 @@ fn header(batch: &ChangeBatch) -> Result<Vec<u8>, BoxError> {
 }
 
 /// A value as a CSV field.
-fn field(value: &Value) -> String {
+pub(crate) fn field(value: &Value) -> String {
     match value.to_json() {
         Json::Null => String::new(),
         Json::String(text) => text,
@@ -693,7 +693,7 @@ fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Makes a newly created file's directory entry durable.
-fn sync_parent(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
         let parent = match path.parent() {
@@ -710,7 +710,7 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 }
 
 /// `error`, with the path it is about.
-fn naming(path: &Path, error: io::Error) -> io::Error {
+pub(crate) fn naming(path: &Path, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
