@@ -259,16 +259,46 @@ fn dismantle(value: serde_json::Value) {
     }
 }
 
+/// How a reader's messages are parsed: the format and its options. A bare [`Format`]
+/// converts into one with every option off, so `Parser::new(schema, Format::Json)`
+/// reads strictly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParseOptions {
+    pub(crate) format: Format,
+    /// Int and float columns also read a JSON string holding a JSON number
+    /// ([`Reader::lenient_numbers`](crate::Reader::lenient_numbers)).
+    pub(crate) lenient_numbers: bool,
+}
+
+impl From<Format> for ParseOptions {
+    fn from(format: Format) -> Self {
+        ParseOptions {
+            format,
+            lenient_numbers: false,
+        }
+    }
+}
+
 /// Parses payloads of one format into rows of one schema.
 #[derive(Debug, Clone)]
 pub(crate) struct Parser {
     schema: Schema,
     format: Format,
+    /// See [`ParseOptions::lenient_numbers`]; typed sends pass it to `typed::read_row`.
+    pub(crate) lenient_numbers: bool,
 }
 
 impl Parser {
-    pub(crate) fn new(schema: Schema, format: Format) -> Self {
-        Parser { schema, format }
+    pub(crate) fn new(schema: Schema, options: impl Into<ParseOptions>) -> Self {
+        let ParseOptions {
+            format,
+            lenient_numbers,
+        } = options.into();
+        Parser {
+            schema,
+            format,
+            lenient_numbers,
+        }
     }
 
     pub(crate) fn schema(&self) -> &Schema {
@@ -309,6 +339,7 @@ impl Parser {
         let seed = RowSeed {
             schema: &self.schema,
             failure: &failure,
+            lenient_numbers: self.lenient_numbers,
         };
         let parsed = seed
             .deserialize(&mut deserializer)
@@ -331,6 +362,7 @@ impl Parser {
         let seed = RowSeed {
             schema: &self.schema,
             failure: &failure,
+            lenient_numbers: self.lenient_numbers,
         };
         seed.deserialize(json).map_err(|e| {
             failure
@@ -428,6 +460,15 @@ pub(crate) const NOT_BYTES: &str = "an array holding other than bytes (0 to 255)
 /// What a non-finite float is called in a [`ParseError::WrongType`].
 pub(crate) const NON_FINITE: &str = "NaN or an infinity";
 
+/// What a string that is not a JSON number is called in a [`ParseError::WrongType`]
+/// for an int or float column of a reader with lenient numbers.
+pub(crate) const STRING_NOT_A_NUMBER: &str = "a string that is not a JSON number (lenient numbers are on)";
+
+/// What a string holding a number too large for an f64 is called in a
+/// [`ParseError::WrongType`] for a float column of a reader with lenient numbers.
+pub(crate) const STRING_BEYOND_FLOAT: &str =
+    "a string holding a number beyond the float range (lenient numbers are on)";
+
 /// Records the structured reason for a failure and returns the serde error that aborts
 /// deserialization; the caller prefers the recorded reason.
 pub(crate) fn fail<E: de::Error>(failure: &Cell<Option<ParseError>>, reason: ParseError) -> E {
@@ -439,6 +480,7 @@ pub(crate) fn fail<E: de::Error>(failure: &Cell<Option<ParseError>>, reason: Par
 struct RowSeed<'a> {
     schema: &'a Schema,
     failure: &'a Cell<Option<ParseError>>,
+    lenient_numbers: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
@@ -545,6 +587,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             values[i] = map.next_value_seed(ValueSeed {
                 column: &columns[i],
                 failure: self.failure,
+                lenient_numbers: self.lenient_numbers,
             })?;
         }
         complete_row(columns, values, &seen).map_err(|reason| fail(self.failure, reason))?;
@@ -608,6 +651,8 @@ impl<'de> Visitor<'de> for ColumnSeed<'_> {
 pub(crate) struct ValueSeed<'a> {
     pub(crate) column: &'a Column,
     pub(crate) failure: &'a Cell<Option<ParseError>>,
+    /// Whether an int or float column also reads a string holding a JSON number.
+    pub(crate) lenient_numbers: bool,
 }
 
 impl ValueSeed<'_> {
@@ -632,6 +677,54 @@ impl ValueSeed<'_> {
                 },
             )
         })
+    }
+
+    /// A string met by an int or float column of a lenient reader: read as the JSON
+    /// number it holds, through this visitor's own number methods, so `"65000.1"` has
+    /// exactly the outcome of `65000.1` (the same f64, range checks and refusals).
+    fn number_in_string<E: de::Error>(self, text: &str) -> Result<Value, E> {
+        // A JSON number starts with `-` or a digit and ends with a digit. Checking
+        // both ends refuses what serde_json would otherwise skip or accept around a
+        // number (whitespace), and what is no JSON number (`+1`, `.5`, `NaN`, `inf`).
+        let bytes = text.as_bytes();
+        let delimited =
+            matches!(bytes.first(), Some(b'-' | b'0'..=b'9')) && matches!(bytes.last(), Some(b'0'..=b'9'));
+        if !delimited {
+            return Err(self.wrong_type(STRING_NOT_A_NUMBER));
+        }
+        let failure = self.failure;
+        let strict = ValueSeed {
+            lenient_numbers: false,
+            ..self
+        };
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let read = strict
+            .deserialize(&mut deserializer)
+            .and_then(|value| deserializer.end().map(|()| value));
+        match read {
+            Ok(value) => Ok(value),
+            // The number was read but refused (a fraction for an int column, an
+            // integer beyond 64 bits): that reason stands, as for a JSON number.
+            Err(error) => Err(match failure.take() {
+                Some(reason) => fail(failure, reason),
+                None => {
+                    // serde_json has no error code to match on; its message is
+                    // stable. A number too large for an f64 is refused by serde_json
+                    // as JSON text, so as a string it is out of range for either type.
+                    let overflow = error.to_string().starts_with("number out of range");
+                    match (overflow, self.column.data_type()) {
+                        (true, DataType::Int) => fail(
+                            failure,
+                            ParseError::IntegerOutOfRange {
+                                column: self.column.name().to_owned(),
+                            },
+                        ),
+                        (true, _) => self.wrong_type(STRING_BEYOND_FLOAT),
+                        (false, _) => self.wrong_type(STRING_NOT_A_NUMBER),
+                    }
+                }
+            }),
+        }
     }
 
     fn millis<E: de::Error>(&self, millis: i64) -> Result<Value, E> {
@@ -727,6 +820,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
             DataType::String => Ok(Value::String(Arc::from(v))),
             DataType::Bytes => Ok(Value::Bytes(Bytes::copy_from_slice(v.as_bytes()))),
             DataType::Timestamp => self.timestamp(Timestamp::parse_rfc3339(v)),
+            DataType::Int | DataType::Float if self.lenient_numbers => self.number_in_string(v),
             _ => Err(self.wrong_type("a string")),
         }
     }
@@ -979,6 +1073,230 @@ pub(crate) mod tests {
             for text in [row.to_string(), row.to_json().to_string()] {
                 let values = parser.parse(&Payload::Bytes(Bytes::from(text.clone()))).unwrap();
                 proptest::prop_assert_eq!(values[0].as_float().map(f64::to_bits), Some(bits), "{}", text);
+            }
+        }
+    }
+
+    /// A parser of `{"i": int, "f": float}` (both nullable), with or without lenient
+    /// numbers.
+    fn numbers(lenient_numbers: bool) -> Parser {
+        let schema = Schema::new([
+            Column::new("i", DataType::Int).nullable(),
+            Column::new("f", DataType::Float).nullable(),
+        ])
+        .unwrap();
+        Parser::new(
+            schema,
+            ParseOptions {
+                format: Format::Json,
+                lenient_numbers,
+            },
+        )
+    }
+
+    /// `text` parsed as bytes and as a `serde_json::Value`, checked to agree.
+    fn parse_with(parser: &Parser, text: &str) -> Result<Arc<[Value]>, ParseError> {
+        let from_bytes = parser.parse(&Payload::Bytes(Bytes::copy_from_slice(text.as_bytes())));
+        let json = serde_json::from_str::<serde_json::Value>(text).unwrap();
+        let from_value = parser.parse(&Payload::Json(json));
+        assert_eq!(from_bytes, from_value, "bytes and value disagree on {text}");
+        from_bytes
+    }
+
+    /// The outcome of `field` holding `value` (JSON text) under `parser`.
+    fn field(parser: &Parser, field: &str, value: &str) -> Result<Value, ParseError> {
+        let index = parser.schema().index_of(field).unwrap();
+        parse_with(parser, &format!(r#"{{"{field}": {value}}}"#)).map(|values| values[index].clone())
+    }
+
+    #[test]
+    fn lenient_numbers_read_json_number_syntax_in_strings_and_refuse_the_rest() {
+        let lenient = numbers(true);
+        let wrong = |column: &str, expected, found| {
+            Err(ParseError::WrongType {
+                column: column.into(),
+                expected,
+                found,
+            })
+        };
+        let out_of_range = Err(ParseError::IntegerOutOfRange { column: "i".into() });
+        let int_cases: &[(&str, Result<Value, ParseError>)] = &[
+            (r#""12""#, Ok(Value::Int(12))),
+            (r#""0""#, Ok(Value::Int(0))),
+            (r#""-7""#, Ok(Value::Int(-7))),
+            (r#""9223372036854775807""#, Ok(Value::Int(i64::MAX))),
+            (r#""-9223372036854775808""#, Ok(Value::Int(i64::MIN))),
+            (r#""9223372036854775808""#, out_of_range.clone()),
+            (r#""18446744073709551616""#, out_of_range.clone()),
+            (r#""1e30""#, out_of_range.clone()),
+            (r#""1e400""#, out_of_range.clone()),
+            (
+                r#""1.5""#,
+                wrong("i", DataType::Int, "a number with a fraction or exponent"),
+            ),
+            (
+                r#""1e3""#,
+                wrong("i", DataType::Int, "a number with a fraction or exponent"),
+            ),
+            (
+                r#""1.0""#,
+                wrong("i", DataType::Int, "a number with a fraction or exponent"),
+            ),
+        ];
+        let float_cases: &[(&str, Result<Value, ParseError>)] = &[
+            (r#""65000.1""#, Ok(Value::Float(65000.1))),
+            (r#""12""#, Ok(Value::Float(12.0))),
+            (r#""-0.5""#, Ok(Value::Float(-0.5))),
+            (r#""1e3""#, Ok(Value::Float(1000.0))),
+            (r#""1E-3""#, Ok(Value::Float(0.001))),
+            (r#""2.5e+2""#, Ok(Value::Float(250.0))),
+            (
+                r#""18446744073709551616""#,
+                Ok(Value::Float(18_446_744_073_709_551_616.0)),
+            ),
+            (r#""1e400""#, wrong("f", DataType::Float, STRING_BEYOND_FLOAT)),
+            (r#""-1e400""#, wrong("f", DataType::Float, STRING_BEYOND_FLOAT)),
+        ];
+        for (input, expected) in int_cases {
+            assert_eq!(&field(&lenient, "i", input), expected, "int column, {input}");
+        }
+        for (input, expected) in float_cases {
+            assert_eq!(&field(&lenient, "f", input), expected, "float column, {input}");
+        }
+        // Not JSON number syntax: refused for both types, with the lenient reason.
+        for input in [
+            r#""""#,
+            r#"" 1""#,
+            r#""1 ""#,
+            r#""\n1""#,
+            r#""+1""#,
+            r#"".5""#,
+            r#""1.""#,
+            r#""01""#,
+            r#""-""#,
+            r#""1e""#,
+            r#""0x10""#,
+            r#""1_000""#,
+            r#""1,5""#,
+            r#""NaN""#,
+            r#""nan""#,
+            r#""inf""#,
+            r#""-inf""#,
+            r#""Infinity""#,
+            r#""-Infinity""#,
+            r#""12abc""#,
+            r#""1 2""#,
+            r#""\"1\"""#,
+            r#""١٢""#,
+            r#""high""#,
+        ] {
+            assert_eq!(
+                field(&lenient, "i", input),
+                wrong("i", DataType::Int, STRING_NOT_A_NUMBER),
+                "int column, {input}"
+            );
+            assert_eq!(
+                field(&lenient, "f", input),
+                wrong("f", DataType::Float, STRING_NOT_A_NUMBER),
+                "float column, {input}"
+            );
+        }
+        // Numbers as numbers, and nulls, are read as without the option.
+        assert_eq!(field(&lenient, "i", "12"), Ok(Value::Int(12)));
+        assert_eq!(field(&lenient, "f", "65000.1"), Ok(Value::Float(65000.1)));
+        assert_eq!(field(&lenient, "i", "null"), Ok(Value::Null));
+        assert_eq!(
+            field(&lenient, "i", "true"),
+            wrong("i", DataType::Int, "a boolean")
+        );
+    }
+
+    #[test]
+    fn without_lenient_numbers_a_number_string_is_still_the_wrong_type() {
+        let strict = numbers(false);
+        for input in [r#""1""#, r#""65000.1""#, r#""1e3""#] {
+            assert_eq!(
+                field(&strict, "i", input),
+                Err(ParseError::WrongType {
+                    column: "i".into(),
+                    expected: DataType::Int,
+                    found: "a string",
+                }),
+                "{input}"
+            );
+            assert_eq!(
+                field(&strict, "f", input),
+                Err(ParseError::WrongType {
+                    column: "f".into(),
+                    expected: DataType::Float,
+                    found: "a string",
+                }),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn lenient_numbers_read_primary_keys_and_leave_other_columns_alone() {
+        let parser = Parser::new(
+            schema(),
+            ParseOptions {
+                format: Format::Json,
+                lenient_numbers: true,
+            },
+        );
+        let values = parse_with(
+            &parser,
+            r#"{"key": "7", "name": "12", "score": "2.5", "at": "2024-01-01T00:00:00Z", "blob": "3"}"#,
+        )
+        .unwrap();
+        assert_eq!(values[0], Value::Int(7), "a key column reads a number string");
+        assert_eq!(values[1], Value::from("12"), "a string column keeps its string");
+        assert_eq!(values[2], Value::Float(2.5));
+        assert_eq!(values[7].as_bytes(), Some(&b"3"[..]));
+        // A timestamp column reads RFC 3339 strings, not numbers in strings.
+        assert!(matches!(
+            parse_with(&parser, r#"{"key": 1, "name": "a", "at": "1700000000000"}"#),
+            Err(ParseError::InvalidTimestamp { .. })
+        ));
+        // A bool column is not numeric.
+        assert_eq!(
+            parse_with(&parser, r#"{"key": 1, "name": "a", "ok": "1"}"#).unwrap_err(),
+            ParseError::WrongType {
+                column: "ok".into(),
+                expected: DataType::Bool,
+                found: "a string",
+            }
+        );
+    }
+
+    proptest::proptest! {
+        /// A float sent as a string is exactly the float sent as a number, on the text
+        /// and the value paths, whichever way the number is written.
+        #[test]
+        fn a_float_in_a_string_is_the_float_as_a_number(bits in proptest::prelude::any::<u64>(), exponent in proptest::prelude::any::<bool>()) {
+            let x = f64::from_bits(bits);
+            proptest::prop_assume!(x.is_finite());
+            let lenient = numbers(true);
+            let text = if exponent { format!("{x:e}") } else { serde_json::Number::from_f64(x).unwrap().to_string() };
+            let as_number = field(&lenient, "f", &text);
+            let as_string = field(&lenient, "f", &format!("\"{text}\""));
+            proptest::prop_assert_eq!(&as_string, &as_number, "{}", text);
+            proptest::prop_assert_eq!(as_string.unwrap().as_float().map(f64::to_bits), Some(bits), "{}", text);
+        }
+
+        /// An integer sent as a string is the integer sent as a number, for an int and
+        /// a float column, including beyond the 64-bit range.
+        #[test]
+        fn an_integer_in_a_string_is_the_integer_as_a_number(n in proptest::prelude::any::<i128>()) {
+            let lenient = numbers(true);
+            for column in ["i", "f"] {
+                let as_number = field(&lenient, column, &n.to_string());
+                let as_string = field(&lenient, column, &format!("\"{n}\""));
+                proptest::prop_assert_eq!(&as_string, &as_number, "{} in {}", n, column);
+            }
+            if let Ok(n) = i64::try_from(n) {
+                proptest::prop_assert_eq!(field(&lenient, "i", &format!("\"{n}\"")), Ok(Value::Int(n)));
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::parse::Format;
+use crate::parse::{Format, ParseOptions};
 use crate::schema::{Schema, SchemaError};
 use crate::value::DataType;
 
@@ -48,7 +48,8 @@ pub enum ErrorPolicy {
 #[must_use]
 pub struct Reader {
     pub(crate) schema: Schema,
-    pub(crate) format: Format,
+    /// The format with its options: what a parser is built from.
+    pub(crate) format: ParseOptions,
     pub(crate) autocommit_duration: Duration,
     pub(crate) max_batch_size: usize,
     pub(crate) channel_capacity: usize,
@@ -100,7 +101,7 @@ impl Reader {
     fn unchecked(schema: Schema, format: Format) -> Self {
         Reader {
             schema,
-            format,
+            format: ParseOptions::from(format),
             autocommit_duration: Self::DEFAULT_AUTOCOMMIT,
             max_batch_size: Self::DEFAULT_MAX_BATCH_SIZE,
             channel_capacity: Self::DEFAULT_CHANNEL_CAPACITY,
@@ -210,6 +211,48 @@ impl Reader {
     /// [`PersistenceError::InvalidId`](crate::PersistenceError::InvalidId).
     pub fn persistent_id(mut self, id: impl Into<String>) -> Self {
         self.persistent_id = Some(id.into());
+        self
+    }
+
+    /// Whether int and float columns also accept numbers sent as JSON strings
+    /// (`{"price": "65000.1", "size": "12"}`, as many exchanges send them), with the
+    /// [JSON format](Format::Json). Default: off, and a string for a numeric column is
+    /// [`ParseError::WrongType`](crate::ParseError::WrongType).
+    ///
+    /// When on, a string met by an int or float column (a primary key column too) must
+    /// hold exactly one number in JSON number syntax, and then has exactly the outcome
+    /// that number has: `"65000.1"` is the same `f64` as `65000.1`, `"12"` in a float
+    /// column is `12.0`, `"1.5"` or `"1e3"` in an int column is `WrongType` as `1.5` and
+    /// `1e3` are, and `"18446744073709551616"` in an int column is
+    /// [`IntegerOutOfRange`](crate::ParseError::IntegerOutOfRange). Anything JSON does
+    /// not write as a number is refused as `WrongType`: surrounding whitespace, a
+    /// leading `+` or `.`, a trailing `.`, leading zeros, hex, `_` separators, `NaN`,
+    /// `inf`, an empty string. A number too large for an `f64` (`"1e400"`) is
+    /// `IntegerOutOfRange` for an int column and `WrongType` for a float column.
+    /// Numbers sent as numbers, and strings for other columns, are read as without the
+    /// option (timestamps keep reading RFC 3339 strings).
+    ///
+    /// It applies to every message of the reader: bytes, text and
+    /// `serde_json::Value`s, and typed sends agree with the value's JSON text. The
+    /// [raw](Format::Raw) and [bytes](Format::Bytes) formats have no numeric columns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use intake_core::{Column, DataType, Reader, Schema};
+    ///
+    /// let schema = Schema::new([
+    ///     Column::new("symbol", DataType::String).primary_key(),
+    ///     Column::new("price", DataType::Float),
+    ///     Column::new("size", DataType::Int),
+    /// ])?;
+    /// // Accepts {"symbol": "BTC-USD", "price": "65000.1", "size": "12"}.
+    /// let reader = Reader::json(schema).lenient_numbers(true);
+    /// # let _ = reader;
+    /// # Ok::<(), intake_core::SchemaError>(())
+    /// ```
+    pub fn lenient_numbers(mut self, lenient: bool) -> Self {
+        self.format.lenient_numbers = lenient;
         self
     }
 

@@ -338,7 +338,7 @@ impl SourceContext {
         }
         self.check_open()?;
         let schema = self.shared.parser.schema();
-        match crate::typed::row_values(schema, value) {
+        match crate::typed::read_row(schema, self.shared.parser.lenient_numbers, value) {
             Ok(values) => self.enqueue(self.event(values)).await,
             Err(reason) => {
                 // Writing a value nested too deeply would recurse as deeply.

@@ -23,12 +23,30 @@ use crate::parse::{
 use crate::schema::{Column, Schema};
 use crate::value::{DataType, Value};
 
-/// The values of the row `value` makes under `schema`.
+/// The values of the row `value` makes under `schema`, for a reader without lenient
+/// numbers.
+#[cfg(test)]
 pub(crate) fn row_values<T: Serialize + ?Sized>(
     schema: &Schema,
     value: &T,
 ) -> Result<Arc<[Value]>, ParseError> {
-    value.serialize(RowSerializer { schema }).map_err(|e| e.0)
+    read_row(schema, false, value)
+}
+
+/// The values of the row `value` makes under `schema`; with `lenient_numbers`, a
+/// string for an int or float column is read as the JSON number it holds, as the
+/// JSON reader does ([`Reader::lenient_numbers`](crate::Reader::lenient_numbers)).
+pub(crate) fn read_row<T: Serialize + ?Sized>(
+    schema: &Schema,
+    lenient_numbers: bool,
+    value: &T,
+) -> Result<Arc<[Value]>, ParseError> {
+    value
+        .serialize(RowSerializer {
+            schema,
+            lenient_numbers,
+        })
+        .map_err(|e| e.0)
 }
 
 /// A [`ParseError`] carried through serde.
@@ -52,6 +70,7 @@ impl ser::Error for Error {
 /// The top level: a struct or a map becomes a row; anything else is not an object.
 struct RowSerializer<'a> {
     schema: &'a Schema,
+    lenient_numbers: bool,
 }
 
 impl RowSerializer<'_> {
@@ -129,7 +148,7 @@ impl<'a> ser::Serializer for RowSerializer<'a> {
         value: &T,
     ) -> Result<Self::Ok, Error> {
         // As JSON: `{"Variant": value}`, a row with one field.
-        let mut row = RowBuilder::new(self.schema);
+        let mut row = RowBuilder::new(self.schema, self.lenient_numbers);
         ser::SerializeStruct::serialize_field(&mut row, variant, value)?;
         ser::SerializeStruct::end(row)
     }
@@ -154,10 +173,10 @@ impl<'a> ser::Serializer for RowSerializer<'a> {
         }))
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Error> {
-        Ok(RowBuilder::new(self.schema))
+        Ok(RowBuilder::new(self.schema, self.lenient_numbers))
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Error> {
-        Ok(RowBuilder::new(self.schema))
+        Ok(RowBuilder::new(self.schema, self.lenient_numbers))
     }
     fn serialize_struct_variant(
         self,
@@ -175,6 +194,7 @@ impl<'a> ser::Serializer for RowSerializer<'a> {
 /// A row being filled field by field, in place in its final allocation.
 struct RowBuilder<'a> {
     schema: &'a Schema,
+    lenient_numbers: bool,
     row: Arc<[Value]>,
     seen: Seen,
     /// The column of the map key just given (`None` for a field the schema lacks).
@@ -182,10 +202,11 @@ struct RowBuilder<'a> {
 }
 
 impl<'a> RowBuilder<'a> {
-    fn new(schema: &'a Schema) -> Self {
+    fn new(schema: &'a Schema, lenient_numbers: bool) -> Self {
         let columns = schema.columns().len();
         RowBuilder {
             schema,
+            lenient_numbers,
             row: empty_row(columns),
             seen: Seen::new(columns),
             key: None,
@@ -201,7 +222,10 @@ impl<'a> RowBuilder<'a> {
                 column: column.name().to_owned(),
             }));
         }
-        let value = value.serialize(ValueSerializer { column })?;
+        let value = value.serialize(ValueSerializer {
+            column,
+            lenient_numbers: self.lenient_numbers,
+        })?;
         let Some(values) = Arc::get_mut(&mut self.row) else {
             return Err(ser::Error::custom("internal error: a new row was shared"));
         };
@@ -254,12 +278,14 @@ impl ser::SerializeMap for RowBuilder<'_> {
 /// Applies the JSON reader's conversion for `column` to a primitive.
 fn convert(
     column: &Column,
+    lenient_numbers: bool,
     read: impl FnOnce(ValueSeed<'_>) -> Result<Value, serde::de::value::Error>,
 ) -> Result<Value, Error> {
     let failure = Cell::new(None);
     read(ValueSeed {
         column,
         failure: &failure,
+        lenient_numbers,
     })
     .map_err(|e| {
         Error(
@@ -273,6 +299,7 @@ fn convert(
 /// One field's value, as its column's type.
 struct ValueSerializer<'a> {
     column: &'a Column,
+    lenient_numbers: bool,
 }
 
 impl ValueSerializer<'_> {
@@ -310,7 +337,7 @@ macro_rules! primitive {
             if self.is_json() {
                 return self.json(&$v);
             }
-            convert(self.column, |$seed| $read)
+            convert(self.column, self.lenient_numbers, |$seed| $read)
         }
     };
 }
@@ -346,11 +373,13 @@ impl<'a> ser::Serializer for ValueSerializer<'a> {
             return self.json(&v);
         }
         #[allow(clippy::cast_precision_loss)]
-        convert(self.column, |seed| match (i64::try_from(v), u64::try_from(v)) {
-            (Ok(v), _) => seed.visit_i64(v),
-            (_, Ok(v)) => seed.visit_u64(v),
-            // Beyond 64 bits, as serde_json reads such a literal: a float.
-            _ => seed.visit_f64(v as f64),
+        convert(self.column, self.lenient_numbers, |seed| {
+            match (i64::try_from(v), u64::try_from(v)) {
+                (Ok(v), _) => seed.visit_i64(v),
+                (_, Ok(v)) => seed.visit_u64(v),
+                // Beyond 64 bits, as serde_json reads such a literal: a float.
+                _ => seed.visit_f64(v as f64),
+            }
         })
     }
 
@@ -359,7 +388,7 @@ impl<'a> ser::Serializer for ValueSerializer<'a> {
             return self.json(&v);
         }
         #[allow(clippy::cast_precision_loss)]
-        convert(self.column, |seed| match u64::try_from(v) {
+        convert(self.column, self.lenient_numbers, |seed| match u64::try_from(v) {
             Ok(v) => seed.visit_u64(v),
             Err(_) => seed.visit_f64(v as f64),
         })
@@ -1302,6 +1331,81 @@ mod tests {
         assert!(matches!(
             row_values(&schema(), &numbered),
             Err(ParseError::MissingField { .. })
+        ));
+    }
+
+    /// A typed send to a lenient reader has the outcome of its JSON text there: a
+    /// string (or char) for an int or float column is read as the number it holds.
+    #[test]
+    fn lenient_numbers_apply_to_typed_sends_as_to_their_json_text() {
+        use crate::parse::ParseOptions;
+
+        #[derive(Serialize)]
+        struct Quote<'a> {
+            key: &'a str,
+            name: &'a str,
+            score: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Digit {
+            key: char,
+            name: &'static str,
+        }
+        fn lenient<T: Serialize>(value: &T) -> Result<Arc<[Value]>, ParseError> {
+            let schema = schema();
+            let typed = read_row(&schema, true, value);
+            let text = serde_json::to_string(value).unwrap();
+            let parser = Parser::new(
+                schema,
+                ParseOptions {
+                    format: Format::Json,
+                    lenient_numbers: true,
+                },
+            );
+            let from_text = parser.parse(&Payload::Bytes(Bytes::from(text.clone())));
+            assert_eq!(typed, from_text, "typed and text disagree on {text}");
+            typed
+        }
+        let values = lenient(&Quote {
+            key: "7",
+            name: "12",
+            score: "65000.1",
+        })
+        .unwrap();
+        assert_eq!(values[0], Value::Int(7));
+        assert_eq!(values[1], Value::from("12"));
+        assert_eq!(values[2], Value::Float(65000.1));
+        assert_eq!(lenient(&Digit { key: '9', name: "a" }).unwrap()[0], Value::Int(9));
+        for (key, score) in [
+            ("1.5", "1"),
+            ("7", "NaN"),
+            ("7", " 1"),
+            ("18446744073709551616", "1"),
+        ] {
+            let refused = lenient(&Quote {
+                key,
+                name: "a",
+                score,
+            });
+            assert!(
+                matches!(
+                    refused,
+                    Err(ParseError::WrongType { .. } | ParseError::IntegerOutOfRange { .. })
+                ),
+                "{key} {score}: {refused:?}"
+            );
+        }
+        // Without the option the typed path refuses a number string, as text does.
+        assert!(matches!(
+            typed(&Quote {
+                key: "7",
+                name: "a",
+                score: "1"
+            }),
+            Err(ParseError::WrongType {
+                found: "a string",
+                ..
+            })
         ));
     }
 }
