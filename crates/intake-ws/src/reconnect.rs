@@ -169,7 +169,7 @@ pub struct WsStats {
     pub(crate) frames: AtomicU64,
     pub(crate) messages: AtomicU64,
     pub(crate) skipped: AtomicU64,
-    pub(crate) pongs: AtomicU64,
+    pub(crate) pings_answered: AtomicU64,
 }
 
 impl WsStats {
@@ -202,9 +202,10 @@ impl WsStats {
         self.skipped.load(Ordering::Relaxed)
     }
 
-    /// Pings from the server answered with a pong.
-    pub fn pongs(&self) -> u64 {
-        self.pongs.load(Ordering::Relaxed)
+    /// Pings received from the server, each answered with a pong. (Named `pongs`
+    /// before; it always counted the server's pings.)
+    pub fn pings_answered(&self) -> u64 {
+        self.pings_answered.load(Ordering::Relaxed)
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -312,8 +312,7 @@ impl WebSocketSource {
     }
 
     /// The source's counters (connects, reconnects, frames, messages, skipped frames,
-    /// pongs), live
-    /// while it runs.
+    /// pings answered), live while it runs.
     pub fn stats(&self) -> Arc<WsStats> {
         self.stats.clone()
     }
@@ -692,7 +691,7 @@ impl SocketTask {
                     if let Err(e) = self.socket.flush().await {
                         return SocketEnd::Failed(format!("sending a pong failed: {e}"));
                     }
-                    WsStats::add(&self.stats.pongs, 1);
+                    WsStats::add(&self.stats.pings_answered, 1);
                 }
                 tungstenite::Message::Close(frame) => return SocketEnd::Closed(frame),
                 message => {

@@ -351,7 +351,7 @@ async fn pings_are_answered_while_the_table_applies_backpressure() {
     // The counter moves once the pong is flushed, which can be just after the server
     // has read it.
     tokio::time::timeout(Duration::from_secs(5), async {
-        while stats.pongs() == 0 {
+        while stats.pings_answered() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })
