@@ -124,7 +124,7 @@ pub use value::{DataType, Timestamp, Value};
 pub mod fuzzing {
     use bytes::Bytes;
 
-    use crate::parse::{Format, ParseError, Parser, Payload};
+    use crate::parse::{Format, ParseError, ParseOptions, Parser, Payload};
     use crate::{Schema, Value};
 
     /// Decodes `bytes` every way persistent storage reads its files; see
@@ -133,21 +133,31 @@ pub mod fuzzing {
         crate::store::fuzz_decode(schema, bytes);
     }
 
-    /// Parses `bytes` as a JSON message of `schema`, as a source's `next_bytes` would.
-    pub fn parse_json_bytes(schema: &Schema, bytes: &[u8]) -> Result<Vec<Value>, ParseError> {
-        Parser::new(schema.clone(), Format::Json)
+    /// Parses `bytes` as a JSON message of `schema`, as a source's `next_bytes` would,
+    /// by a reader with or without [`lenient_numbers`](crate::Reader::lenient_numbers).
+    pub fn parse_json_bytes(schema: &Schema, lenient: bool, bytes: &[u8]) -> Result<Vec<Value>, ParseError> {
+        parser(schema, lenient)
             .parse(&Payload::Bytes(Bytes::copy_from_slice(bytes)))
             .map(|values| values.to_vec())
+    }
+
+    fn parser(schema: &Schema, lenient: bool) -> Parser {
+        let options = ParseOptions {
+            format: Format::Json,
+            lenient_numbers: lenient,
+        };
+        Parser::new(schema.clone(), options)
     }
 
     /// Parses `json` as a message of `schema`, as `next_json` would, and returns the
     /// report's raw bytes alongside a refusal.
     pub fn parse_json_value(
         schema: &Schema,
+        lenient: bool,
         json: serde_json::Value,
     ) -> Result<Vec<Value>, (ParseError, Bytes)> {
         let payload = Payload::Json(json);
-        match Parser::new(schema.clone(), Format::Json).parse(&payload) {
+        match parser(schema, lenient).parse(&payload) {
             Ok(values) => Ok(values.to_vec()),
             Err(reason) => Err((reason, payload.into_raw())),
         }
