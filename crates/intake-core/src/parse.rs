@@ -268,41 +268,17 @@ impl SourceReason {
         }
     }
 
-    /// A reason that is an error: its text is the error's, and the error's own
-    /// source (if any) is this reason's source, so reports do not repeat the message.
+    /// A reason that is an error: its message is the error's text, and the error is its
+    /// [`source`](std::error::Error::source), so it can be downcast back (a report
+    /// that walks the chain shows the text twice; [`with_source`](Self::with_source)
+    /// gives a message of its own instead).
     pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        let message = error.to_string();
-        SourceReason {
-            message,
-            source: Some(Arc::new(SourceOf(Box::new(error)))),
-        }
+        SourceReason::with_source(error.to_string(), error)
     }
 
     /// The message.
     pub fn message(&self) -> &str {
         &self.message
-    }
-}
-
-/// Presents only the source of the error it holds, so [`SourceReason::from_error`]
-/// keeps the chain below the error without repeating the error's own message.
-struct SourceOf(Box<dyn std::error::Error + Send + Sync + 'static>);
-
-impl fmt::Debug for SourceOf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Display for SourceOf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for SourceOf {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
     }
 }
 
@@ -1644,25 +1620,13 @@ pub(crate) mod tests {
         let source = with.source().expect("a source");
         assert_eq!(source.downcast_ref::<std::num::ParseIntError>(), Some(&cause));
 
-        // An error as the reason: its text once, then what is below it.
-        let outer = ParseError::Source(SourceReason::from_error(JsonError::new(
-            serde_json::from_str::<serde_json::Value>("[1,").unwrap_err(),
-        )));
-        assert_eq!(
-            outer.to_string(),
-            "malformed JSON: EOF while parsing a value at line 1 column 3"
-        );
+        // An error as the reason: its text, and the error itself below, downcastable.
+        let json = serde_json::from_str::<serde_json::Value>("[1,").unwrap_err();
+        let text = json.to_string();
+        let outer = ParseError::Source(SourceReason::from_error(json));
+        assert_eq!(outer.to_string(), text);
         let below = outer.source().expect("a source");
-        assert_eq!(
-            below.to_string(),
-            "malformed JSON: EOF while parsing a value at line 1 column 3"
-        );
-        assert!(
-            below
-                .source()
-                .expect("serde_json's error")
-                .is::<serde_json::Error>()
-        );
+        assert!(below.is::<serde_json::Error>(), "{below:?}");
     }
 
     #[test]
