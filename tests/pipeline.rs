@@ -989,6 +989,37 @@ async fn sources_can_reject_input_themselves() {
 }
 
 #[tokio::test]
+async fn a_rejection_keeps_the_error_the_source_gave_as_its_source() {
+    use std::error::Error as _;
+
+    let source = source_fn(|ctx: SourceContext| async move {
+        let cause = "four".parse::<u32>().unwrap_err();
+        ctx.reject(
+            "a,four",
+            intake::SourceReason::with_source("line 1: the count is not a number", cause),
+        )
+        .await?;
+        ctx.next_str(row(1, "ok")).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "csv",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let rejected = tokio::spawn(pipeline.rejected(4).collect::<Vec<_>>());
+    pipeline.run().await.unwrap();
+    let rejected = rejected.await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    let reason = rejected[0].reason();
+    assert_eq!(reason.to_string(), "line 1: the count is not a number");
+    let cause = reason.source().expect("the source's error");
+    assert!(cause.is::<std::num::ParseIntError>(), "{cause:?}");
+    assert_eq!(table.len(), 1);
+}
+
+#[tokio::test]
 async fn a_stream_reports_bad_input_with_message_invalid() {
     let messages = stream::iter([
         intake::Message::from(row(1, "ok")),

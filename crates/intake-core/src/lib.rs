@@ -100,7 +100,9 @@ pub use batch::{BatchAsync, batch_async};
 pub use bytes::Bytes;
 pub use change::{Change, ChangeBatch, Offsets, Time};
 pub use error::{Error, SourceFailure};
-pub use parse::{Format, MAX_JSON_DEPTH, ParseError, Rejected};
+pub use parse::{
+    Format, JsonError, JsonErrorCategory, KeyMismatch, MAX_JSON_DEPTH, ParseError, Rejected, SourceReason,
+};
 pub use partition::PartitionedSource;
 pub use persist::Persistence;
 pub use pipeline::{Pipeline, RejectedStream, ShutdownHandle};
@@ -115,7 +117,7 @@ pub use source::{
 pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableEnded, TableStats};
-pub use value::{DataType, Timestamp, Value};
+pub use value::{DataType, Timestamp, TimestampError, Value};
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`, as
 /// `cargo fuzz` does); not part of the API.

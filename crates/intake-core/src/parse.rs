@@ -36,9 +36,10 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
-    /// The payload is not valid JSON (or has trailing characters after the value).
-    #[error("malformed JSON: {0}")]
-    MalformedJson(String),
+    /// The payload is not valid JSON (or has trailing characters after the value): where
+    /// and what, with serde_json's error as its [`source`](std::error::Error::source).
+    #[error(transparent)]
+    MalformedJson(JsonError),
     /// The payload is JSON, but not an object.
     #[error("expected a JSON object, found {found}")]
     NotAnObject {
@@ -98,17 +99,277 @@ pub enum ParseError {
     Serialize(String),
     /// The source found the input bad before parsing (see
     /// [`SourceContext::reject`](crate::SourceContext::reject)).
-    #[error("{0}")]
-    Source(String),
-    /// A key given to `delete` does not match the table's primary key.
-    #[error("{0}")]
-    InvalidKey(String),
+    #[error(transparent)]
+    Source(SourceReason),
+    /// A key given to `delete` does not match the table's primary key: what the key
+    /// should have been and what was given.
+    #[error(transparent)]
+    InvalidKey(KeyMismatch),
     /// JSON nested deeper than [`MAX_JSON_DEPTH`] arrays and objects: refused the same
     /// way whether it arrived as text or as a `serde_json::Value`, so that hostile
     /// input cannot exhaust the stack.
     #[error("the JSON nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")]
     TooDeep,
 }
+
+/// Why a payload is not valid JSON: the position and kind of the problem, with
+/// serde_json's error as the [`source`](std::error::Error::source) (kept behind this
+/// type, so a serde_json update does not change intake's API).
+///
+/// Displays as `malformed JSON: <message> at line <line> column <column>`.
+#[derive(Debug, Clone)]
+pub struct JsonError {
+    message: String,
+    line: Option<usize>,
+    column: Option<usize>,
+    category: JsonErrorCategory,
+    source: Arc<serde_json::Error>,
+}
+
+/// What kind of problem a [`JsonError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum JsonErrorCategory {
+    /// Not syntactically valid JSON, or trailing characters after the value.
+    Syntax,
+    /// The input ended in the middle of a value.
+    Eof,
+    /// Valid JSON that does not fit the expected shape.
+    Data,
+}
+
+impl JsonError {
+    pub(crate) fn new(error: serde_json::Error) -> Self {
+        let (line, column) = match error.line() {
+            // serde_json numbers lines from 1; 0 means the error has no position (it
+            // came from a `serde_json::Value`, not from text).
+            0 => (None, None),
+            line => (Some(line), Some(error.column())),
+        };
+        let category = match error.classify() {
+            serde_json::error::Category::Eof => JsonErrorCategory::Eof,
+            serde_json::error::Category::Data => JsonErrorCategory::Data,
+            serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+                JsonErrorCategory::Syntax
+            }
+        };
+        let text = error.to_string();
+        // serde_json appends the position to its message; it is kept in fields here.
+        let message = match (line, column) {
+            (Some(line), Some(column)) => text
+                .strip_suffix(&format!(" at line {line} column {column}"))
+                .map_or_else(|| text.clone(), str::to_owned),
+            _ => text,
+        };
+        JsonError {
+            message,
+            line,
+            column,
+            category,
+            source: Arc::new(error),
+        }
+    }
+
+    /// What is wrong, without the position (`expected value`, `trailing characters`).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The line of the problem, counting from 1; `None` for a message sent as a JSON
+    /// value rather than as text.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The column of the problem on its line, counting from 1 (in bytes); `None` for a
+    /// message sent as a JSON value rather than as text.
+    pub fn column(&self) -> Option<usize> {
+        self.column
+    }
+
+    /// What kind of problem it is.
+    pub fn category(&self) -> JsonErrorCategory {
+        self.category
+    }
+}
+
+/// Equal when position, kind and message are: the serde_json source is not compared.
+impl PartialEq for JsonError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+            && self.line == other.line
+            && self.column == other.column
+            && self.category == other.category
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed JSON: {}", self.message)?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, " at line {line} column {column}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for JsonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// A source's own reason for refusing input ([`ParseError::Source`]): a message, and
+/// optionally the error behind it as the [`source`](std::error::Error::source).
+///
+/// Strings convert into it, so [`SourceContext::reject`](crate::SourceContext::reject)
+/// takes `"line 2: expected 2 fields"` as before; [`SourceReason::with_source`] keeps
+/// the error that made the input bad (a CSV or a decoding error).
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error as _;
+/// use intake_core::SourceReason;
+///
+/// let plain = SourceReason::from("expected commas");
+/// assert_eq!(plain.to_string(), "expected commas");
+/// assert!(plain.source().is_none());
+///
+/// let cause = "x".parse::<i32>().unwrap_err();
+/// let reason = SourceReason::with_source("line 3: the count is not a number", cause);
+/// assert_eq!(reason.to_string(), "line 3: the count is not a number");
+/// assert_eq!(reason.source().unwrap().to_string(), "invalid digit found in string");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SourceReason {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl SourceReason {
+    /// A reason given as text alone.
+    pub fn new(message: impl Into<String>) -> Self {
+        SourceReason {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A reason with the error behind it, which becomes its
+    /// [`source`](std::error::Error::source).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        SourceReason {
+            message: message.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// A reason that is an error: its message is the error's text, and the error is its
+    /// [`source`](std::error::Error::source), so it can be downcast back (a report
+    /// that walks the chain shows the text twice; [`with_source`](Self::with_source)
+    /// gives a message of its own instead).
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        SourceReason::with_source(error.to_string(), error)
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for SourceReason {
+    fn from(message: String) -> Self {
+        SourceReason::new(message)
+    }
+}
+
+impl From<&str> for SourceReason {
+    fn from(message: &str) -> Self {
+        SourceReason::new(message)
+    }
+}
+
+/// Equal when the messages are: sources are not compared.
+impl PartialEq for SourceReason {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl fmt::Display for SourceReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SourceReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A `delete` key that does not match the table's primary key
+/// ([`ParseError::InvalidKey`]): the key columns expected, with their types, and the
+/// key given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyMismatch {
+    expected: Vec<(String, DataType)>,
+    given: Key,
+}
+
+impl KeyMismatch {
+    /// The primary key's columns, in key order, with their types; empty when the
+    /// table has no primary key.
+    pub fn expected(&self) -> &[(String, DataType)] {
+        &self.expected
+    }
+
+    /// The key that was given.
+    pub fn given(&self) -> &Key {
+        &self.given
+    }
+}
+
+impl fmt::Display for KeyMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let given = self.given.values();
+        if self.expected.is_empty() {
+            return f.write_str("this table has no primary key, so rows cannot be deleted by key");
+        }
+        if given.len() != self.expected.len() {
+            return write!(
+                f,
+                "the primary key has {} column(s), but the key {} has {} value(s)",
+                self.expected.len(),
+                self.given,
+                given.len()
+            );
+        }
+        match self
+            .expected
+            .iter()
+            .zip(given)
+            .find(|((_, data_type), value)| !data_type.matches(value))
+        {
+            Some(((name, data_type), value)) => write!(
+                f,
+                "key column `{name}` is {data_type}, but the key holds a {}",
+                value.kind()
+            ),
+            // Not built for a matching key; say what was compared all the same.
+            None => write!(f, "the key {} does not match the primary key", self.given),
+        }
+    }
+}
+
+impl std::error::Error for KeyMismatch {}
 
 /// The deepest nesting of JSON arrays and objects a message may have (the message's
 /// own object counts as the first level): serde_json's limit for text, applied to
@@ -351,7 +612,7 @@ impl Parser {
                 if message.starts_with("recursion limit exceeded") {
                     ParseError::TooDeep
                 } else {
-                    ParseError::MalformedJson(message)
+                    ParseError::MalformedJson(JsonError::new(e))
                 }
             })
         })
@@ -367,7 +628,7 @@ impl Parser {
         seed.deserialize(json).map_err(|e| {
             failure
                 .take()
-                .unwrap_or_else(|| ParseError::MalformedJson(e.to_string()))
+                .unwrap_or_else(|| ParseError::MalformedJson(JsonError::new(e)))
         })
     }
 
@@ -375,30 +636,22 @@ impl Parser {
     pub(crate) fn check_key(&self, key: &Key) -> Result<(), ParseError> {
         let columns = self.schema.columns();
         let key_columns = self.schema.primary_key();
-        if key_columns.is_empty() {
-            return Err(ParseError::InvalidKey(
-                "this table has no primary key, so rows cannot be deleted by key".into(),
-            ));
+        let fits = !key_columns.is_empty()
+            && key.values().len() == key_columns.len()
+            && key_columns
+                .iter()
+                .zip(key.values())
+                .all(|(&i, value)| columns[i].data_type().matches(value));
+        if fits {
+            return Ok(());
         }
-        if key.values().len() != key_columns.len() {
-            return Err(ParseError::InvalidKey(format!(
-                "the primary key has {} column(s), but the key {key} has {} value(s)",
-                key_columns.len(),
-                key.values().len()
-            )));
-        }
-        for (&i, value) in key_columns.iter().zip(key.values()) {
-            let column = &columns[i];
-            if !column.data_type().matches(value) {
-                return Err(ParseError::InvalidKey(format!(
-                    "key column `{}` is {}, but the key holds a {}",
-                    column.name(),
-                    column.data_type(),
-                    value.kind()
-                )));
-            }
-        }
-        Ok(())
+        Err(ParseError::InvalidKey(KeyMismatch {
+            expected: key_columns
+                .iter()
+                .map(|&i| (columns[i].name().to_owned(), columns[i].data_type()))
+                .collect(),
+            given: key.clone(),
+        }))
     }
 }
 
@@ -667,13 +920,13 @@ impl ValueSeed<'_> {
         )
     }
 
-    fn timestamp<E: de::Error>(&self, parsed: Result<Timestamp, String>) -> Result<Value, E> {
-        parsed.map(Value::Timestamp).map_err(|reason| {
+    fn timestamp<E: de::Error>(&self, parsed: Result<Timestamp, impl fmt::Display>) -> Result<Value, E> {
+        parsed.map(Value::Timestamp).map_err(|error| {
             fail(
                 self.failure,
                 ParseError::InvalidTimestamp {
                     column: self.column.name().to_owned(),
-                    reason,
+                    reason: error.to_string(),
                 },
             )
         })
@@ -1310,12 +1563,126 @@ pub(crate) mod tests {
             "{key: 1}",
         ] {
             match parse(input) {
-                Err(ParseError::MalformedJson(message)) => assert!(message.contains("line"), "{message}"),
+                Err(ParseError::MalformedJson(error)) => {
+                    assert!(error.line().is_some() && error.column().is_some(), "{error}");
+                    assert!(error.to_string().contains(" at line "), "{error}");
+                }
                 other => panic!("{input:?} gave {other:?}"),
             }
         }
         // Trailing whitespace, such as the newline of a JSON-lines file, is fine.
         assert!(parse("{\"key\": 1, \"name\": \"a\"}\n").is_ok());
+    }
+
+    #[test]
+    fn malformed_json_is_structured_with_serde_json_as_its_source() {
+        use std::error::Error as _;
+
+        let Err(ParseError::MalformedJson(error)) = parse("{\"key\": 1,\n  key: 2}") else {
+            panic!("not malformed JSON");
+        };
+        assert_eq!((error.line(), error.column()), (Some(2), Some(3)));
+        assert_eq!(error.category(), JsonErrorCategory::Syntax);
+        assert_eq!(error.message(), "key must be a string");
+        // The same text as before the error was structured.
+        assert_eq!(
+            ParseError::MalformedJson(error.clone()).to_string(),
+            "malformed JSON: key must be a string at line 2 column 3"
+        );
+        let reason = ParseError::MalformedJson(error);
+        let source = reason.source().expect("a source");
+        let json = source
+            .downcast_ref::<serde_json::Error>()
+            .expect("serde_json's error");
+        assert_eq!((json.line(), json.column()), (2, 3));
+
+        let Err(ParseError::MalformedJson(cut)) = parse(r#"{"key": 1, "name": "a""#) else {
+            panic!("not malformed JSON");
+        };
+        assert_eq!(cut.category(), JsonErrorCategory::Eof);
+        let Err(ParseError::MalformedJson(trailing)) = parse("{\"key\": 1, \"name\": \"a\"} x") else {
+            panic!("not malformed JSON");
+        };
+        assert_eq!(trailing.message(), "trailing characters");
+    }
+
+    #[test]
+    fn source_reasons_keep_their_message_and_source() {
+        use std::error::Error as _;
+
+        let plain = ParseError::Source("line 2: expected 2 fields, found 4".into());
+        assert_eq!(plain.to_string(), "line 2: expected 2 fields, found 4");
+        assert!(plain.source().is_none());
+
+        let cause = "x".parse::<i64>().unwrap_err();
+        let with = ParseError::Source(SourceReason::with_source("line 3: bad count", cause.clone()));
+        assert_eq!(with.to_string(), "line 3: bad count");
+        let source = with.source().expect("a source");
+        assert_eq!(source.downcast_ref::<std::num::ParseIntError>(), Some(&cause));
+
+        // An error as the reason: its text, and the error itself below, downcastable.
+        let json = serde_json::from_str::<serde_json::Value>("[1,").unwrap_err();
+        let text = json.to_string();
+        let outer = ParseError::Source(SourceReason::from_error(json));
+        assert_eq!(outer.to_string(), text);
+        let below = outer.source().expect("a source");
+        assert!(below.is::<serde_json::Error>(), "{below:?}");
+    }
+
+    #[test]
+    fn invalid_keys_say_what_was_expected_and_given() {
+        let keyed = Parser::new(
+            Schema::new([
+                Column::new("id", DataType::Int).primary_key(),
+                Column::new("venue", DataType::String).primary_key(),
+                Column::new("p", DataType::Float),
+            ])
+            .unwrap(),
+            Format::Json,
+        );
+        let expected = [
+            ("id".to_owned(), DataType::Int),
+            ("venue".to_owned(), DataType::String),
+        ];
+        let Err(ParseError::InvalidKey(short)) = keyed.check_key(&Key::from(1)) else {
+            panic!("a one-value key passed");
+        };
+        assert_eq!(short.expected(), &expected[..]);
+        assert_eq!(short.given(), &Key::from(1));
+        assert_eq!(
+            short.to_string(),
+            format!(
+                "the primary key has 2 column(s), but the key {} has 1 value(s)",
+                Key::from(1)
+            )
+        );
+        let wrong = Key::new([Value::from("1"), Value::from("x")]);
+        let Err(ParseError::InvalidKey(typed)) = keyed.check_key(&wrong) else {
+            panic!("a string id passed");
+        };
+        assert_eq!(typed.given(), &wrong);
+        assert_eq!(
+            typed.to_string(),
+            "key column `id` is int, but the key holds a string"
+        );
+        assert!(
+            keyed
+                .check_key(&Key::new([Value::from(1), Value::from("x")]))
+                .is_ok()
+        );
+
+        let unkeyed = Parser::new(
+            Schema::new([Column::new("p", DataType::Float)]).unwrap(),
+            Format::Json,
+        );
+        let Err(ParseError::InvalidKey(none)) = unkeyed.check_key(&Key::from(1)) else {
+            panic!("a key passed on a table without one");
+        };
+        assert!(none.expected().is_empty());
+        assert_eq!(
+            none.to_string(),
+            "this table has no primary key, so rows cannot be deleted by key"
+        );
     }
 
     #[test]

@@ -9,10 +9,9 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::lifecycle::Lifecycle;
-use crate::parse::{Format, ParseError, Parser, Payload, Rejected};
+use crate::parse::{Format, ParseError, Parser, Payload, Rejected, SourceReason};
 use crate::queue::{Producer, PushError};
 use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
@@ -279,7 +278,7 @@ impl SourceContext {
                 Err(reason) => Prepared::Rejected(Bytes::from(format!("delete {key}")), reason),
             },
             Message::Commit => Prepared::Event(Event::Commit),
-            Message::Invalid { raw, reason } => Prepared::Rejected(raw, ParseError::Source(reason)),
+            Message::Invalid { raw, reason } => Prepared::Rejected(raw, ParseError::Source(reason.into())),
         })
     }
 
@@ -375,18 +374,23 @@ impl SourceContext {
     /// Reports input the source itself found bad, such as a CSV row with the wrong
     /// number of fields, exactly as if the reader had refused it: under the reader's
     /// [`ErrorPolicy`], with `raw` (the input as it arrived) and `reason`
-    /// ([`ParseError::Source`]). Valid messages around it are unaffected.
+    /// ([`ParseError::Source`]). Valid messages around it are unaffected. The reason is
+    /// a string, or a [`SourceReason`] that keeps the error behind it
+    /// ([`SourceReason::with_source`]) as the rejection's
+    /// [`source`](std::error::Error::source).
     ///
     /// # Errors
     ///
     /// As [`send`](Self::send): under [`ErrorPolicy::Fail`] this returns
     /// [`SendError::Rejected`] and fails the pipeline.
-    pub async fn reject(&self, raw: impl Into<Bytes>, reason: impl Into<String>) -> Result<(), SendError> {
-        self.send(Message::Invalid {
-            raw: raw.into(),
-            reason: reason.into(),
-        })
-        .await
+    pub async fn reject(
+        &self,
+        raw: impl Into<Bytes>,
+        reason: impl Into<SourceReason>,
+    ) -> Result<(), SendError> {
+        // What `send(Message::Invalid { .. })` does, keeping the reason's source error.
+        self.check_open()?;
+        self.refuse(raw.into(), ParseError::Source(reason.into()))
     }
 
     /// Records the source's position in its input (Pathway's `_report_offset`, Bytewax's
@@ -427,7 +431,12 @@ impl SourceContext {
 
     /// Completes when the pipeline starts shutting down. `select!` on it around long
     /// waits that are not sends (sends notice shutdown by themselves).
-    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future loses nothing, and a new one completes at once
+    /// once shutdown has begun.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
         self.shared.lifecycle.shutdown_token().cancelled()
     }
 

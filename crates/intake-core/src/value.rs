@@ -91,12 +91,19 @@ impl Timestamp {
     ///
     /// # Errors
     ///
-    /// Returns a description of the problem when `text` is not RFC 3339 or is out of range.
-    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
-        let parsed: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| e.to_string())?;
+    /// [`TimestampError`] when `text` is not RFC 3339 or is outside the years 1677 to
+    /// 2262.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, TimestampError> {
+        let parsed: jiff::Timestamp = text.parse().map_err(|e: jiff::Error| TimestampError {
+            text: text.to_owned(),
+            kind: TimestampErrorKind::Invalid(e),
+        })?;
         i64::try_from(parsed.as_nanosecond())
             .map(Timestamp)
-            .map_err(|_| format!("timestamp {text} is outside the years 1677 to 2262"))
+            .map_err(|_| TimestampError {
+                text: text.to_owned(),
+                kind: TimestampErrorKind::OutOfRange,
+            })
     }
 
     /// Nanoseconds since the Unix epoch.
@@ -107,6 +114,74 @@ impl Timestamp {
     /// Whole milliseconds since the Unix epoch (rounded towards negative infinity).
     pub const fn as_unix_millis(self) -> i64 {
         self.0.div_euclid(1_000_000)
+    }
+}
+
+/// Why [`Timestamp::parse_rfc3339`] refused a text: it is not RFC 3339 (the parser's
+/// error is the [`source`](std::error::Error::source)), or it is outside the years 1677
+/// to 2262.
+///
+/// The message includes the parser's explanation too, for reports that show only the
+/// top error.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error as _;
+/// use intake_core::Timestamp;
+///
+/// let error = Timestamp::parse_rfc3339("yesterday").unwrap_err();
+/// assert_eq!(error.text(), "yesterday");
+/// assert!(!error.is_out_of_range());
+/// assert!(error.source().is_some());
+///
+/// let error = Timestamp::parse_rfc3339("3000-01-01T00:00:00Z").unwrap_err();
+/// assert!(error.is_out_of_range());
+/// assert_eq!(error.to_string(), "timestamp 3000-01-01T00:00:00Z is outside the years 1677 to 2262");
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimestampError {
+    text: String,
+    kind: TimestampErrorKind,
+}
+
+#[derive(Debug, Clone)]
+enum TimestampErrorKind {
+    // jiff's error stays private, so a jiff update does not change intake's API.
+    Invalid(jiff::Error),
+    OutOfRange,
+}
+
+impl TimestampError {
+    /// The text that was refused.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the text is a valid RFC 3339 timestamp outside the years 1677 to 2262
+    /// (rather than not a timestamp at all).
+    pub fn is_out_of_range(&self) -> bool {
+        matches!(self.kind, TimestampErrorKind::OutOfRange)
+    }
+}
+
+impl fmt::Display for TimestampError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            TimestampErrorKind::Invalid(error) => fmt::Display::fmt(error, f),
+            TimestampErrorKind::OutOfRange => {
+                write!(f, "timestamp {} is outside the years 1677 to 2262", self.text)
+            }
+        }
+    }
+}
+
+impl std::error::Error for TimestampError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            TimestampErrorKind::Invalid(error) => Some(error),
+            TimestampErrorKind::OutOfRange => None,
+        }
     }
 }
 
@@ -499,6 +574,26 @@ mod tests {
         assert_eq!(Timestamp::from_unix_millis(t.as_unix_millis()), Some(t));
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
         assert!(Timestamp::parse_rfc3339("3000-01-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn timestamp_errors_are_structured_with_the_parser_error_as_source() {
+        use std::error::Error as _;
+
+        let invalid = Timestamp::parse_rfc3339("yesterday").unwrap_err();
+        assert_eq!(invalid.text(), "yesterday");
+        assert!(!invalid.is_out_of_range());
+        let source = invalid.source().expect("the parser's error");
+        // The message stays the parser's explanation.
+        assert_eq!(invalid.to_string(), source.to_string());
+
+        let far = Timestamp::parse_rfc3339("3000-01-01T00:00:00Z").unwrap_err();
+        assert!(far.is_out_of_range());
+        assert!(far.source().is_none());
+        assert_eq!(
+            far.to_string(),
+            "timestamp 3000-01-01T00:00:00Z is outside the years 1677 to 2262"
+        );
     }
 
     #[test]

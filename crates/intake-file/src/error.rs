@@ -7,13 +7,16 @@ use intake_core::BoxError;
 #[non_exhaustive]
 pub enum FileError {
     /// A directory source's pattern is not a valid glob.
-    #[error("invalid glob pattern `{pattern}`: {source}")]
+    #[error("invalid glob pattern `{pattern}`: {reason}")]
     InvalidPattern {
         /// The pattern.
         pattern: String,
-        /// Why it is invalid.
+        /// Why it is invalid, such as `unclosed character class; missing ']'`.
+        reason: String,
+        /// The glob parser's error. Boxed, so that an update of the glob library does
+        /// not change this type.
         #[source]
-        source: globset::Error,
+        source: BoxError,
     },
     /// A fragment could not be read or parsed.
     #[error("cannot read fragment `{name}`: {source}")]

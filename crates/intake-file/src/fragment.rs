@@ -975,7 +975,8 @@ impl DirectoryStore {
             .build()
             .map_err(|source| FileError::InvalidPattern {
                 pattern: pattern.to_owned(),
-                source,
+                reason: source.kind().to_string(),
+                source: Box::new(source),
             })?;
         Ok(DirectoryStore {
             root: root.into(),

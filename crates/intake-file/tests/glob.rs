@@ -206,6 +206,27 @@ fn an_invalid_pattern_is_refused() {
     assert!(matches!(error, FileError::InvalidPattern { .. }), "{error}");
 }
 
+#[test]
+fn an_invalid_pattern_names_the_pattern_and_why_with_the_parser_error_as_source() {
+    use std::error::Error as _;
+
+    let error = FileGlob::new(".", "[unclosed", FileFormat::Raw).unwrap_err();
+    let FileError::InvalidPattern { pattern, reason, .. } = &error else {
+        panic!("{error}");
+    };
+    assert_eq!(pattern, "[unclosed");
+    assert_eq!(reason, "unclosed character class; missing ']'");
+    assert_eq!(
+        error.to_string(),
+        "invalid glob pattern `[unclosed`: unclosed character class; missing ']'"
+    );
+    let source = error.source().expect("the glob parser's error");
+    assert!(
+        source.to_string().contains("unclosed character class"),
+        "{source}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_directory_fails_the_source_by_its_name() {
     let dir = tempfile::tempdir().unwrap();

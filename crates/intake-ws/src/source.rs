@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Error as TungsteniteError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ProtocolError, WsError};
+use crate::error::{ConnectionFailed, ProtocolError, WsError};
 use crate::protocol::{Frame, Generic, Protocol, Replies};
 use crate::reconnect::{Reconnect, WsStats};
 
@@ -164,7 +164,7 @@ enum SessionEnd {
 /// Why connecting failed.
 enum ConnectError {
     Fatal(WsError),
-    Retry(String),
+    Retry(ConnectionFailed),
 }
 
 impl WebSocketSource {
@@ -344,7 +344,7 @@ impl WebSocketSource {
         if let Err(error) = self.protocol.on_connect(&mut replies) {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, close_politely(&mut socket)).await;
             return match error.is_fatal() {
-                true => Err(WsError::Protocol(error.message().to_owned()).into()),
+                true => Err(WsError::Protocol(error).into()),
                 false => Ok((SessionEnd::Lost(error.message().to_owned()), false)),
             };
         }
@@ -405,7 +405,7 @@ impl WebSocketSource {
                 }
                 Err(error) if error.is_fatal() => {
                     close(stop, task).await;
-                    return Err(WsError::Protocol(error.message().to_owned()).into());
+                    return Err(WsError::Protocol(error).into());
                 }
                 Err(error) if dropped.is_none() => {
                     // Stop reading; the frames read so far are still processed.
@@ -491,18 +491,21 @@ async fn connect(
     }
     let connecting = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, None);
     match tokio::time::timeout(connect_timeout, connecting).await {
-        Err(_) => Err(ConnectError::Retry(format!(
+        Err(_) => Err(ConnectError::Retry(ConnectionFailed::new(format!(
             "connecting timed out after {connect_timeout:?}"
-        ))),
+        )))),
         Ok(Ok((socket, _response))) => Ok(socket),
         Ok(Err(TungsteniteError::Http(response))) => match response.status().as_u16() {
             status @ (401 | 403) => Err(ConnectError::Fatal(WsError::Unauthorized { status })),
-            status => Err(ConnectError::Retry(format!(
+            status => Err(ConnectError::Retry(ConnectionFailed::new(format!(
                 "the server refused the WebSocket upgrade with HTTP {status}"
-            ))),
+            )))),
         },
         Ok(Err(TungsteniteError::Url(e))) => Err(invalid(e.to_string())),
-        Ok(Err(e)) => Err(ConnectError::Retry(format!("connecting failed: {e}"))),
+        Ok(Err(e)) => Err(ConnectError::Retry(ConnectionFailed::with_source(
+            format!("connecting failed: {e}"),
+            e,
+        ))),
     }
 }
 
@@ -547,7 +550,9 @@ impl Source for WebSocketSource {
                             tracing::info!(source = ctx.name(), %reason, "WebSocket closed; source ends");
                             return Ok(());
                         }
-                        SessionEnd::NormalClose(error) | SessionEnd::Lost(error) => error,
+                        SessionEnd::NormalClose(error) | SessionEnd::Lost(error) => {
+                            ConnectionFailed::new(error)
+                        }
                     }
                 }
             };
@@ -555,7 +560,7 @@ impl Source for WebSocketSource {
             let Some(delay) = backoff.next() else {
                 return Err(WsError::GaveUp {
                     attempts: failures,
-                    last_error,
+                    last_error: Box::new(last_error),
                 }
                 .into());
             };
