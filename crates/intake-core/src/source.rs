@@ -497,7 +497,7 @@ impl SourceContext {
 }
 
 /// The `tracing` target of the log lines about skipped bad input.
-pub(crate) const REJECTED_TARGET: &str = "intake::rejected";
+const REJECTED_TARGET: &str = "intake::rejected";
 
 /// How many skipped messages a source logs one by one before it summarises.
 const REJECTIONS_LOGGED_EACH: u64 = 10;
@@ -521,7 +521,7 @@ struct RejectionLogState {
     logged: u64,
     /// Skipped since the last line, with the last one's reason.
     unlogged: u64,
-    last_reason: Option<String>,
+    last_reason: Option<ParseError>,
     /// When the last summary (or the last message logged one by one) was written.
     last_line: Option<tokio::time::Instant>,
 }
@@ -538,7 +538,8 @@ impl RejectionLog {
             return;
         }
         state.unlogged += 1;
-        state.last_reason = Some(rejected.reason().to_string());
+        // Kept as it is and formatted only for a summary: a flood costs no formatting.
+        state.last_reason = Some(rejected.reason().clone());
         let due = state
             .last_line
             .is_none_or(|last| now.duration_since(last) >= REJECTION_SUMMARY_EVERY);
@@ -558,7 +559,11 @@ impl RejectionLog {
             return;
         }
         let skipped = std::mem::take(&mut state.unlogged);
-        let last_reason = state.last_reason.take().unwrap_or_default();
+        let last_reason = state
+            .last_reason
+            .take()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         state.logged += skipped;
         tracing::warn!(
             target: REJECTED_TARGET,

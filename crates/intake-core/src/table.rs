@@ -300,7 +300,7 @@ impl Table {
     /// A copy of every row as of the last commit, sorted by key.
     pub fn snapshot(&self) -> Snapshot {
         let state = self.shared.read();
-        let mut rows: Vec<(Key, Row)> = state.live_rows().map(|(k, r)| (k.clone(), r.clone())).collect();
+        let mut rows = state.copy_rows();
         let time = state.time;
         drop(state);
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -360,23 +360,7 @@ impl Table {
         let (sender, receiver) = mpsc::channel(self.shared.subscriber_capacity);
         let cut_off = Arc::new(AtomicBool::new(false));
         let mut state = self.shared.write();
-        let snapshot = (!state.rows.is_empty()).then(|| {
-            let changes = state
-                .live_rows()
-                .map(|(key, row)| Change {
-                    key: key.clone(),
-                    row: row.clone(),
-                    is_addition: true,
-                })
-                .collect();
-            // A non-empty table has had a commit.
-            ChangeBatch::snapshot(
-                self.shared.schema.clone(),
-                state.time.unwrap_or(Time::new(0)),
-                changes,
-                state.offsets.clone(),
-            )
-        });
+        let snapshot = state.snapshot_batch(&self.shared.schema);
         if !state.closed {
             state.subscribers.push(SubscriberSlot {
                 sender,
@@ -645,6 +629,35 @@ impl TableState {
             .filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
     }
 
+    /// Every row, in the table's order.
+    fn copy_rows(&self) -> Vec<(Key, Row)> {
+        self.live_rows().map(|(k, r)| (k.clone(), r.clone())).collect()
+    }
+
+    /// The table's rows as one snapshot batch at its last commit, or `None` if it has
+    /// no rows.
+    fn snapshot_batch(&self, schema: &Schema) -> Option<ChangeBatch> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let changes = self
+            .live_rows()
+            .map(|(key, row)| Change {
+                key: key.clone(),
+                row: row.clone(),
+                is_addition: true,
+            })
+            .collect();
+        // A table with rows has had a commit.
+        let time = self.time.unwrap_or(Time::new(0));
+        Some(ChangeBatch::snapshot(
+            schema.clone(),
+            time,
+            changes,
+            self.offsets.clone(),
+        ))
+    }
+
     /// Sets the row under `key` (`None` deletes it) as part of the current commit,
     /// remembering what it was before the commit the first time the key is touched.
     fn set(&mut self, key: Key, row: Option<Row>) {
@@ -799,8 +812,7 @@ impl TableShared {
 
     /// Every row, in the table's order, for a snapshot in storage.
     pub(crate) fn rows(&self) -> Vec<(Key, Row)> {
-        let state = self.read();
-        state.live_rows().map(|(k, r)| (k.clone(), r.clone())).collect()
+        self.read().copy_rows()
     }
 
     /// Fills the table with what storage restored, before its sources run, and gives
@@ -814,23 +826,15 @@ impl TableShared {
             generated,
         } = restored;
         state.rows = rows;
-        // Only subscribers attached before the pipeline ran need the rows as a batch.
-        let changes: Vec<Change> = match state.subscribers.is_empty() {
-            true => Vec::new(),
-            false => state
-                .live_rows()
-                .map(|(key, row)| Change {
-                    key: key.clone(),
-                    row: row.clone(),
-                    is_addition: true,
-                })
-                .collect(),
-        };
         state.time = time;
         state.offsets = offsets;
         state.generated = generated;
-        if let Some(time) = time.filter(|_| !changes.is_empty()) {
-            let batch = ChangeBatch::snapshot(self.schema.clone(), time, changes, state.offsets.clone());
+        // Only subscribers attached before the pipeline ran need the rows as a batch.
+        let batch = match state.subscribers.is_empty() {
+            true => None,
+            false => state.snapshot_batch(&self.schema),
+        };
+        if let Some(batch) = batch {
             for subscriber in &state.subscribers {
                 // Nothing was delivered before, so there is room.
                 let _ = subscriber.sender.try_send(batch.clone());
