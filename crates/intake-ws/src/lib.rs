@@ -45,13 +45,14 @@
 mod error;
 mod polygon;
 mod protocol;
-mod reconnect;
+mod stats;
 mod source;
 
 pub use error::{ProtocolError, WsError};
 pub use polygon::Polygon;
 pub use protocol::{Filtered, Frame, Generic, Protocol, Replies};
-pub use reconnect::{Reconnect, WsStats};
+pub use intake_core::Reconnect;
+pub use stats::WsStats;
 pub use source::{WebSocketSource, install_crypto_provider};
 
 #[doc = include_str!("../../../docs/websocket.md")]

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ConnectionFailed, ProtocolError, WsError};
 use crate::protocol::{Frame, Generic, Protocol, Replies};
-use crate::reconnect::{Reconnect, WsStats};
+use crate::Reconnect;
+use crate::stats::WsStats;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -525,7 +526,7 @@ async fn close(stop: CancellationToken, task: tokio::task::JoinHandle<SocketEnd>
 #[async_trait]
 impl Source for WebSocketSource {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
-        let mut backoff = self.reconnect.backoff();
+        let mut backoff = self.reconnect.delays();
         let mut failures = 0usize;
         loop {
             let attempt = tokio::select! {
@@ -541,7 +542,7 @@ impl Source for WebSocketSource {
                     let connected_at = Instant::now();
                     let (end, delivered) = self.session(socket, &ctx).await?;
                     if delivered || connected_at.elapsed() >= self.reconnect.healthy_duration() {
-                        backoff = self.reconnect.backoff();
+                        backoff = self.reconnect.delays();
                         failures = 0;
                     }
                     match end {

@@ -1,14 +1,14 @@
-//! The reconnect policy and the source's counters.
+//! The reconnect policy shared by network sources.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
-/// When and how often a [`WebSocketSource`](crate::WebSocketSource) reconnects.
+/// When and how often a network source reconnects or retries.
 ///
-/// After a connection is lost (closed, failed, or silent past the
-/// [silence timeout](crate::WebSocketSource::silence_timeout)) or an attempt to
+/// One policy shared by intake's network sources (WebSocket, HTTP, NATS), and
+/// available to custom sources through [`delays`](Self::delays). After a connection is
+/// lost (closed, failed, or silent past the source's silence deadline) or an attempt to
 /// connect fails, the source waits an exponentially growing delay (doubling from
 /// [`min_delay`](Self::min_delay) up to [`max_delay`](Self::max_delay), with random
 /// jitter so that many clients do not reconnect in lockstep) and tries again. A
@@ -19,7 +19,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 ///
 /// ```
 /// use std::time::Duration;
-/// use intake_ws::Reconnect;
+/// use intake_core::Reconnect;
 ///
 /// let policy = Reconnect::default()
 ///     .min_delay(Duration::from_millis(250))
@@ -54,7 +54,7 @@ impl Default for Reconnect {
 
 impl Reconnect {
     /// Never reconnects: the first lost connection or failed attempt stops the source
-    /// with [`WsError::GaveUp`](crate::WsError::GaveUp).
+    /// (the WebSocket source with `WsError::GaveUp`).
     pub fn never() -> Self {
         Self::default().max_retries(0)
     }
@@ -116,8 +116,7 @@ impl Reconnect {
     }
 
     /// How many reconnects in a row may fail (without a healthy connection in
-    /// between) before the source gives up with
-    /// [`WsError::GaveUp`](crate::WsError::GaveUp). Default: unlimited.
+    /// between) before the source gives up. Default: unlimited.
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.max_retries = Some(retries);
         self
@@ -139,11 +138,31 @@ impl Reconnect {
         self
     }
 
-    pub(crate) fn healthy_duration(&self) -> Duration {
+    /// How long a connection must stay up to count as healthy; see
+    /// [`healthy_after`](Self::healthy_after).
+    pub fn healthy_duration(&self) -> Duration {
         self.healthy_after
     }
 
-    pub(crate) fn backoff(&self) -> ExponentialBackoff {
+    /// The delays before each retry, in order: a fresh iterator starts over at
+    /// [`min_delay`](Self::min_delay), so a source makes a new one after a healthy
+    /// connection. It ends when [`max_retries`](Self::max_retries) are used up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use intake_core::Reconnect;
+    ///
+    /// let policy = Reconnect::default().jitter(false).max_retries(3);
+    /// let delays: Vec<Duration> = policy.delays().collect();
+    /// assert_eq!(delays, [500, 1000, 2000].map(Duration::from_millis));
+    /// ```
+    pub fn delays(&self) -> Delays {
+        Delays(self.backoff())
+    }
+
+    fn backoff(&self) -> ExponentialBackoff {
         let mut builder = ExponentialBuilder::new()
             // backon returns `min_delay` as the first delay even above `max_delay`.
             .with_min_delay(self.min_delay.min(self.max_delay))
@@ -160,56 +179,15 @@ impl Reconnect {
     }
 }
 
-/// Live counters of a [`WebSocketSource`](crate::WebSocketSource); see
-/// [`WebSocketSource::stats`](crate::WebSocketSource::stats).
-#[derive(Debug, Default)]
-pub struct WsStats {
-    pub(crate) connects: AtomicU64,
-    pub(crate) reconnects: AtomicU64,
-    pub(crate) frames: AtomicU64,
-    pub(crate) messages: AtomicU64,
-    pub(crate) skipped: AtomicU64,
-    pub(crate) pings_answered: AtomicU64,
-}
+/// The delays of a [`Reconnect`] policy, from [`Reconnect::delays`].
+#[derive(Debug)]
+pub struct Delays(ExponentialBackoff);
 
-impl WsStats {
-    /// Successful connections (handshakes completed), the first included.
-    pub fn connects(&self) -> u64 {
-        self.connects.load(Ordering::Relaxed)
-    }
+impl Iterator for Delays {
+    type Item = Duration;
 
-    /// Reconnects scheduled: each lost connection or failed connection attempt that
-    /// was followed by another attempt.
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
-    }
-
-    /// Data frames (text or binary) received, over all connections.
-    pub fn frames(&self) -> u64 {
-        self.frames.load(Ordering::Relaxed)
-    }
-
-    /// Messages the protocol emitted to the table.
-    pub fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
-    }
-
-    /// Data frames the protocol turned into no message at all: control frames of the
-    /// exchange, such as subscription acknowledgements and heartbeats skipped by a
-    /// [`Generic`](crate::Generic) filter or Polygon's status events. Bad input is not
-    /// counted here: it becomes a report for the reader's error policy.
-    pub fn skipped(&self) -> u64 {
-        self.skipped.load(Ordering::Relaxed)
-    }
-
-    /// Pings received from the server, each answered with a pong. (Named `pongs`
-    /// before; it always counted the server's pings.)
-    pub fn pings_answered(&self) -> u64 {
-        self.pings_answered.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    fn next(&mut self) -> Option<Duration> {
+        self.0.next()
     }
 }
 
@@ -225,7 +203,7 @@ mod tests {
             .max_retries(3)
             .min_delay(secs(60))
             .max_delay(secs(5))
-            .backoff()
+            .delays()
             .collect();
         assert_eq!(delays, [secs(5); 3]);
         let delays: Vec<_> = Reconnect::default()
@@ -233,7 +211,7 @@ mod tests {
             .max_retries(2)
             .max_delay(secs(5))
             .min_delay(secs(60))
-            .backoff()
+            .delays()
             .collect();
         assert_eq!(delays, [secs(5); 2]);
     }
@@ -245,7 +223,7 @@ mod tests {
             .min_delay(Duration::MAX)
             .max_delay(Duration::MAX)
             .factor(f32::INFINITY)
-            .backoff()
+            .delays()
             .collect();
         assert_eq!(delays, [Duration::MAX; 4]);
         let delays: Vec<_> = Reconnect::default()
@@ -254,7 +232,7 @@ mod tests {
             .min_delay(Duration::from_millis(1))
             .max_delay(Duration::from_secs(1))
             .factor(f32::INFINITY)
-            .backoff()
+            .delays()
             .collect();
         assert_eq!(
             delays,
@@ -264,7 +242,7 @@ mod tests {
                 Duration::from_secs(1)
             ]
         );
-        let mut unbounded = Reconnect::default().max_retries(usize::MAX).backoff();
+        let mut unbounded = Reconnect::default().max_retries(usize::MAX).delays();
         assert!(unbounded.nth(10_000).is_some());
     }
 
