@@ -49,6 +49,14 @@ pub use intake_file as file;
 #[cfg(feature = "ws")]
 pub use intake_ws as ws;
 
+/// HTTP sources: polling REST APIs and server-sent event streams.
+#[cfg(feature = "http")]
+pub use intake_http as http;
+
+/// NATS JetStream: a partitioned source, a changelog sink, replicas.
+#[cfg(feature = "nats")]
+pub use intake_nats as nats;
+
 /// Derives [`RowType`] for a struct: each field a column, `Option` fields nullable.
 ///
 /// | field type | column |
