@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::change::Offsets;
 use crate::lifecycle::{Lifecycle, lock};
 use crate::queue::Queue;
 use crate::store::{PersistenceError, SnapshotDone, SyncPolicy, TableStore};
@@ -43,6 +44,7 @@ pub(crate) async fn drive(
         let Some(mut events) = next else { break };
         let applied = compute_heavy(events.len(), || table.apply(&mut events));
         queue.recycle(events);
+        let persistent = recorder.is_some();
         if let Some(r) = recorder.as_mut() {
             r.record(&table, &applied, &lifecycle).await;
             if r.failed {
@@ -53,8 +55,14 @@ pub(crate) async fn drive(
         if !delivering {
             continue;
         }
+        // Without storage, a commit is as durable as it gets once every subscriber
+        // has it.
+        let delivered_offsets = (!persistent && applied.offsets_moved).then(|| table.position().1);
         if let Some((batch, subscribers)) = applied.batch {
             table.deliver(batch, subscribers, &lifecycle).await;
+        }
+        if let Some(offsets) = delivered_offsets {
+            table.set_durable_offsets(offsets);
         }
     }
     if let Some(mut r) = recorder {
@@ -77,6 +85,8 @@ struct Recorder {
     interval: Option<std::time::Duration>,
     /// When the oldest record not yet synced was written (grouped syncs only).
     unsynced_since: Option<Instant>,
+    /// The offsets of the last record written but not yet synced, if they moved.
+    unsynced_offsets: Option<Offsets>,
     snapshot: Option<JoinHandle<Result<SnapshotDone, PersistenceError>>>,
     failed: bool,
 }
@@ -91,6 +101,7 @@ impl Recorder {
             store,
             interval,
             unsynced_since: None,
+            unsynced_offsets: None,
             snapshot: None,
             failed: false,
         }
@@ -111,12 +122,13 @@ impl Recorder {
         let (time, offsets, generated) = table.position();
         let changes = applied.batch.as_ref().map(|(batch, _)| batch.clone());
         let store = self.store.clone();
+        let recorded = offsets.clone();
         let appended = blocking(move || {
             #[cfg(test)]
             std::thread::sleep(tests::RECORD_DELAY);
             let mut store = lock(&store);
             let changes = changes.as_ref().map_or(&[][..], |batch| batch.changes());
-            store.append(time, changes, &offsets, generated)?;
+            store.append(time, changes, &recorded, generated)?;
             Ok(store.wants_snapshot())
         })
         .await;
@@ -126,6 +138,11 @@ impl Recorder {
         };
         if self.interval.is_some() {
             self.unsynced_since.get_or_insert_with(Instant::now);
+            if applied.offsets_moved {
+                self.unsynced_offsets = Some(offsets);
+            }
+        } else if applied.offsets_moved {
+            table.set_durable_offsets(offsets);
         }
         table.set_durable(time);
         if let Err(error) = self.compact(table, wants_snapshot).await {
@@ -161,8 +178,13 @@ impl Recorder {
     async fn sync_now(&mut self, table: &Arc<TableShared>, lifecycle: &Lifecycle) {
         self.unsynced_since = None;
         let store = self.store.clone();
-        if let Err(error) = blocking(move || lock(&store).sync()).await {
-            self.fail(table, lifecycle, error);
+        match blocking(move || lock(&store).sync()).await {
+            Ok(()) => {
+                if let Some(offsets) = self.unsynced_offsets.take() {
+                    table.set_durable_offsets(offsets);
+                }
+            }
+            Err(error) => self.fail(table, lifecycle, error),
         }
     }
 
@@ -314,5 +336,148 @@ mod tests {
             1,
             "the snapshot showed a commit that was not stored yet"
         );
+    }
+
+    fn seq_schema() -> Schema {
+        Schema::new([Column::new("seq", DataType::Int).primary_key()]).unwrap()
+    }
+
+    /// Sends `seq` with offset `seq` and commits it.
+    async fn send_committed(ctx: &SourceContext, seq: u64) -> Result<(), crate::SendError> {
+        ctx.next_json(serde_json::json!({ "seq": seq })).await?;
+        ctx.report_offset(seq.into()).await?;
+        ctx.commit().await
+    }
+
+    /// With persistence, an offset is durable only once its commit is stored: a copy
+    /// of the storage taken when the source sees offset `n` become durable restores
+    /// offset `n` or later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_offset_is_in_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let copies = tempfile::tempdir().unwrap();
+        let reader = || Reader::json(seq_schema()).autocommit_duration(Duration::from_secs(3600));
+        let (state, into) = (dir.path().to_owned(), copies.path().to_owned());
+        let source = source_fn(move |ctx: SourceContext| async move {
+            let mut durable = ctx.durable_offset();
+            for seq in 1..=3u64 {
+                send_committed(&ctx, seq).await?;
+                let offset = durable.changed().await?;
+                assert_eq!(offset, seq);
+                copy_dir(&state, &into.join(seq.to_string()));
+            }
+            Ok(())
+        });
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        let table = pipeline.read("t", source, reader());
+        pipeline.run().await.unwrap();
+        drop(table);
+        for seq in 1..=3u64 {
+            let mut pipeline = Pipeline::new().persist(Persistence::new(copies.path().join(seq.to_string())));
+            let table = pipeline.read("t", source_fn(|_| async { Ok(()) }), reader());
+            pipeline.run().await.unwrap();
+            let stored = table.committed_offsets();
+            assert_eq!(
+                stored,
+                [("t".to_owned(), serde_json::json!(seq))],
+                "offset {seq} was durable before it was stored"
+            );
+        }
+    }
+
+    /// Under a grouped sync, offsets become durable at the sync, not at the write: a
+    /// sync an hour away is only made when the pipeline ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_a_grouped_sync_an_offset_is_durable_after_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+        let source = source_fn(move |ctx: SourceContext| async move {
+            let mut durable = ctx.durable_offset();
+            send_committed(&ctx, 1).await?;
+            let early = tokio::time::timeout(Duration::from_millis(300), durable.changed()).await;
+            assert!(early.is_err(), "offset durable before any sync: {early:?}");
+            assert_eq!(durable.get(), None);
+            let _ = handle_tx.send(durable);
+            Ok(())
+        });
+        let persistence =
+            Persistence::new(dir.path()).sync_policy(crate::SyncPolicy::Interval(Duration::from_secs(3600)));
+        let mut pipeline = Pipeline::new().persist(persistence);
+        let _table = pipeline.read("t", source, Reader::json(seq_schema()));
+        pipeline.run().await.unwrap();
+        let mut durable = handle_rx.await.unwrap();
+        assert_eq!(
+            durable.changed().await.unwrap(),
+            1,
+            "the final sync makes the offset durable"
+        );
+        let ended = durable.changed().await.unwrap_err();
+        assert_eq!(ended.table(), "t");
+    }
+
+    /// Without persistence, an offset is durable once every subscriber has its
+    /// commit: a subscriber that stops reading holds it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_persistence_a_slow_subscriber_holds_the_durable_offset_back() {
+        use futures::StreamExt;
+
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel::<()>();
+        let source = source_fn(move |ctx: SourceContext| async move {
+            let mut durable = ctx.durable_offset();
+            send_committed(&ctx, 1).await?;
+            assert_eq!(durable.changed().await?, 1);
+            // The stream has room for one batch, which commit 1 took.
+            send_committed(&ctx, 2).await?;
+            let early = tokio::time::timeout(Duration::from_millis(300), durable.changed()).await;
+            assert!(
+                early.is_err(),
+                "offset durable before the subscriber had its commit: {early:?}"
+            );
+            let _ = read_tx.send(());
+            assert_eq!(durable.changed().await?, 2);
+            Ok(())
+        });
+        let mut pipeline = Pipeline::new();
+        let table = pipeline.read("t", source, Reader::json(seq_schema()).subscriber_capacity(1));
+        let mut changes = table.changes();
+        let running = tokio::spawn(pipeline.run());
+        read_rx.await.unwrap();
+        let times: Vec<u64> = changes
+            .by_ref()
+            .take(2)
+            .map(|b| b.time().as_u64())
+            .collect()
+            .await;
+        assert_eq!(times.len(), 2);
+        running.await.unwrap().unwrap();
+    }
+
+    /// A partition's durable offset is its own.
+    #[tokio::test]
+    async fn a_partition_sees_its_own_durable_offset() {
+        struct Two;
+        #[async_trait::async_trait]
+        impl crate::PartitionedSource for Two {
+            async fn list_partitions(&mut self) -> Result<Vec<String>, crate::BoxError> {
+                Ok(vec!["a".into(), "b".into()])
+            }
+            async fn build_partition(
+                &mut self,
+                partition: &str,
+                _resume: Option<&serde_json::Value>,
+            ) -> Result<Box<dyn crate::Source>, crate::BoxError> {
+                let base: u64 = if partition == "a" { 100 } else { 200 };
+                Ok(Box::new(source_fn(move |ctx: SourceContext| async move {
+                    let mut durable = ctx.durable_offset();
+                    send_committed(&ctx, base + 1).await?;
+                    assert_eq!(durable.changed().await?, base + 1);
+                    Ok(())
+                })))
+            }
+        }
+        let mut pipeline = Pipeline::new();
+        let table = pipeline.read_partitioned("p", Two, Reader::json(seq_schema()));
+        pipeline.run().await.unwrap();
+        assert_eq!(table.len(), 2);
     }
 }

@@ -113,8 +113,8 @@ pub use row::{Key, Row, RowError};
 pub use schema::{Column, RowType, Schema, SchemaError};
 pub use sink::Sink;
 pub use source::{
-    BoxError, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems, from_stream,
-    from_try_stream, source_fn,
+    BoxError, DurableOffset, FnSource, Message, SendError, Source, SourceContext, StreamSource, TryItems,
+    from_stream, from_try_stream, source_fn,
 };
 pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;

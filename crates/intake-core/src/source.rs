@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use tokio::sync::watch;
 
 use crate::lifecycle::Lifecycle;
 use crate::parse::{Format, ParseError, Parser, Payload, Rejected, SourceReason};
@@ -16,7 +17,7 @@ use crate::queue::{Producer, PushError};
 use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
 use crate::schema::Schema;
-use crate::table::TableShared;
+use crate::table::{DurableOffsets, TableEnded, TableShared};
 use crate::value::Value;
 
 /// The error type sources return: any error, boxed.
@@ -429,6 +430,60 @@ impl SourceContext {
         self.shared.resume.as_ref()
     }
 
+    /// This source's durable offset, as a watch: the last offset it
+    /// [reported](Self::report_offset) whose commit can no longer be lost. A source
+    /// reading from a broker that keeps messages until they are acknowledged
+    /// (JetStream, a queue) acknowledges up to this offset, so the broker forgets only
+    /// what the table keeps.
+    ///
+    /// A commit is durable once its record is in storage and synced, with
+    /// [persistence](crate::Pipeline::persist) (under
+    /// [`SyncPolicy::Interval`](crate::SyncPolicy::Interval), after the next sync), and
+    /// once every subscriber of the table has been handed it, without. A partition's
+    /// offset is its own: its context is named `source/partition`.
+    ///
+    /// The last commit of a source is made after its `run` returns, so a source never
+    /// sees that commit's offset become durable; after a restart it resumes from it
+    /// ([`resume_offset`](Self::resume_offset)), and what a broker delivers again at or
+    /// before it is to be dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use intake_core::{source_fn, Column, DataType, Pipeline, Reader, Schema, SourceContext};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let source = source_fn(|ctx: SourceContext| async move {
+    ///     let mut durable = ctx.durable_offset();
+    ///     for seq in 1..=3 {
+    ///         ctx.next_json(serde_json::json!({ "seq": seq })).await?;
+    ///         ctx.report_offset(seq.into()).await?;
+    ///     }
+    ///     ctx.commit().await?;
+    ///     // A broker's acknowledgement would go here.
+    ///     assert_eq!(durable.changed().await?, 3);
+    ///     Ok(())
+    /// });
+    /// let schema = Schema::new([Column::new("seq", DataType::Int)])?;
+    /// let mut pipeline = Pipeline::new();
+    /// let table = pipeline.read("feed", source, Reader::json(schema));
+    /// pipeline.run().await?;
+    /// assert_eq!(table.len(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn durable_offset(&self) -> DurableOffset {
+        let mut watch = self.shared.table.watch_durable_offsets();
+        let last = watch.borrow_and_update().offsets.get(&self.shared.name).cloned();
+        DurableOffset {
+            name: self.shared.name.clone(),
+            table: self.shared.table.name().clone(),
+            watch,
+            last,
+        }
+    }
+
     /// Completes when the pipeline starts shutting down. `select!` on it around long
     /// waits that are not sends (sends notice shutdown by themselves).
     ///
@@ -589,6 +644,52 @@ impl fmt::Debug for SourceContext {
         f.debug_struct("SourceContext")
             .field("name", &self.shared.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// A source's durable offset, from [`SourceContext::durable_offset`].
+#[derive(Debug, Clone)]
+pub struct DurableOffset {
+    name: Arc<str>,
+    table: Arc<str>,
+    watch: watch::Receiver<DurableOffsets>,
+    /// The offset last returned (or seen when the handle was made).
+    last: Option<serde_json::Value>,
+}
+
+impl DurableOffset {
+    /// The source's durable offset now, `None` before any.
+    pub fn get(&self) -> Option<serde_json::Value> {
+        self.watch.borrow().offsets.get(&self.name).cloned()
+    }
+
+    /// Waits until the durable offset moves past the one last returned (or seen when
+    /// this handle was made), and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`TableEnded`] once the table has made its final commit and the offset did not
+    /// move: it never will again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a move seen by a dropped call is returned by the next one.
+    pub async fn changed(&mut self) -> Result<serde_json::Value, TableEnded> {
+        loop {
+            let (current, closed) = {
+                let state = self.watch.borrow_and_update();
+                (state.offsets.get(&self.name).cloned(), state.closed)
+            };
+            if let Some(offset) = current
+                && self.last.as_ref() != Some(&offset)
+            {
+                self.last = Some(offset.clone());
+                return Ok(offset);
+            }
+            if closed || self.watch.changed().await.is_err() {
+                return Err(TableEnded::new(&self.table));
+            }
+        }
     }
 }
 

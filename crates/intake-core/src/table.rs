@@ -50,6 +50,18 @@ pub(crate) struct TableShared {
     /// Per sink, the time of the last commit it wrote (0: none yet); the log keeps the
     /// commits after the oldest so that a sink can resume from there after a crash.
     sink_positions: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The sources' offsets as of the last durable commit, for
+    /// [`SourceContext::durable_offset`](crate::SourceContext::durable_offset).
+    durable_offsets: watch::Sender<DurableOffsets>,
+}
+
+/// The offsets of a table's last durable commit: stored (and synced) with
+/// persistence, handed to every subscriber without.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DurableOffsets {
+    pub(crate) offsets: Offsets,
+    /// The table is final: the offsets will not move again.
+    pub(crate) closed: bool,
 }
 
 /// Where a table stands, for sinks that resume.
@@ -144,6 +156,12 @@ pub struct TableEnded {
 }
 
 impl TableEnded {
+    pub(crate) fn new(table: &str) -> Self {
+        TableEnded {
+            table: table.to_owned(),
+        }
+    }
+
     /// The table's name.
     pub fn table(&self) -> &str {
         &self.table
@@ -210,6 +228,7 @@ impl Table {
                 stats: Counters::default(),
                 lifecycle,
                 progress: watch::Sender::new(Progress::default()),
+                durable_offsets: watch::Sender::new(DurableOffsets::default()),
                 store: Mutex::new(None),
                 sink_positions: Mutex::new(Vec::new()),
             }),
@@ -290,9 +309,7 @@ impl Table {
                 return Ok(());
             }
             if closed || progress.changed().await.is_err() {
-                return Err(TableEnded {
-                    table: self.shared.name.to_string(),
-                });
+                return Err(TableEnded::new(&self.shared.name));
             }
         }
     }
@@ -847,6 +864,7 @@ impl TableShared {
             p.durable = time;
             p.time = time;
         });
+        self.set_durable_offsets(self.position().1);
     }
 
     /// The table's storage, if it has one and is open.
@@ -866,6 +884,16 @@ impl TableShared {
             p.durable = time;
             moved
         });
+    }
+
+    /// Records that the commit whose sources' offsets are `offsets` is durable.
+    pub(crate) fn set_durable_offsets(&self, offsets: Offsets) {
+        self.durable_offsets.send_modify(|d| d.offsets = offsets);
+    }
+
+    /// Watches the offsets of the last durable commit.
+    pub(crate) fn watch_durable_offsets(&self) -> watch::Receiver<DurableOffsets> {
+        self.durable_offsets.subscribe()
     }
 
     /// The oldest commit a sink of this table has written (`Some(0)`-time means none
@@ -945,6 +973,7 @@ impl TableShared {
         state.subscribers.clear();
         drop(state);
         self.progress.send_modify(|p| p.closed = true);
+        self.durable_offsets.send_modify(|d| d.closed = true);
         self.release_store_if_unused();
     }
 
