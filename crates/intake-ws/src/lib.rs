@@ -45,15 +45,15 @@
 mod error;
 mod polygon;
 mod protocol;
-mod stats;
 mod source;
+mod stats;
 
 pub use error::{ProtocolError, WsError};
+pub use intake_core::Reconnect;
 pub use polygon::Polygon;
 pub use protocol::{Filtered, Frame, Generic, Protocol, Replies};
-pub use intake_core::Reconnect;
-pub use stats::WsStats;
 pub use source::{WebSocketSource, install_crypto_provider};
+pub use stats::WsStats;
 
 #[doc = include_str!("../../../docs/websocket.md")]
 #[cfg(doctest)]
