@@ -57,3 +57,7 @@ pub use reqwest::Url;
 /// The header map hooks such as [`PollSource::interval_from`] read, re-exported from
 /// reqwest.
 pub use reqwest::header::HeaderMap;
+
+#[doc = include_str!("../../../docs/http.md")]
+#[cfg(doctest)]
+pub struct HttpGuide;
