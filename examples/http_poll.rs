@@ -23,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use futures::StreamExt;
 use intake_core::{Column, DataType, ErrorPolicy, Pipeline, Reader, Schema, Subscriber};
-use intake_http::PollSource;
+use intake_http::{PollSource, StatusAction};
 use serde_json::json;
 
 /// How many polls the demo makes before it stops.
@@ -54,6 +54,12 @@ async fn main() -> anyhow::Result<()> {
             .header("User-Agent", "intake-http-example")
             .header("Accept", "application/vnd.github+json")
             .interval(Duration::from_secs(60));
+        // GitHub answers a rate limit with 403 (and Retry-After or a reset time): wait
+        // and retry instead of stopping, as the default for 403 would.
+        source = source.classify_status(|status| match status {
+            403 => StatusAction::Retry,
+            other => StatusAction::for_status(other),
+        });
         if let Ok(token) = std::env::var("GITHUB_TOKEN") {
             source = source.bearer_auth(token);
         }

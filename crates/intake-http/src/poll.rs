@@ -39,8 +39,9 @@ pub fn install_crypto_provider() {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StatusAction {
-    /// A transient failure: retry with backoff (after `Retry-After`, if the response
-    /// is a 429 or 503 that has one).
+    /// A transient failure: retry with backoff, or after the wait a `Retry-After`
+    /// header asks for (429 and 503 send it; GitHub also sends it with the 403 of a
+    /// rate limit).
     Retry,
     /// Stop the source with [`HttpError::Status`], whose message says what to check.
     Fail,
@@ -89,7 +90,7 @@ pub struct Page<'a> {
 }
 
 impl Page<'_> {
-    /// The URL requested.
+    /// The URL the page came from (after redirects, if the client followed any).
     pub fn url(&self) -> &Url {
         self.url
     }
@@ -229,8 +230,8 @@ enum Auth {
 /// - **Conditional requests** (on by default): the `ETag` and `Last-Modified` of each
 ///   URL's last response are sent back as `If-None-Match` and `If-Modified-Since`; a
 ///   `304 Not Modified` sends nothing to the table.
-/// - **Server hints**: `Retry-After` (seconds or an HTTP date) on a 429 or 503 is
-///   waited out; [`interval_from`](Self::interval_from) lets a header such as GitHub's
+/// - **Server hints**: `Retry-After` (seconds or an HTTP date) on a 429, a 503 or
+///   any other status retried is waited out; [`interval_from`](Self::interval_from) lets a header such as GitHub's
 ///   `X-Poll-Interval` set the next interval.
 /// - **Failures**: connect errors, timeouts, 5xx and 429 are retried with the
 ///   [`Reconnect`] backoff, which a successful poll resets; 401, 403, 404 and the
@@ -671,6 +672,8 @@ impl PollSource {
             };
             let status = response.status();
             let headers = response.headers().clone();
+            // Where the body came from after redirects: what relative links resolve against.
+            let effective_url = response.url().clone();
             if first {
                 hint = self.interval_hook.as_ref().and_then(|hook| hook(&headers));
             }
@@ -689,10 +692,7 @@ impl PollSource {
                     .into()),
                     StatusAction::Skip => Ok(Outcome::Done(hint)),
                     StatusAction::Retry => {
-                        let retry_after = match code {
-                            429 | 503 => retry_after(&headers),
-                            _ => None,
-                        };
+                        let retry_after = retry_after(&headers);
                         Ok(Outcome::Failed(
                             RequestFailed::new(format!("{url} answered HTTP {status}")),
                             retry_after,
@@ -747,7 +747,7 @@ impl PollSource {
             }
             pages += 1;
             let page = Page {
-                url: &url,
+                url: &effective_url,
                 status: status.as_u16(),
                 headers: &headers,
                 body: &body,

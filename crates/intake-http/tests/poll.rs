@@ -169,28 +169,36 @@ async fn not_modified_sends_nothing_and_the_validators_are_sent_back() {
 }
 
 #[tokio::test]
-async fn retry_after_on_429_and_503_is_waited_out() {
+async fn retry_after_is_waited_out_on_429_503_and_any_status_classified_as_retry() {
     let (base, server) = serve(|index, _| match index {
         0 => respond(429, &[("retry-after", "1")], "slow down"),
         1 => respond(503, &[("retry-after", "1")], "maintenance"),
+        // GitHub's secondary rate limit.
+        2 => respond(403, &[("retry-after", "1")], "rate limited"),
         _ => ok(json!([{"id": 1, "name": "a"}])),
     })
     .await;
     // The backoff alone would retry after 10 ms.
-    let source = PollSource::new(base).reconnect(fast_retries()).max_polls(1);
+    let source = PollSource::new(base)
+        .reconnect(fast_retries())
+        .classify_status(|status| match status {
+            403 => StatusAction::Retry,
+            other => StatusAction::for_status(other),
+        })
+        .max_polls(1);
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
     let table = pipeline.read("items", source, reader());
     run(pipeline).await.unwrap();
 
     let seen = server.seen();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 4);
     for pair in seen.windows(2) {
         let waited = pair[1].at - pair[0].at;
         assert!(waited >= Duration::from_millis(990), "retried after {waited:?}");
         assert!(waited < Duration::from_secs(3), "retried after {waited:?}");
     }
-    assert_eq!(stats.retries(), 2);
+    assert_eq!(stats.retries(), 3);
     assert_eq!(table.len(), 1);
 }
 
@@ -323,6 +331,87 @@ async fn link_pagination_reads_every_page_and_resolves_relative_links() {
     assert_eq!(uris, ["/items?per_page=2", "/items?page=2", "/items?page=3"]);
     assert_eq!(stats.pages(), 3);
     assert_eq!(table.len(), 4);
+}
+
+/// Three pages linked by `Link: rel="next"`; page 2 fails with 500 the first
+/// `failures` times it is asked for.
+fn flaky_pages(failures: usize) -> impl Fn(usize, &Seen) -> Response + Send + Sync + 'static {
+    let page2_asked = std::sync::atomic::AtomicUsize::new(0);
+    move |_, seen| match seen.uri.as_str() {
+        "/items" => respond(
+            200,
+            &[("link", "</items?page=2>; rel=next")],
+            json!([{"id": 1, "name": "a"}]).to_string(),
+        ),
+        "/items?page=2" => {
+            if page2_asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                return respond(500, &[], "boom");
+            }
+            respond(
+                200,
+                &[("link", "</items?page=3>; rel=next")],
+                json!([{"id": 2, "name": "b"}]).to_string(),
+            )
+        }
+        "/items?page=3" => ok(json!([{"id": 3, "name": "c"}])),
+        other => respond(400, &[], format!("unexpected {other}")),
+    }
+}
+
+#[tokio::test]
+async fn a_page_that_fails_midway_is_retried_without_reading_the_pages_before_it() {
+    let (base, server) = serve(flaky_pages(2)).await;
+    let source = PollSource::new(format!("{base}/items"))
+        .reconnect(fast_retries())
+        .max_polls(1);
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader());
+    run(pipeline).await.unwrap();
+    let uris: Vec<String> = server.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(
+        uris,
+        [
+            "/items",
+            "/items?page=2",
+            "/items?page=2",
+            "/items?page=2",
+            "/items?page=3"
+        ]
+    );
+    assert_eq!(stats.records(), 3, "no record was read twice");
+    assert_eq!(table.len(), 3);
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_paginated_poll_goes_on_at_the_next_page() {
+    let (base, server) = serve(flaky_pages(1)).await;
+    // The first pipeline gives up on page 2 at once.
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "items",
+        PollSource::new(format!("{base}/items"))
+            .reconnect(Reconnect::never())
+            .max_polls(1),
+        reader(),
+    );
+    assert!(run(pipeline).await.is_err());
+    assert_eq!(table.len(), 1);
+    let (_, offset) = table.committed_offsets().remove(0);
+    assert_eq!(
+        offset["urls"][format!("{base}/items")]["next_page"],
+        format!("{base}/items?page=2")
+    );
+
+    let mut pipeline = Pipeline::new();
+    let source = PollSource::new(format!("{base}/items")).max_polls(1);
+    let stats = source.stats();
+    let table = pipeline.read("items", source, reader().resume_from(offset));
+    run(pipeline).await.unwrap();
+    let uris: Vec<String> = server.seen().into_iter().skip(2).map(|s| s.uri).collect();
+    assert_eq!(uris, ["/items?page=2", "/items?page=3"]);
+    assert_eq!(stats.records(), 2);
+    assert_eq!(names(&table), [(2, "b".to_owned()), (3, "c".to_owned())]);
 }
 
 /// A feed with a cursor: `?after=C` returns the items after C and the next cursor.
@@ -515,4 +604,29 @@ async fn shutdown_is_prompt_during_a_long_interval_and_during_a_hanging_request(
         "stopping took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn relative_links_resolve_against_the_url_a_redirect_led_to() {
+    let (base, server) = serve(|_, seen| match seen.uri.as_str() {
+        "/old/items" => respond(301, &[("location", "/v2/items")], Body::empty()),
+        "/v2/items" => respond(
+            200,
+            &[("link", "<items?page=2>; rel=next")],
+            json!([{"id": 1, "name": "a"}]).to_string(),
+        ),
+        "/v2/items?page=2" => ok(json!([{"id": 2, "name": "b"}])),
+        other => respond(400, &[], format!("unexpected {other}")),
+    })
+    .await;
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "items",
+        PollSource::new(format!("{base}/old/items")).max_polls(1),
+        reader(),
+    );
+    run(pipeline).await.unwrap();
+    let uris: Vec<String> = server.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/old/items", "/v2/items", "/v2/items?page=2"]);
+    assert_eq!(table.len(), 2);
 }
