@@ -630,3 +630,109 @@ async fn relative_links_resolve_against_the_url_a_redirect_led_to() {
     assert_eq!(uris, ["/old/items", "/v2/items", "/v2/items?page=2"]);
     assert_eq!(table.len(), 2);
 }
+
+#[tokio::test]
+async fn each_url_keeps_its_own_validators_and_every_request_carries_the_settings() {
+    let (base, server) = serve(|_, seen| {
+        let path = seen.uri.split('?').next().unwrap().to_owned();
+        let etag = format!("\"{path}\"");
+        if header(seen, "if-none-match") == Some(etag.as_str()) {
+            return respond(304, &[], Body::empty());
+        }
+        let id = if path == "/a" { 1 } else { 2 };
+        respond(
+            200,
+            &[("etag", &etag)],
+            json!([{"id": id, "name": path}]).to_string(),
+        )
+    })
+    .await;
+    let source = PollSource::new(format!("{base}/a"))
+        .url(format!("{base}/b"))
+        .basic_auth("user", Some("secret"))
+        .header("accept", "application/json")
+        .query("since", "2026-11-28")
+        .interval(Duration::from_millis(10))
+        .max_polls(2);
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader());
+    run(pipeline).await.unwrap();
+
+    assert_eq!(names(&table), [(1, "/a".to_owned()), (2, "/b".to_owned())]);
+    assert_eq!(
+        stats.not_modified(),
+        2,
+        "each URL's second poll sent its own ETag"
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 4);
+    for request in &seen {
+        assert!(request.uri.ends_with("?since=2026-11-28"), "{}", request.uri);
+        // base64("user:secret")
+        assert_eq!(header(request, "authorization"), Some("Basic dXNlcjpzZWNyZXQ="));
+        assert_eq!(header(request, "accept"), Some("application/json"));
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_size_limit_is_reported_not_read() {
+    let big: Vec<_> = (0..100).map(|id| json!({"id": id, "name": "x"})).collect();
+    let big = json!(big).to_string();
+    let (base, _server) = serve(move |index, _| match index {
+        0 => respond(200, &[], big.clone()),
+        _ => ok(json!([{"id": 1, "name": "small"}])),
+    })
+    .await;
+    let mut pipeline = Pipeline::new();
+    let mut rejected = pipeline.rejected(4);
+    let table = pipeline.read(
+        "items",
+        PollSource::new(base)
+            .max_body_size(1_000)
+            .interval(Duration::from_millis(10))
+            .max_polls(2),
+        reader(),
+    );
+    run(pipeline).await.unwrap();
+    let report = rejected.next().await.expect("a report");
+    assert!(report.raw().is_empty());
+    assert!(
+        report
+            .reason()
+            .to_string()
+            .contains("larger than max_body_size (1000 bytes"),
+        "{}",
+        report.reason()
+    );
+    assert_eq!(
+        names(&table),
+        [(1, "small".to_owned())],
+        "the source went on after it"
+    );
+}
+
+#[tokio::test]
+async fn a_persisted_pipeline_restarts_with_a_conditional_request_and_reads_nothing_twice() {
+    let (base, server) = serve(|_, seen| {
+        if header(seen, "if-none-match") == Some("\"v1\"") {
+            return respond(304, &[], Body::empty());
+        }
+        respond(
+            200,
+            &[("etag", "\"v1\"")],
+            json!([{"id": 1, "name": "a"}]).to_string(),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let mut pipeline = Pipeline::new().persist(intake_core::Persistence::new(dir.path()));
+        let table = pipeline.read("items", PollSource::new(base.clone()).max_polls(1), reader());
+        run(pipeline).await.unwrap();
+        assert_eq!(names(&table), [(1, "a".to_owned())], "restored, not read again");
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(header(&seen[1], "if-none-match"), Some("\"v1\""));
+}
