@@ -590,9 +590,9 @@ impl PollSource {
             .collect()
     }
 
-    fn offset(targets: &[Target]) -> Value {
+    /// The source's offset: every URL's state, by the URL as given.
+    fn offset<'a>(targets: impl Iterator<Item = &'a Target>) -> Value {
         let urls: Map<String, Value> = targets
-            .iter()
             .map(|t| {
                 (
                     t.key.clone(),
@@ -792,18 +792,7 @@ impl Reporter {
         others: &[Target],
         current: &Target,
     ) -> Result<(), SendError> {
-        let mut urls = match PollSource::offset(others) {
-            Value::Object(mut object) => match object.remove("urls") {
-                Some(Value::Object(urls)) => urls,
-                _ => Map::new(),
-            },
-            _ => Map::new(),
-        };
-        urls.insert(
-            current.key.clone(),
-            serde_json::to_value(&current.state).unwrap_or(Value::Null),
-        );
-        let offset = json!({ "urls": urls });
+        let offset = PollSource::offset(others.iter().chain(std::iter::once(current)));
         if self.last.as_ref() == Some(&offset) {
             return Ok(());
         }
