@@ -45,15 +45,15 @@
 mod error;
 mod polygon;
 mod protocol;
-mod source;
 mod stats;
+mod source;
 
 pub use error::{ProtocolError, WsError};
-pub use intake_core::Reconnect;
 pub use polygon::Polygon;
 pub use protocol::{Filtered, Frame, Generic, Protocol, Replies};
-pub use source::{WebSocketSource, install_crypto_provider};
+pub use intake_core::Reconnect;
 pub use stats::WsStats;
+pub use source::{WebSocketSource, install_crypto_provider};
 
 #[doc = include_str!("../../../docs/websocket.md")]
 #[cfg(doctest)]

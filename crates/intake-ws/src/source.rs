@@ -18,9 +18,9 @@ use tokio_tungstenite::tungstenite::{self, Error as TungsteniteError};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::Reconnect;
 use crate::error::{ConnectionFailed, ProtocolError, WsError};
 use crate::protocol::{Frame, Generic, Protocol, Replies};
+use crate::Reconnect;
 use crate::stats::WsStats;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
