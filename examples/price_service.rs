@@ -178,6 +178,7 @@ async fn metrics(State(app): State<App>) -> String {
 /// Checks every route, and the stale flag across an outage of the embedded feed.
 async fn self_check(address: SocketAddr, app: &App, outage: &watch::Sender<bool>) -> anyhow::Result<()> {
     let base = format!("http://{address}");
+    intake_ws::install_crypto_provider();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
