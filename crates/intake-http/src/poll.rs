@@ -297,7 +297,7 @@ pub struct PollSource {
     max_body_size: usize,
     max_polls: Option<u64>,
     client: Option<reqwest::Client>,
-    stats: Arc<PollStats>,
+    stats: PollStats,
 }
 
 impl fmt::Debug for PollSource {
@@ -353,7 +353,7 @@ impl PollSource {
             max_body_size: Self::DEFAULT_MAX_BODY_SIZE,
             max_polls: None,
             client: None,
-            stats: Arc::default(),
+            stats: PollStats::default(),
         }
     }
 
@@ -535,7 +535,7 @@ impl PollSource {
     }
 
     /// The source's counters, live while it runs.
-    pub fn stats(&self) -> Arc<PollStats> {
+    pub fn stats(&self) -> PollStats {
         self.stats.clone()
     }
 
@@ -654,7 +654,7 @@ impl PollSource {
                     request = request.header(IF_MODIFIED_SINCE, date);
                 }
             }
-            PollStats::add(&self.stats.requests, 1);
+            PollStats::add(&self.stats.0.requests, 1);
             let response = tokio::select! {
                 response = request.send() => response,
                 () = ctx.cancelled() => return Ok(Outcome::Cancelled),
@@ -678,7 +678,7 @@ impl PollSource {
                 hint = self.interval_hook.as_ref().and_then(|hook| hook(&headers));
             }
             if status == StatusCode::NOT_MODIFIED {
-                PollStats::add(&self.stats.not_modified, 1);
+                PollStats::add(&self.stats.0.not_modified, 1);
                 return Ok(Outcome::Done(hint));
             }
             if !status.is_success() {
@@ -722,8 +722,8 @@ impl PollSource {
                     return Ok(Outcome::Done(hint));
                 }
             };
-            PollStats::add(&self.stats.pages, 1);
-            PollStats::add(&self.stats.bytes, body.len() as u64);
+            PollStats::add(&self.stats.0.pages, 1);
+            PollStats::add(&self.stats.0.bytes, body.len() as u64);
             let split = self.records.split(&body);
             let count = split.records.len();
             for record in split.records {
@@ -731,7 +731,7 @@ impl PollSource {
                     return sent_error(error);
                 }
             }
-            PollStats::add(&self.stats.records, count as u64);
+            PollStats::add(&self.stats.0.records, count as u64);
             if let Some((raw, reason)) = split.bad
                 && let Err(error) = ctx.reject(raw, format!("{url}: {reason}")).await
             {
@@ -941,7 +941,7 @@ impl Source for PollSource {
             match outcome {
                 Outcome::Cancelled => return Ok(()),
                 Outcome::Done(hint) => {
-                    PollStats::add(&self.stats.polls, 1);
+                    PollStats::add(&self.stats.0.polls, 1);
                     target.polls += 1;
                     target.failures = 0;
                     target.delays = self.reconnect.delays();
@@ -958,7 +958,7 @@ impl Source for PollSource {
                         .into());
                     };
                     let delay = retry_after.unwrap_or(delay);
-                    PollStats::add(&self.stats.retries, 1);
+                    PollStats::add(&self.stats.0.retries, 1);
                     tracing::warn!(
                         source = ctx.name(),
                         url = %target.url,
@@ -982,8 +982,15 @@ fn later(now: Instant, wait: Duration) -> Instant {
 }
 
 /// Live counters of a [`PollSource`]; see [`PollSource::stats`].
+///
+/// Like every stats handle of intake (`TableStats`, `SourceStats`, `WsStats`), it is
+/// cheap to clone, each getter reads the figure as it is now, and it serializes (with
+/// serde) to an object of the figures.
+#[derive(Debug, Clone, Default)]
+pub struct PollStats(Arc<PollCounters>);
+
 #[derive(Debug, Default)]
-pub struct PollStats {
+struct PollCounters {
     requests: AtomicU64,
     polls: AtomicU64,
     pages: AtomicU64,
@@ -993,42 +1000,57 @@ pub struct PollStats {
     retries: AtomicU64,
 }
 
+impl serde::Serialize for PollStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("PollStats", 7)?;
+        s.serialize_field("requests", &self.requests())?;
+        s.serialize_field("polls", &self.polls())?;
+        s.serialize_field("pages", &self.pages())?;
+        s.serialize_field("not_modified", &self.not_modified())?;
+        s.serialize_field("records", &self.records())?;
+        s.serialize_field("bytes", &self.bytes())?;
+        s.serialize_field("retries", &self.retries())?;
+        s.end()
+    }
+}
+
 impl PollStats {
     /// Requests sent, retries and pages included.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.0.requests.load(Ordering::Relaxed)
     }
 
     /// Polls completed (read, not modified, or skipped by a
     /// [`StatusAction::Skip`]), over all URLs.
     pub fn polls(&self) -> u64 {
-        self.polls.load(Ordering::Relaxed)
+        self.0.polls.load(Ordering::Relaxed)
     }
 
     /// Pages (successful responses with a body) read.
     pub fn pages(&self) -> u64 {
-        self.pages.load(Ordering::Relaxed)
+        self.0.pages.load(Ordering::Relaxed)
     }
 
     /// Responses `304 Not Modified`: polls that cost the server little and sent
     /// nothing.
     pub fn not_modified(&self) -> u64 {
-        self.not_modified.load(Ordering::Relaxed)
+        self.0.not_modified.load(Ordering::Relaxed)
     }
 
     /// Records sent to the reader, valid or not.
     pub fn records(&self) -> u64 {
-        self.records.load(Ordering::Relaxed)
+        self.0.records.load(Ordering::Relaxed)
     }
 
     /// Body bytes read.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.0.bytes.load(Ordering::Relaxed)
     }
 
     /// Retries scheduled after transient failures.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.0.retries.load(Ordering::Relaxed)
     }
 
     fn add(counter: &AtomicU64, n: u64) {
