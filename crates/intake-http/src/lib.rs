@@ -9,4 +9,4 @@
 
 mod sse;
 
-pub use sse::{SseError, SseEvent, SseItem, SseParser, SseSource, SseStats};
+pub use sse::{SseError, SseEvent, SseItem, SseParser, SseSource, SseStats, install_crypto_provider};

@@ -24,10 +24,14 @@ const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 const LAST_EVENT_ID: &str = "Last-Event-ID";
 
 /// Installs rustls' ring crypto provider as the process default, once, unless the
-/// application installed one. reqwest is built without a provider of its own (its
-/// default one, aws-lc-rs, builds C code with cmake) and panics at the first client
-/// without a default.
-fn install_crypto_provider() {
+/// application installed one already (then that one is kept).
+///
+/// intake-http builds reqwest without a crypto provider of its own (reqwest's
+/// default, aws-lc-rs, builds C code with cmake), and reqwest panics when a client
+/// is built with no process default. The sources call this before they build their
+/// client; call it yourself before building a `reqwest::Client` to hand to
+/// [`SseSource::client`].
+pub fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // Err means a provider is installed already, which is what we need.
@@ -171,9 +175,10 @@ impl SseSource {
         self
     }
 
-    /// Uses this client (its proxy, TLS and pool settings) instead of building one.
-    /// The source still sets its own headers and
-    /// [`connect_timeout`](Self::connect_timeout) on each request.
+    /// Uses this client (its proxy, TLS and pool settings) instead of building one
+    /// for each run. The source still sets its own headers and
+    /// [`connect_timeout`](Self::connect_timeout) on each request. Call
+    /// [`install_crypto_provider`] before building the client, or reqwest panics.
     pub fn client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
         self
@@ -260,7 +265,11 @@ impl SseSource {
     }
 
     /// Sends the request and checks the response.
-    async fn open(&self, client: &reqwest::Client, last_event_id: &str) -> Result<reqwest::Response, OpenError> {
+    async fn open(
+        &self,
+        client: &reqwest::Client,
+        last_event_id: &str,
+    ) -> Result<reqwest::Response, OpenError> {
         let mut request = client
             .get(&self.url)
             .headers(self.headers.clone())
@@ -363,7 +372,10 @@ impl SseSource {
                     ))));
                 }
                 Ok(Err(error)) => {
-                    return Ok(StreamEnd::Lost(StreamFailed::with_source("reading the stream failed", error)));
+                    return Ok(StreamEnd::Lost(StreamFailed::with_source(
+                        "reading the stream failed",
+                        error,
+                    )));
                 }
                 Ok(Ok(None)) => return Ok(StreamEnd::Lost(StreamFailed::new("the server ended the stream"))),
                 Ok(Ok(Some(chunk))) => chunk,
@@ -374,7 +386,8 @@ impl SseSource {
                 let sent = match item {
                     SseItem::Event(event) => {
                         SseStats::add(&self.stats.events, 1);
-                        let wanted = self.event_types.is_empty() || self.event_types.contains(&event.event_type);
+                        let wanted =
+                            self.event_types.is_empty() || self.event_types.contains(&event.event_type);
                         let sent = if wanted {
                             position.delivered = true;
                             ctx.next_bytes(Bytes::from(event.data)).await
@@ -612,7 +625,9 @@ pub enum SseError {
     },
     /// The resume offset is not a string (a last event ID): it was stored by another
     /// kind of source under this source's name.
-    #[error("the resume offset {offset} is not a last event ID (a JSON string); was the source renamed or replaced?")]
+    #[error(
+        "the resume offset {offset} is not a last event ID (a JSON string); was the source renamed or replaced?"
+    )]
     InvalidOffset {
         /// The offset found.
         offset: serde_json::Value,

@@ -193,7 +193,11 @@ impl SseParser {
             None => bytes.get(i - self.line.len()).copied(),
         };
         let bom = self.first_line && (0..BOM.len()).all(|i| byte_at(i) == Some(BOM[i]));
-        let (start, len) = if bom { (BOM.len(), len - BOM.len()) } else { (0, len) };
+        let (start, len) = if bom {
+            (BOM.len(), len - BOM.len())
+        } else {
+            (0, len)
+        };
         if byte_at(start) == Some(b':') {
             // A long comment is no part of any event.
             self.skipping = Some(Skip::Comment);
@@ -348,7 +352,11 @@ mod tests {
         let items = parse(b"data: a\r\rdata: b\r\n\r\ndata: c\n\n");
         assert_eq!(
             items,
-            [event("message", "a", ""), event("message", "b", ""), event("message", "c", "")]
+            [
+                event("message", "a", ""),
+                event("message", "b", ""),
+                event("message", "c", "")
+            ]
         );
     }
 
@@ -360,7 +368,10 @@ mod tests {
 
     #[test]
     fn a_leading_bom_is_skipped_once() {
-        let items = parse_chunks(&[b"\xEF", b"\xBB", b"\xBFdata: x\n\n\xEF\xBB\xBFdata: y\n\n"], 1 << 20);
+        let items = parse_chunks(
+            &[b"\xEF", b"\xBB", b"\xBFdata: x\n\n\xEF\xBB\xBFdata: y\n\n"],
+            1 << 20,
+        );
         // The second BOM is part of a field name, so that line is ignored.
         assert_eq!(items, [event("message", "x", "")]);
     }
@@ -431,7 +442,10 @@ mod tests {
         let comment = format!(":{}\ndata: ok\n\n", "x".repeat(100));
         for split in [1, 7, 200] {
             let chunks: Vec<&[u8]> = comment.as_bytes().chunks(split).collect();
-            assert_eq!(parse_chunks(&chunks, 64), [SseItem::Comment, event("message", "ok", "")]);
+            assert_eq!(
+                parse_chunks(&chunks, 64),
+                [SseItem::Comment, event("message", "ok", "")]
+            );
         }
     }
 
@@ -444,7 +458,11 @@ mod tests {
         for _ in 0..1000 {
             parser.feed(&chunk, &mut items);
         }
-        assert!(parser.line.capacity() <= 4096 + 1024, "{}", parser.line.capacity());
+        assert!(
+            parser.line.capacity() <= 4096 + 1024,
+            "{}",
+            parser.line.capacity()
+        );
         assert!(parser.data.capacity() <= 2048);
         parser.feed(b"\n\n", &mut items);
         assert!(matches!(items[..], [SseItem::Oversized { .. }]), "{items:?}");
