@@ -144,7 +144,7 @@ fn source_error(error: &Error) -> &SseError {
 /// an unfinished event at the end (discarded). Its last event ID is `3`.
 const STREAM: &[u8] = b"\xEF\xBB\xBF: welcome\r\nretry: 1\r\nid: 1\r\ndata: {\"id\": 1,\r\ndata: \"v\": \"caf\xC3\xA9\"}\r\n\r\n\
 :keep-alive\rid: 2\revent: edit\rdata: {\"id\": 2, \"v\": \"b\"}\r\r\
-id: 9\x00\nid: 3\ndata\ndata: {\"id\": 3, \"v\": \"c\\u0021\"}\n\n: bye\nid: 4\ndata: {\"id\": 4, \"v\": \"unfinished\"}\n";
+id: 3\nid: 9\x00\ndata\ndata: {\"id\": 3, \"v\": \"c\\u0021\"}\n\n: bye\nid: 4\ndata: {\"id\": 4, \"v\": \"unfinished\"}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_split_position_of_a_stream_gives_the_same_rows() {
