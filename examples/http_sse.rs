@@ -92,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
         pages
             .committed_offsets()
             .first()
-            .map(|(_, offset)| offset.to_string()),
+            .and_then(|(_, offset)| offset.as_str().map(str::to_owned))
+            .unwrap_or_default(),
     );
     let snapshot = pages.snapshot();
     let mut latest: Vec<_> = snapshot.rows().iter().map(|(_, row)| row).collect();
