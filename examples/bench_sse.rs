@@ -94,7 +94,7 @@ fn stream(events: usize) -> Vec<Bytes> {
             "comment": "copyedit",
             "timestamp": 1_700_000_000 + i as i64,
             "user": format!("User{}", i % 777),
-            "bot": i % 5 == 0,
+            "bot": i.is_multiple_of(5),
             "wiki": "enwiki",
             "length": {"old": 1200, "new": 1234},
         });

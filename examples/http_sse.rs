@@ -121,11 +121,11 @@ fn event(n: u64) -> String {
         "$schema": "/mediawiki/recentchange/1.0.0",
         "meta": {"domain": "en.wikipedia.org", "stream": "mediawiki.recentchange"},
         "id": 1_000 + n,
-        "type": if n % 7 == 0 { "new" } else { "edit" },
+        "type": if n.is_multiple_of(7) { "new" } else { "edit" },
         "title": format!("Page {}", n % 13),
-        "wiki": if n % 3 == 0 { "dewiki" } else { "enwiki" },
+        "wiki": if n.is_multiple_of(3) { "dewiki" } else { "enwiki" },
         "user": format!("Editor{}", n % 5),
-        "bot": n % 4 == 0,
+        "bot": n.is_multiple_of(4),
         "timestamp": 1_700_000_000 + n,
     });
     let id = format!(r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":{n}}}]"#);

@@ -252,28 +252,24 @@ impl SseParser {
             None => (line, &[][..]),
         };
         match name {
-            b"data" => {
-                if !self.oversized {
-                    self.data.push_str(&String::from_utf8_lossy(value));
-                    self.data.push('\n');
-                }
+            b"data" if !self.oversized => {
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.data.push('\n');
             }
             b"event" => self.event_type = String::from_utf8_lossy(value).into_owned(),
-            b"id" => {
-                if !value.contains(&0) {
-                    self.id_buffer = String::from_utf8_lossy(value).into_owned();
-                }
+            b"id" if !value.contains(&0) => {
+                self.id_buffer = String::from_utf8_lossy(value).into_owned();
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // More digits than a u64 holds: longer than anyone waits.
-                    let millis = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|digits| digits.parse::<u64>().ok())
-                        .unwrap_or(u64::MAX);
-                    items.push(SseItem::Retry(Duration::from_millis(millis)));
-                }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                // More digits than a u64 holds: longer than anyone waits.
+                let millis = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|digits| digits.parse::<u64>().ok())
+                    .unwrap_or(u64::MAX);
+                items.push(SseItem::Retry(Duration::from_millis(millis)));
             }
+            // Other fields, data of an oversized event, ids with NUL and retry values
+            // that are not all digits are ignored, as the standard says.
             _ => {}
         }
     }
