@@ -10,3 +10,7 @@
 mod sse;
 
 pub use sse::{SseError, SseEvent, SseItem, SseParser, SseSource, SseStats, install_crypto_provider};
+
+#[doc = include_str!("../../../docs/http.md")]
+#[cfg(doctest)]
+pub struct HttpGuide;
