@@ -1,9 +1,9 @@
 //! W5: throughput of the server-sent events source. A local server streams 500,000
 //! Wikimedia-recent-changes-style events (`text/event-stream`, each with an `id`)
 //! as fast as the client reads. Measured in the same run, alternating: through
-//! intake (`SseSource` into a table keyed by `title`) and through a plain loop
-//! (reqwest, the same SSE parser, serde_json into a struct, a `HashMap` upsert), and
-//! their ratio.
+//! intake (`SseSource` into a table keyed by `title`) and through two plain loops
+//! (reqwest, the same SSE parser, serde_json into a struct of the table's columns or
+//! into a `serde_json::Value`, a `HashMap` upsert by title), and the ratios.
 //!
 //! ```text
 //! cargo run --release -p intake-http --example bench_sse            # 500,000 events
@@ -21,7 +21,7 @@ use intake_http::{SseItem, SseParser, SseSource};
 use tokio::net::TcpListener;
 
 const TITLES: usize = 10_000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// The size of the chunks the server writes; events straddle them.
 const CHUNK: usize = 64 << 10;
 
@@ -61,21 +61,40 @@ fn main() -> anyhow::Result<()> {
         // One client for both, built outside the timing (building one loads the
         // system's root certificates, some 40 ms).
         let client = reqwest::Client::new();
-        let mut best = (0f64, 0f64);
+        let mut best = [0f64; 3];
+        let mut ratios = [Vec::new(), Vec::new()];
         for round in 1..=ROUNDS {
-            let plain = plain(&client, &url, events).await?;
+            let typed = plain::<Change>(&client, &url, events, |c| c.title.clone()).await?;
+            let values = plain::<serde_json::Value>(&client, &url, events, |v| {
+                v["title"].as_str().unwrap_or_default().to_owned()
+            })
+            .await?;
             let intake = through_intake(&client, &url, events).await?;
             println!(
-                "round {round}: plain {plain:>10.0} events/s   intake {intake:>10.0} events/s   ratio {:.2}",
-                intake / plain
+                "round {round}: plain struct {typed:>8.0}/s   plain Value {values:>8.0}/s   intake {intake:>8.0}/s   \
+                 ratios {:.2} (struct) {:.2} (Value)",
+                intake / typed,
+                intake / values
             );
-            best = (best.0.max(plain), best.1.max(intake));
+            for (best, figure) in best.iter_mut().zip([typed, values, intake]) {
+                *best = best.max(figure);
+            }
+            ratios[0].push(intake / typed);
+            ratios[1].push(intake / values);
+        }
+        for ratios in &mut ratios {
+            ratios.sort_by(f64::total_cmp);
         }
         println!(
-            "best: plain {:.0} events/s, intake {:.0} events/s, ratio {:.2}",
-            best.0,
-            best.1,
-            best.1 / best.0
+            "best rounds (events/s): plain struct {:.0}, plain Value {:.0}, intake {:.0}; \
+             ratio vs struct {:.2} (median of rounds {:.2}), vs Value {:.2} (median {:.2})",
+            best[0],
+            best[1],
+            best[2],
+            best[2] / best[0],
+            ratios[0][ROUNDS / 2],
+            best[2] / best[1],
+            ratios[1][ROUNDS / 2],
         );
         anyhow::Ok(())
     })
@@ -169,8 +188,14 @@ async fn through_intake(client: &reqwest::Client, url: &str, events: usize) -> a
     Ok(events as f64 / elapsed.as_secs_f64())
 }
 
-/// Events per second through reqwest, the SSE parser, serde_json and a `HashMap`.
-async fn plain(client: &reqwest::Client, url: &str, events: usize) -> anyhow::Result<f64> {
+/// Events per second through reqwest, the SSE parser, serde_json into `T` and a
+/// `HashMap` keyed by `key`.
+async fn plain<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+    events: usize,
+    key: impl Fn(&T) -> String,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut response = client
         .get(url)
@@ -180,14 +205,14 @@ async fn plain(client: &reqwest::Client, url: &str, events: usize) -> anyhow::Re
         .error_for_status()?;
     let mut parser = SseParser::new(1 << 20);
     let mut items = Vec::new();
-    let mut table: HashMap<String, Change> = HashMap::new();
+    let mut table: HashMap<String, T> = HashMap::new();
     let mut read = 0;
     while let Some(chunk) = response.chunk().await? {
         parser.feed(&chunk, &mut items);
         for item in items.drain(..) {
             if let SseItem::Event(event) = item {
-                let change: Change = serde_json::from_str(&event.data)?;
-                table.insert(change.title.clone(), change);
+                let row: T = serde_json::from_str(&event.data)?;
+                table.insert(key(&row), row);
                 read += 1;
             }
         }
