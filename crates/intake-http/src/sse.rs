@@ -20,7 +20,7 @@ pub use parse::{SseEvent, SseItem, SseParser};
 /// (tokio's timers overflow on durations such as `Duration::MAX`).
 const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
-/// The resume offset's form: the last event ID as a JSON string.
+/// The request header that carries the last event ID on a reconnect.
 const LAST_EVENT_ID: &str = "Last-Event-ID";
 
 /// Installs rustls' ring crypto provider as the process default, once, unless the
