@@ -29,8 +29,8 @@ pub enum SseItem {
         event_type: String,
         /// The last event ID after it (its own `id:` field, if it had one that fit).
         last_event_id: String,
-        /// How many bytes of fields the event had, at least (counting stops once the
-        /// limit is passed).
+        /// How many bytes the event's lines had, line ends included and comments
+        /// aside.
         size: usize,
     },
     /// A blank line changed the last event ID without dispatching an event (an event
@@ -56,9 +56,10 @@ pub enum SseItem {
 /// `data` field; an incomplete event at the end of the stream is discarded (call
 /// nothing: just drop the parser).
 ///
-/// Memory is bounded: an event whose fields (or a single line, comments included)
-/// exceed [`max_event_size`](Self::new) bytes is not buffered; it becomes
-/// [`SseItem::Oversized`] at its blank line, and the stream goes on.
+/// Memory is bounded: an event whose lines (line ends included, comments aside) add
+/// up to more than [`max_event_size`](Self::new) bytes is not buffered; it becomes
+/// [`SseItem::Oversized`] at its blank line, and the stream goes on. A comment line
+/// longer than that is not buffered either; it is still reported as a comment.
 ///
 /// # Examples
 ///
@@ -107,8 +108,8 @@ enum Skip {
 }
 
 impl SseParser {
-    /// A parser for a new stream that keeps events up to `max_event_size` bytes of
-    /// fields (the `data` and `event` values, and any single line).
+    /// A parser for a new stream that keeps events of up to `max_event_size` bytes of
+    /// lines (line ends included, comments aside).
     ///
     /// # Panics
     ///
