@@ -563,7 +563,7 @@ impl Source for SseSource {
             tracing::warn!(
                 source = ctx.name(),
                 url = %self.url,
-                error = %last_error,
+                error = %with_causes(&last_error),
                 attempt = failures,
                 delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "event stream lost; reconnecting"
@@ -574,6 +574,23 @@ impl Source for SseSource {
             }
         }
     }
+}
+
+/// The error's message followed by those of its sources that it does not already
+/// include: reqwest's "error sending request" says nothing of why (a refused
+/// connection, a DNS failure, a certificate) without them.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Sleeps for `delay`; delays too long for tokio's timer wait until shutdown.
@@ -633,7 +650,7 @@ pub enum SseError {
         offset: serde_json::Value,
     },
     /// Every reconnect attempt allowed by the [`Reconnect`] policy failed.
-    #[error("gave up after {attempts} failed connection attempts; last error: {last_error}")]
+    #[error("gave up after {attempts} failed connection attempts; last error: {}", with_causes(last_error.as_ref()))]
     GaveUp {
         /// How many attempts were made since the stream was last healthy.
         attempts: usize,

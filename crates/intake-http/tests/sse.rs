@@ -517,3 +517,17 @@ async fn a_resume_offset_that_is_not_an_event_id_is_refused() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_says_why_the_connection_failed() {
+    // A port nothing listens on.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    drop(listener);
+    let mut pipeline = Pipeline::new();
+    let source = SseSource::new(url).reconnect(Reconnect::never());
+    let _table = pipeline.read("sse", source, Reader::json(keyed()));
+    let error = run(pipeline).await.unwrap_err();
+    let message = source_error(&error).to_string();
+    assert!(message.contains("refused"), "{message}");
+}
