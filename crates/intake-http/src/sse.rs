@@ -101,6 +101,7 @@ pub struct SseSource {
     url: String,
     client: Option<reqwest::Client>,
     headers: HeaderMap,
+    basic_auth: Option<(String, Option<String>)>,
     connect_timeout: Duration,
     silence_timeout: Option<Duration>,
     max_event_size: usize,
@@ -115,6 +116,7 @@ impl fmt::Debug for SseSource {
         f.debug_struct("SseSource")
             .field("url", &self.url)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("basic_auth", &self.basic_auth.as_ref().map(|(user, _)| user))
             .field("connect_timeout", &self.connect_timeout)
             .field("silence_timeout", &self.silence_timeout)
             .field("max_event_size", &self.max_event_size)
@@ -137,6 +139,7 @@ impl SseSource {
             url: url.into(),
             client: None,
             headers: HeaderMap::new(),
+            basic_auth: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             silence_timeout: None,
             max_event_size: Self::DEFAULT_MAX_EVENT_SIZE,
@@ -172,6 +175,13 @@ impl SseSource {
             .unwrap_or_else(|e| panic!("the bearer token cannot be sent in a header: {e}"));
         value.set_sensitive(true);
         self.headers.insert(header::AUTHORIZATION, value);
+        self
+    }
+
+    /// Sends HTTP basic authentication (`Authorization: Basic …`, marked sensitive)
+    /// with every request.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: Option<String>) -> Self {
+        self.basic_auth = Some((user.into(), password));
         self
     }
 
@@ -275,6 +285,9 @@ impl SseSource {
             .headers(self.headers.clone())
             .header(header::ACCEPT, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-store");
+        if let Some((user, password)) = &self.basic_auth {
+            request = request.basic_auth(user, password.as_ref());
+        }
         if !last_event_id.is_empty() {
             match HeaderValue::from_str(last_event_id) {
                 Ok(value) => request = request.header(LAST_EVENT_ID, value),

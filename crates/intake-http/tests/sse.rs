@@ -19,6 +19,7 @@ struct Seen {
     path: String,
     last_event_id: Option<String>,
     accept: Option<String>,
+    authorization: Option<String>,
     at: Instant,
 }
 
@@ -45,6 +46,7 @@ async fn serve(script: impl Fn(&Seen, usize) -> Response + Send + Sync + 'static
                 path: uri.path().to_owned(),
                 last_event_id: header("last-event-id"),
                 accept: header("accept"),
+                authorization: header("authorization"),
                 at: Instant::now(),
             };
             let index = {
@@ -530,4 +532,31 @@ async fn giving_up_says_why_the_connection_failed() {
     let error = run(pipeline).await.unwrap_err();
     let message = source_error(&error).to_string();
     assert!(message.contains("refused"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_authentication_are_sent_with_every_request() {
+    let (url, requests) = serve(|request, _| match request.last_event_id {
+        Some(_) => no_content(),
+        None => events("id: 1\ndata: {\"id\": 1, \"v\": \"a\"}\n\n"),
+    })
+    .await;
+    for (source, expected) in [
+        (SseSource::new(url.as_str()).bearer_auth("t0ken"), "Bearer t0ken"),
+        (
+            SseSource::new(url.as_str()).basic_auth("me", Some("secret".to_owned())),
+            "Basic bWU6c2VjcmV0",
+        ),
+    ] {
+        let debug = format!("{source:?}");
+        assert!(!debug.contains("t0ken") && !debug.contains("secret"), "{debug}");
+        let mut pipeline = Pipeline::new();
+        let _table = pipeline.read("sse", source.reconnect(fast()), Reader::json(keyed()));
+        run(pipeline).await.unwrap();
+        let mut requests = requests.lock().unwrap();
+        assert_eq!(requests.len(), 2);
+        for request in requests.drain(..) {
+            assert_eq!(request.authorization.as_deref(), Some(expected));
+        }
+    }
 }
