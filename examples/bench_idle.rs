@@ -56,7 +56,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_mib();
     println!("  runtime + embedded server: {before:6.1} MiB RSS");
-    println!("  + idle pipeline:           {idle:6.1} MiB RSS  ({:+.1} MiB for intake; {} rows)", idle - before, table.len());
+    println!(
+        "  + idle pipeline:           {idle:6.1} MiB RSS  ({:+.1} MiB for intake; {} rows)",
+        idle - before,
+        table.len()
+    );
     shutdown.shutdown();
     running.await??;
     Ok(())

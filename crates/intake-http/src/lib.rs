@@ -7,7 +7,11 @@
 //!   [`Records`] out of each body (the whole body, a JSON array, a JSON pointer to
 //!   one, JSON lines).
 //! - [`PollStats`]: live counters, such as not-modified polls and retries.
-//! - [`HttpError`]: why a source stopped for good.
+//! - [`HttpError`]: why a polling source stopped for good.
+//! - [`SseSource`]: follows a `text/event-stream` (server-sent events), reconnecting
+//!   with `Last-Event-ID` and resuming from the last event ID; [`SseParser`] is its
+//!   parser, usable alone; [`SseStats`] its counters; [`SseError`] why it stopped.
+
 //!
 //! TLS is rustls with the ring provider, which the source installs as the process
 //! default if none is installed ([`install_crypto_provider`]). The guide is
@@ -47,16 +51,20 @@ mod error;
 mod link;
 mod poll;
 mod records;
+mod sse;
+mod tls;
 
 pub use error::HttpError;
 pub use intake_core::Reconnect;
-pub use poll::{Page, Pagination, PollSource, PollStats, StatusAction, install_crypto_provider};
+pub use poll::{Page, Pagination, PollSource, PollStats, StatusAction};
 pub use records::Records;
 /// The URL type of [`Page::url`], re-exported from reqwest.
 pub use reqwest::Url;
 /// The header map hooks such as [`PollSource::interval_from`] read, re-exported from
 /// reqwest.
 pub use reqwest::header::HeaderMap;
+pub use sse::{SseError, SseEvent, SseItem, SseParser, SseSource, SseStats};
+pub use tls::install_crypto_provider;
 
 #[doc = include_str!("../../../docs/http.md")]
 #[cfg(doctest)]

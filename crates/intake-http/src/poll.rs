@@ -1,8 +1,8 @@
 //! The polling source: requests URLs on an interval and sends their records.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -18,22 +18,11 @@ use tokio::time::Instant;
 use crate::error::{HttpError, RequestFailed};
 use crate::link::find_link;
 use crate::records::{Records, locate};
+use crate::tls::install_crypto_provider;
 
 /// Longer than any process lives: waits at least this long are not armed as timers,
 /// whose `Instant` arithmetic would overflow.
 const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// Installs rustls' ring crypto provider as the process default, once, so that
-/// reqwest (built without a provider of its own, to keep aws-lc-rs out of the build)
-/// can make `https://` requests. If the application installed a provider already,
-/// that one is kept.
-pub fn install_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // Err means a provider is installed already, which is what we need.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
 
 /// What a [`PollSource`] does with a response status other than 2xx and 304.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,787 @@
+//! The server-sent events source: `GET` with `Accept: text/event-stream`, parse the
+//! stream, reconnect with `Last-Event-ID`.
+
+mod parse;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use intake_core::{BoxError, Reconnect, SendError, Source, SourceContext};
+
+use crate::tls::install_crypto_provider;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+pub use parse::{SseEvent, SseItem, SseParser};
+
+/// Longer than any process lives: a silence timeout at least this long means none
+/// (tokio's timers overflow on durations such as `Duration::MAX`).
+const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The request header that carries the last event ID on a reconnect.
+const LAST_EVENT_ID: &str = "Last-Event-ID";
+
+/// A source that follows a server-sent event stream (`text/event-stream`, as the
+/// HTML standard defines it) into a table: each event's `data` is one message for
+/// the reader.
+///
+/// It sends `GET` with `Accept: text/event-stream`, parses the stream with
+/// [`SseParser`] (chunk boundaries anywhere, CR/LF/CRLF line ends, multi-line data,
+/// comments as keep-alives, a bound on an event's size), and when the stream ends or
+/// fails it reconnects, sending the last event ID as `Last-Event-ID` so the server
+/// resumes after the last event read.
+///
+/// - **Resume.** The last event ID is the source's offset: it is reported (as a JSON
+///   string) after the events it covers were sent, and on start
+///   [`resume_offset`](SourceContext::resume_offset) is sent as `Last-Event-ID`.
+/// - **Reconnects** follow the [`Reconnect`] policy. A `retry:` field from the server
+///   sets the delay of the first reconnect after a stream that delivered events; later
+///   attempts in a row wait the longer of it and the policy's growing delay.
+/// - **Silence.** With a [`silence_timeout`](Self::silence_timeout), a stream on which
+///   no byte (comments included) arrives for that long is treated as dead.
+/// - **Event types.** Every event is read unless [`event_type`](Self::event_type)
+///   names the ones wanted; the others are counted and skipped.
+/// - **Status codes.** 2xx with a `text/event-stream` body is read; 204 means the
+///   server wants no more reconnects, and the source ends; 408, 429 and 5xx are
+///   retried (a `Retry-After` in seconds is waited for at least); any other status,
+///   or a 2xx of another content type, stops the source with an [`SseError`] saying
+///   what to check.
+///
+/// Bad input is never dropped silently: an event's `data` goes through the reader's
+/// [`ErrorPolicy`](intake_core::ErrorPolicy), and an event over
+/// [`max_event_size`](Self::max_event_size) is reported through it (with empty `raw`,
+/// since it was not kept). Read a feed with
+/// [`ErrorPolicy::SkipAndReport`](intake_core::ErrorPolicy::SkipAndReport).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use intake_core::{Column, DataType, ErrorPolicy, Pipeline, Reader, Schema};
+/// use intake_http::SseSource;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::new([
+///     Column::new("id", DataType::Int).primary_key(),
+///     Column::new("title", DataType::String),
+/// ])?;
+/// let source = SseSource::new("https://stream.wikimedia.org/v2/stream/recentchange")
+///     .event_type("message")
+///     .silence_timeout(Duration::from_secs(60));
+/// let stats = source.stats();
+/// let mut pipeline = Pipeline::new();
+/// let reader = Reader::json(schema).error_policy(ErrorPolicy::SkipAndReport);
+/// let changes = pipeline.read("recentchange", source, reader);
+/// pipeline.run().await?;
+/// println!("{} rows, {} events, {} reconnects", changes.len(), stats.events(), stats.reconnects());
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a source does nothing until a pipeline runs it"]
+pub struct SseSource {
+    url: String,
+    client: Option<reqwest::Client>,
+    headers: HeaderMap,
+    basic_auth: Option<(String, Option<String>)>,
+    connect_timeout: Duration,
+    silence_timeout: Option<Duration>,
+    max_event_size: usize,
+    reconnect: Reconnect,
+    event_types: Vec<String>,
+    stats: SseStats,
+}
+
+impl fmt::Debug for SseSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values are left out: they may be credentials.
+        f.debug_struct("SseSource")
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("basic_auth", &self.basic_auth.as_ref().map(|(user, _)| user))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("silence_timeout", &self.silence_timeout)
+            .field("max_event_size", &self.max_event_size)
+            .field("reconnect", &self.reconnect)
+            .field("event_types", &self.event_types)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SseSource {
+    /// Default for [`connect_timeout`](Self::connect_timeout).
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default for [`max_event_size`](Self::max_event_size): 1 MiB.
+    pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
+
+    /// A source following the event stream at `url` (`http://…` or `https://…`).
+    pub fn new(url: impl Into<String>) -> Self {
+        SseSource {
+            url: url.into(),
+            client: None,
+            headers: HeaderMap::new(),
+            basic_auth: None,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            silence_timeout: None,
+            max_event_size: Self::DEFAULT_MAX_EVENT_SIZE,
+            reconnect: Reconnect::default(),
+            event_types: Vec::new(),
+            stats: SseStats::default(),
+        }
+    }
+
+    /// Adds a header to every request, such as `User-Agent` (which some services,
+    /// Wikimedia's among them, require).
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid header name or `value` not a valid header value.
+    #[track_caller]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let name = HeaderName::try_from(name).unwrap_or_else(|e| panic!("invalid header name `{name}`: {e}"));
+        let value =
+            HeaderValue::try_from(value).unwrap_or_else(|e| panic!("invalid value for header `{name}`: {e}"));
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` (marked sensitive, so it is not logged).
+    ///
+    /// # Panics
+    ///
+    /// If `token` cannot be a header value (it contains control characters).
+    #[track_caller]
+    pub fn bearer_auth(mut self, token: &str) -> Self {
+        let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+            .unwrap_or_else(|e| panic!("the bearer token cannot be sent in a header: {e}"));
+        value.set_sensitive(true);
+        self.headers.insert(header::AUTHORIZATION, value);
+        self
+    }
+
+    /// Sends HTTP basic authentication (`Authorization: Basic …`, marked sensitive)
+    /// with every request.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: Option<String>) -> Self {
+        self.basic_auth = Some((user.into(), password));
+        self
+    }
+
+    /// Uses this client (its proxy, TLS and pool settings) instead of building one
+    /// for each run. The source still sets its own headers and
+    /// [`connect_timeout`](Self::connect_timeout) on each request. Call
+    /// [`install_crypto_provider`] before building the client, or reqwest panics.
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The longest a connection attempt may take until the response headers arrive;
+    /// a timed-out attempt is retried. Default: 10 s.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    #[track_caller]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "connect_timeout must be longer than zero, or no connection attempt could succeed"
+        );
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Treats the stream as dead, and reconnects, when no byte at all (events or
+    /// comments) arrives for `timeout`. Default: no deadline. Servers that send
+    /// keep-alive comments make a deadline a few times their interval safe. A timeout
+    /// of 30 years or more, such as `Duration::MAX`, means no deadline.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero.
+    #[track_caller]
+    pub fn silence_timeout(mut self, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "silence_timeout must be longer than zero, or every stream would count as dead at once"
+        );
+        self.silence_timeout = (timeout < NEVER).then_some(timeout);
+        self
+    }
+
+    /// The largest event kept, in bytes of its lines (comments aside). A larger one is
+    /// not buffered; it is reported through the reader's
+    /// [`ErrorPolicy`](intake_core::ErrorPolicy) and the stream goes on. Default:
+    /// 1 MiB.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is zero.
+    #[track_caller]
+    pub fn max_event_size(mut self, bytes: usize) -> Self {
+        assert!(bytes > 0, "max_event_size must be at least 1 byte");
+        self.max_event_size = bytes;
+        self
+    }
+
+    /// The reconnect policy. Default: [`Reconnect::default`].
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Reads only events of this type (`message` is the type of events without an
+    /// `event:` field); call again to read more types. Default: every event. Events of
+    /// other types are counted ([`SseStats::filtered`]) and skipped; their IDs still
+    /// move the resume offset on.
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_types.push(event_type.into());
+        self
+    }
+
+    /// The source's counters, live while it runs.
+    pub fn stats(&self) -> SseStats {
+        self.stats.clone()
+    }
+
+    fn client_for_run(&self) -> Result<reqwest::Client, SseError> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        install_crypto_provider();
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(SseError::Client)
+    }
+
+    /// Sends the request and checks the response.
+    async fn open(
+        &self,
+        client: &reqwest::Client,
+        last_event_id: &str,
+    ) -> Result<reqwest::Response, OpenError> {
+        let mut request = client
+            .get(&self.url)
+            .headers(self.headers.clone())
+            .header(header::ACCEPT, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-store");
+        if let Some((user, password)) = &self.basic_auth {
+            request = request.basic_auth(user, password.as_ref());
+        }
+        if !last_event_id.is_empty() {
+            match HeaderValue::from_str(last_event_id) {
+                Ok(value) => request = request.header(LAST_EVENT_ID, value),
+                Err(_) => tracing::warn!(
+                    url = %self.url,
+                    last_event_id,
+                    "the last event ID cannot be sent as a header (it has control characters); reconnecting without it"
+                ),
+            }
+        }
+        let response = match tokio::time::timeout(self.connect_timeout, request.send()).await {
+            Err(_) => {
+                return Err(OpenError::Retry(
+                    StreamFailed::new(format!("connecting timed out after {:?}", self.connect_timeout)),
+                    None,
+                ));
+            }
+            Ok(Err(error)) if error.is_builder() => {
+                return Err(OpenError::Fatal(SseError::InvalidUrl {
+                    url: self.url.clone(),
+                    reason: error.to_string(),
+                }));
+            }
+            Ok(Err(error)) => {
+                return Err(OpenError::Retry(
+                    StreamFailed::with_source("connecting failed", error),
+                    None,
+                ));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        match status {
+            204 => Err(OpenError::Stop),
+            200..=299 => {
+                let content_type = response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+                let is_event_stream = content_type.as_deref().is_some_and(|value| {
+                    value
+                        .split(';')
+                        .next()
+                        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
+                });
+                match is_event_stream {
+                    true => Ok(response),
+                    false => Err(OpenError::Fatal(SseError::NotEventStream {
+                        url: self.url.clone(),
+                        content_type,
+                    })),
+                }
+            }
+            408 | 429 | 500..=599 => {
+                let retry_after = response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Err(OpenError::Retry(
+                    StreamFailed::new(format!("the server answered HTTP {status}")),
+                    retry_after,
+                ))
+            }
+            _ => Err(OpenError::Fatal(SseError::Status {
+                url: self.url.clone(),
+                status,
+            })),
+        }
+    }
+
+    /// Reads one stream until it ends, fails, falls silent or the pipeline shuts down.
+    async fn read_stream(
+        &self,
+        mut response: reqwest::Response,
+        ctx: &SourceContext,
+        position: &mut Position,
+    ) -> Result<StreamEnd, BoxError> {
+        let mut parser = SseParser::new(self.max_event_size);
+        let mut items = Vec::new();
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = ctx.cancelled() => {
+                    position.report(ctx).await;
+                    return Ok(StreamEnd::Cancelled);
+                }
+                chunk = read_chunk(&mut response, self.silence_timeout) => chunk,
+            };
+            let chunk = match chunk {
+                Err(timeout) => {
+                    return Ok(StreamEnd::Lost(StreamFailed::new(format!(
+                        "nothing received for {timeout:?}; the stream is treated as dead"
+                    ))));
+                }
+                Ok(Err(error)) => {
+                    return Ok(StreamEnd::Lost(StreamFailed::with_source(
+                        "reading the stream failed",
+                        error,
+                    )));
+                }
+                Ok(Ok(None)) => return Ok(StreamEnd::Lost(StreamFailed::new("the server ended the stream"))),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            SseStats::add(&self.stats.0.bytes, chunk.len() as u64);
+            parser.feed(&chunk, &mut items);
+            for item in items.drain(..) {
+                let sent = match item {
+                    SseItem::Event(event) => {
+                        SseStats::add(&self.stats.0.events, 1);
+                        let wanted =
+                            self.event_types.is_empty() || self.event_types.contains(&event.event_type);
+                        let sent = if wanted {
+                            position.delivered = true;
+                            ctx.next_bytes(Bytes::from(event.data)).await
+                        } else {
+                            SseStats::add(&self.stats.0.filtered, 1);
+                            Ok(())
+                        };
+                        sent.map(|()| event.last_event_id)
+                    }
+                    SseItem::Oversized {
+                        event_type,
+                        last_event_id,
+                        size,
+                    } => {
+                        SseStats::add(&self.stats.0.oversized, 1);
+                        let reason = format!(
+                            "an event of type `{event_type}` has more than max_event_size ({} bytes): at least {size} bytes; it was not read",
+                            self.max_event_size
+                        );
+                        ctx.reject(Bytes::new(), reason).await.map(|()| last_event_id)
+                    }
+                    SseItem::LastEventId(id) => Ok(id),
+                    SseItem::Retry(delay) => {
+                        position.server_retry = Some(delay);
+                        continue;
+                    }
+                    SseItem::Comment => {
+                        SseStats::add(&self.stats.0.comments, 1);
+                        continue;
+                    }
+                };
+                match sent {
+                    Ok(id) => position.last_event_id = id,
+                    Err(SendError::ShuttingDown) => {
+                        position.report(ctx).await;
+                        return Ok(StreamEnd::Cancelled);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            if !position.report(ctx).await {
+                return Ok(StreamEnd::Cancelled);
+            }
+        }
+    }
+}
+
+/// The next chunk of the body, or the silence timeout if it passed first.
+async fn read_chunk(
+    response: &mut reqwest::Response,
+    silence_timeout: Option<Duration>,
+) -> Result<Result<Option<Bytes>, reqwest::Error>, Duration> {
+    match silence_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, response.chunk())
+            .await
+            .map_err(|_| timeout),
+        None => Ok(response.chunk().await),
+    }
+}
+
+/// Where the source is in the stream.
+struct Position {
+    /// The ID of the last event handled (sent, skipped or reported).
+    last_event_id: String,
+    /// The last offset reported, to report only changes.
+    reported: Option<String>,
+    /// The server's `retry:`, which outlives the connection that sent it.
+    server_retry: Option<Duration>,
+    /// The current stream delivered an event to the reader.
+    delivered: bool,
+}
+
+impl Position {
+    /// Reports the last event ID as the offset if it changed; false once the
+    /// pipeline's shutdown deadline has passed.
+    async fn report(&mut self, ctx: &SourceContext) -> bool {
+        if self.reported.as_deref() == Some(self.last_event_id.as_str()) {
+            return true;
+        }
+        let offset = serde_json::Value::String(self.last_event_id.clone());
+        match ctx.report_offset(offset).await {
+            Ok(()) => {
+                self.reported = Some(self.last_event_id.clone());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+enum OpenError {
+    Fatal(SseError),
+    /// 204: the server asks the client not to reconnect.
+    Stop,
+    /// Retry, waiting at least the duration if there is one (`Retry-After`).
+    Retry(StreamFailed, Option<Duration>),
+}
+
+enum StreamEnd {
+    Cancelled,
+    Lost(StreamFailed),
+}
+
+#[async_trait]
+impl Source for SseSource {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        let client = self.client_for_run()?;
+        let resume = match ctx.resume_offset() {
+            None => String::new(),
+            Some(serde_json::Value::String(id)) => id.clone(),
+            Some(other) => {
+                return Err(SseError::InvalidOffset {
+                    offset: other.clone(),
+                }
+                .into());
+            }
+        };
+        let mut position = Position {
+            reported: Some(resume.clone()),
+            last_event_id: resume,
+            server_retry: None,
+            delivered: false,
+        };
+        let mut backoff = self.reconnect.delays();
+        let mut failures = 0usize;
+        loop {
+            let attempt = tokio::select! {
+                attempt = self.open(&client, &position.last_event_id) => attempt,
+                () = ctx.cancelled() => return Ok(()),
+            };
+            let (last_error, at_least) = match attempt {
+                Err(OpenError::Fatal(error)) => return Err(error.into()),
+                Err(OpenError::Stop) => {
+                    tracing::info!(source = ctx.name(), url = %self.url, "the server answered 204 No Content: it asks for no more reconnects; source ends");
+                    return Ok(());
+                }
+                Err(OpenError::Retry(error, at_least)) => (error, at_least),
+                Ok(response) => {
+                    SseStats::add(&self.stats.0.connects, 1);
+                    tracing::debug!(source = ctx.name(), url = %self.url, last_event_id = %position.last_event_id, "event stream connected");
+                    let connected_at = Instant::now();
+                    position.delivered = false;
+                    let end = self.read_stream(response, &ctx, &mut position).await?;
+                    if position.delivered || connected_at.elapsed() >= self.reconnect.healthy_duration() {
+                        backoff = self.reconnect.delays();
+                        failures = 0;
+                    }
+                    match end {
+                        StreamEnd::Cancelled => return Ok(()),
+                        StreamEnd::Lost(error) => (error, None),
+                    }
+                }
+            };
+            failures = failures.saturating_add(1);
+            let Some(policy_delay) = backoff.next() else {
+                return Err(SseError::GaveUp {
+                    attempts: failures,
+                    last_error: Box::new(last_error),
+                }
+                .into());
+            };
+            // The server's reconnection time, as the standard has it, for the first
+            // attempt; attempts failing in a row back off from there.
+            let mut delay = match position.server_retry {
+                Some(retry) if failures == 1 => retry,
+                Some(retry) => retry.max(policy_delay),
+                None => policy_delay,
+            };
+            if let Some(at_least) = at_least {
+                delay = delay.max(at_least);
+            }
+            SseStats::add(&self.stats.0.reconnects, 1);
+            tracing::warn!(
+                source = ctx.name(),
+                url = %self.url,
+                error = %with_causes(&last_error),
+                attempt = failures,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "event stream lost; reconnecting"
+            );
+            tokio::select! {
+                () = sleep(delay) => {}
+                () = ctx.cancelled() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The error's message followed by those of its sources that it does not already
+/// include: reqwest's "error sending request" says nothing of why (a refused
+/// connection, a DNS failure, a certificate) without them.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Sleeps for `delay`; delays too long for tokio's timer wait until shutdown.
+async fn sleep(delay: Duration) {
+    match Instant::now().checked_add(delay) {
+        Some(deadline) if delay < NEVER => tokio::time::sleep_until(deadline).await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Why an [`SseSource`] stopped for good.
+///
+/// A dropped connection, a stream the server ended, a silent stream, a refused or
+/// timed-out connect, 408, 429 and 5xx are retried with backoff; these errors are what
+/// retrying cannot fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SseError {
+    /// The URL cannot be requested.
+    #[error("invalid event-stream URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built (its TLS setup failed).
+    #[error("the HTTP client could not be built: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The server answered with a status that retrying cannot change, such as 401 or
+    /// 403 (check the credentials and headers) or 404 (check the URL).
+    #[error("the server answered HTTP {status} to the event-stream request for `{url}`: {}", status_hint(*status))]
+    Status {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The server answered 2xx with a body that is not `text/event-stream`.
+    #[error(
+        "`{url}` answered with content type {} instead of text/event-stream: check that the URL is the event stream's",
+        content_type.as_deref().map_or("(none)".to_owned(), |t| format!("`{t}`"))
+    )]
+    NotEventStream {
+        /// The URL requested.
+        url: String,
+        /// The `Content-Type` it answered with, if any.
+        content_type: Option<String>,
+    },
+    /// The resume offset is not a string (a last event ID): it was stored by another
+    /// kind of source under this source's name.
+    #[error(
+        "the resume offset {offset} is not a last event ID (a JSON string); was the source renamed or replaced?"
+    )]
+    InvalidOffset {
+        /// The offset found.
+        offset: serde_json::Value,
+    },
+    /// Every reconnect attempt allowed by the [`Reconnect`] policy failed.
+    #[error("gave up after {attempts} failed connection attempts; last error: {}", with_causes(last_error.as_ref()))]
+    GaveUp {
+        /// How many attempts were made since the stream was last healthy.
+        attempts: usize,
+        /// The error of the last attempt, also this error's
+        /// [`source`](std::error::Error::source).
+        #[source]
+        last_error: BoxError,
+    },
+}
+
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        401 | 403 => "check the credentials and headers sent with the request",
+        404 | 410 => "check the URL",
+        405 => "the URL does not accept GET; check that it is an event stream",
+        _ => "retrying cannot fix this status",
+    }
+}
+
+/// Why a connection attempt or a stream failed: what failed, and the error behind it.
+#[derive(Debug)]
+struct StreamFailed {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl StreamFailed {
+    fn new(message: impl Into<String>) -> Self {
+        StreamFailed {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn with_source(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StreamFailed {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+impl fmt::Display for StreamFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for StreamFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Live counters of an [`SseSource`]; see [`SseSource::stats`].
+///
+/// Like every stats handle of intake (`TableStats`, `SourceStats`, `WsStats`), it is
+/// cheap to clone, each getter reads the figure as it is now, and it serializes (with
+/// serde) to an object of the figures.
+#[derive(Debug, Clone, Default)]
+pub struct SseStats(Arc<SseCounters>);
+
+#[derive(Debug, Default)]
+struct SseCounters {
+    connects: AtomicU64,
+    reconnects: AtomicU64,
+    bytes: AtomicU64,
+    events: AtomicU64,
+    filtered: AtomicU64,
+    oversized: AtomicU64,
+    comments: AtomicU64,
+}
+
+impl serde::Serialize for SseStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("SseStats", 7)?;
+        s.serialize_field("connects", &self.connects())?;
+        s.serialize_field("reconnects", &self.reconnects())?;
+        s.serialize_field("bytes", &self.bytes())?;
+        s.serialize_field("events", &self.events())?;
+        s.serialize_field("filtered", &self.filtered())?;
+        s.serialize_field("oversized", &self.oversized())?;
+        s.serialize_field("comments", &self.comments())?;
+        s.end()
+    }
+}
+
+impl SseStats {
+    /// Streams opened (2xx `text/event-stream` responses), the first included.
+    pub fn connects(&self) -> u64 {
+        self.0.connects.load(Ordering::Relaxed)
+    }
+
+    /// Reconnects scheduled: each lost stream or failed attempt followed by another.
+    pub fn reconnects(&self) -> u64 {
+        self.0.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of event stream received, over all connections.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Events dispatched by the stream (filtered ones included, oversized ones not).
+    pub fn events(&self) -> u64 {
+        self.0.events.load(Ordering::Relaxed)
+    }
+
+    /// Events skipped because their type was not asked for
+    /// ([`SseSource::event_type`]).
+    pub fn filtered(&self) -> u64 {
+        self.0.filtered.load(Ordering::Relaxed)
+    }
+
+    /// Events over [`SseSource::max_event_size`], reported to the reader's error
+    /// policy.
+    pub fn oversized(&self) -> u64 {
+        self.0.oversized.load(Ordering::Relaxed)
+    }
+
+    /// Comment lines received, such as keep-alives.
+    pub fn comments(&self) -> u64 {
+        self.0.comments.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
