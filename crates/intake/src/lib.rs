@@ -10,8 +10,10 @@
 //! Guides: `docs/custom-source.md` (writing a source, the counterpart of Pathway's
 //! custom Python connectors), `docs/websocket.md` (consuming a WebSocket feed such as
 //! Polygon; feature `ws`), `docs/files.md` (files, directories, fragments and file
-//! sinks; feature `file`) and `docs/architecture.md` (the data flow and the semantics
-//! it keeps).
+//! sinks; feature `file`), `docs/http.md` (polling APIs and server-sent events; feature
+//! `http`), `docs/persistence.md` (durable tables), `docs/metrics.md` (stats and the
+//! `metrics` facade) and `docs/architecture.md` (the data flow and the semantics it
+//! keeps).
 //!
 //! # Example
 //!
