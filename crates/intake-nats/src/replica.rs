@@ -1,6 +1,7 @@
 //! The replica: a table rebuilt from a [`JetStreamSink`](crate::JetStreamSink)'s changelog.
 
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
@@ -10,6 +11,9 @@ use futures::StreamExt;
 use intake_core::{BoxError, Reconnect, Source, SourceContext};
 
 use crate::changelog::{self, header};
+
+/// How often a replica checks whether its client connected again.
+const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 
 /// A source that rebuilds a table from the changelog a
 /// [`JetStreamSink`](crate::JetStreamSink) publishes, then keeps following it: read it
@@ -25,16 +29,19 @@ use crate::changelog::{self, header};
 /// [persistence](intake_core::Pipeline::persist) the replica's table is restored and
 /// reading resumes after that sequence; without, it rebuilds from the changelog.
 ///
-/// A lost connection is retried by async-nats; a consumer that fails (the server
-/// restarted and lost it, heartbeats stopped) is created again after the delays of
-/// its [`Reconnect`] policy, from the sequence after the last one applied, so nothing is
+/// A lost connection is retried by async-nats; a consumer that fails (heartbeats
+/// stopped) or may be gone (the client connected again, perhaps to a restarted server)
+/// is created again after the delays of its [`Reconnect`] policy, from the sequence after the last one applied, so nothing is
 /// applied twice or skipped.
+///
+/// A stream that does not exist yet is waited for the same way (with a warning each
+/// time), so a service can start before the worker whose sink creates the stream.
 ///
 /// # Errors
 ///
 /// [`ReplicaError::NoPrimaryKey`] when the table has no primary key (a changelog is
-/// keyed), [`ReplicaError::StreamNotFound`] when the stream does not exist,
-/// [`ReplicaError::GaveUp`] when the reconnect policy's retries are used up.
+/// keyed), [`ReplicaError::GaveUp`] when the reconnect policy's retries are used up
+/// (its source is the last failure, such as [`ReplicaError::StreamNotFound`]).
 ///
 /// # Examples
 ///
@@ -150,9 +157,12 @@ impl Replica {
             Err(error) => {
                 if matches!(error.kind(), GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
                 {
-                    return Err(ReplicaError::StreamNotFound {
-                        stream: self.stream.clone(),
-                    });
+                    return Ok(Ended::Failed(
+                        ReplicaError::StreamNotFound {
+                            stream: self.stream.clone(),
+                        }
+                        .into(),
+                    ));
                 }
                 return Ok(Ended::Failed(error.into()));
             }
@@ -177,9 +187,12 @@ impl Replica {
             Err(error) => {
                 if matches!(error.kind(), async_nats::jetstream::stream::ConsumerErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
                 {
-                    return Err(ReplicaError::StreamNotFound {
-                        stream: self.stream.clone(),
-                    });
+                    return Ok(Ended::Failed(
+                        ReplicaError::StreamNotFound {
+                            stream: self.stream.clone(),
+                        }
+                        .into(),
+                    ));
                 }
                 return Ok(Ended::Failed(error.into()));
             }
@@ -191,10 +204,22 @@ impl Replica {
         // Until the consumer has caught up with the stream, the table is being rebuilt:
         // commit only once it is whole.
         let mut catching_up = true;
+        // A server restarted in between lost this ephemeral consumer; async-nats would
+        // notice only after missing heartbeats (15 s). A new connection is the hint to
+        // create the consumer again at once, after the last sequence applied.
+        let statistics = self.client.statistics();
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        let mut reconnected = tokio::time::interval(RECONNECT_CHECK);
         loop {
             let next = tokio::select! {
                 () = ctx.cancelled() => return Ok(Ended::Shutdown),
                 next = messages.next() => next,
+                _ = reconnected.tick() => {
+                    if statistics.connects.load(Ordering::Relaxed) != connects {
+                        return Ok(Ended::Failed("the connection to the server was made again".into()));
+                    }
+                    continue;
+                }
             };
             let message = match next {
                 Some(Ok(message)) => message,

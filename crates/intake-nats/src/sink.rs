@@ -10,7 +10,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config as StreamConfig, LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode};
 use indexmap::IndexMap;
-use intake_core::{BoxError, ChangeBatch, Key, Row, Sink, Time};
+use intake_core::{BoxError, ChangeBatch, Key, Reconnect, Row, Sink, Time};
 
 use crate::changelog::{self, header};
 
@@ -45,6 +45,11 @@ const ACK_WINDOW: usize = 1024;
 /// stream since this sink last wrote (a second sink, a stale process that still thinks
 /// it owns the table), the publish is refused and the sink fails with
 /// [`SinkError::Conflict`] rather than interleave its commits with another writer's.
+///
+/// A publish that fails in a way that may pass (the broker restarting, the connection
+/// lost, an ack that did not come in time) is retried after the delays of the sink's
+/// [`reconnect`](Self::reconnect) policy: the sink reads the stream's last message
+/// again and completes the commit from there, as after a restart.
 ///
 /// After a restart, [`resume`](Sink::resume) reads the stream's last message: the commit
 /// it ends is the last one the changelog holds completely (or, if it is not marked as the
@@ -94,6 +99,7 @@ pub struct JetStreamSink {
     stream_name: String,
     prefix: String,
     create: bool,
+    reconnect: Reconnect,
     duplicate_window: Option<Duration>,
     /// Known once the stream was read; `None` again after a failed or cancelled write,
     /// when the stream's last sequence is no longer known.
@@ -150,6 +156,7 @@ impl JetStreamSink {
             stream_name: stream.into(),
             prefix,
             create: true,
+            reconnect: Reconnect::default(),
             duplicate_window: None,
             position: None,
             published: 0,
@@ -162,6 +169,23 @@ impl JetStreamSink {
     /// stream fails the sink with [`SinkError::StreamNotFound`].
     pub fn create_stream(mut self, create: bool) -> Self {
         self.create = create;
+        self
+    }
+
+    /// How long and how often a failed publish is retried (a broker restarting, a
+    /// connection lost, an ack that did not come). Default: [`Reconnect::default`], retrying
+    /// forever; during shutdown the pipeline's deadline still bounds the sink.
+    pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// How long to wait for each publish ack (and other JetStream requests) before the
+    /// attempt counts as failed and is retried. Default: 5 s (async-nats').
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.jetstream = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .build(self.jetstream.client());
         self
     }
 
@@ -195,11 +219,11 @@ impl JetStreamSink {
 
     /// Gets (or creates) the stream, checks that it is this sink's, and reads where its
     /// output stands from its last message.
-    async fn read_position(&self) -> Result<Position, SinkError> {
+    async fn read_position(&self, create: bool) -> Result<Position, SinkError> {
         let mut stream = match self.jetstream.get_stream(&self.stream_name).await {
             Ok(stream) => stream,
             Err(error) if is_not_found(&error) => {
-                if !self.create {
+                if !create {
                     return Err(SinkError::StreamNotFound {
                         stream: self.stream_name.clone(),
                     });
@@ -291,15 +315,54 @@ impl JetStreamSink {
         match &self.position {
             Some(position) => Ok(position.clone()),
             None => {
-                let position = self.read_position().await?;
+                let position = self.read_position(false).await?;
                 self.position = Some(position.clone());
                 Ok(position)
             }
         }
     }
 
-    /// Publishes `batch`'s changes, the final state of each key, and waits for the acks.
+    /// Publishes `batch`, retrying after failures that may pass (a broker restarting, a
+    /// connection lost, an ack that did not come) with the reconnect policy's delays.
+    ///
+    /// A retry reads the stream's last message again, as `resume` does: a commit found
+    /// complete is done, one found in part is completed. The publishes of the failed
+    /// attempt that are still in flight expect a last sequence the stream has passed, or
+    /// carry message ids it has seen, so none of them lands twice or out of order.
     async fn publish(&mut self, batch: &ChangeBatch) -> Result<(), SinkError> {
+        let mut delays = self.reconnect.delays();
+        let mut retried = false;
+        let mut conflicts = 0;
+        loop {
+            let error = match self.publish_once(batch).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let transient = match &error {
+                SinkError::Publish { .. } | SinkError::Api { .. } => true,
+                // After a failed attempt, a publish of it may land between reading the
+                // stream again and the retry: look again, a few times, before calling
+                // it another writer.
+                SinkError::Conflict { .. } if retried && conflicts < 3 => {
+                    conflicts += 1;
+                    true
+                }
+                _ => false,
+            };
+            if !transient {
+                return Err(error);
+            }
+            let Some(delay) = delays.next() else {
+                return Err(error);
+            };
+            tracing::warn!(stream = %self.stream_name, %error, ?delay, "publishing a commit failed; retrying");
+            tokio::time::sleep(delay).await;
+            retried = true;
+        }
+    }
+
+    /// Publishes `batch`'s changes, the final state of each key, and waits for the acks.
+    async fn publish_once(&mut self, batch: &ChangeBatch) -> Result<(), SinkError> {
         let mut position = self.position().await?;
         // Forget the position until this write is known to have finished: a failed or
         // dropped write leaves the stream's last sequence unknown.
@@ -426,7 +489,7 @@ fn is_not_found(error: &async_nats::jetstream::context::GetStreamError) -> bool 
 impl Sink for JetStreamSink {
     async fn resume(&mut self, table_time: Option<Time>) -> Result<Option<Time>, BoxError> {
         self.position = None;
-        let mut position = self.read_position().await?;
+        let mut position = self.read_position(self.create).await?;
         let newest = position.interrupted.or(position.last_time);
         if let Some(newest) = newest
             && table_time.is_none_or(|table| newest > table)
