@@ -68,7 +68,9 @@ async fn through_intake(client: &async_nats::Client, rows: usize, round: usize) 
     let prefix = format!("w7.intake.{round}");
     // The stream exists before the replica starts, as it would in a deployment.
     let mut sink = JetStreamSink::new(client.clone(), stream.clone(), prefix.clone());
-    intake_core::Sink::resume(&mut sink, None).await.map_err(|e| anyhow::anyhow!(e))?;
+    intake_core::Sink::resume(&mut sink, None)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
 
     let mut service = Pipeline::new();
     let replica = service.read(
@@ -101,7 +103,11 @@ async fn through_intake(client: &async_nats::Client, rows: usize, round: usize) 
 
 /// The same rows published with async-nats and read back by an ordered consumer into a
 /// `HashMap`.
-async fn through_async_nats(client: &async_nats::Client, rows: usize, round: usize) -> anyhow::Result<Duration> {
+async fn through_async_nats(
+    client: &async_nats::Client,
+    rows: usize,
+    round: usize,
+) -> anyhow::Result<Duration> {
     let js = jetstream::new(client.clone());
     let name = format!("W7_PLAIN_{round}");
     let prefix = format!("w7.plain.{round}");
@@ -161,7 +167,9 @@ struct Server {
 impl Server {
     fn start() -> anyhow::Result<Server> {
         let binary = match std::env::var_os("NATS_SERVER") {
-            Some(path) => path.into_string().map_err(|p| anyhow::anyhow!("NATS_SERVER {p:?} is not UTF-8"))?,
+            Some(path) => path
+                .into_string()
+                .map_err(|p| anyhow::anyhow!("NATS_SERVER {p:?} is not UTF-8"))?,
             None => {
                 let out = Command::new("bash").arg(".ci/nats-server").output()?;
                 anyhow::ensure!(

@@ -393,21 +393,25 @@ impl JetStreamSink {
         let mut in_flight: VecDeque<(String, PublishAckFuture)> =
             VecDeque::with_capacity(count.min(ACK_WINDOW));
         let mut last_sequence = position.last_sequence;
-        let mut expected = position.last_sequence;
-        for (i, (subject, key, row)) in messages.into_iter().enumerate() {
+        let time_header = time.as_u64().to_string();
+        let previous_header = previous.map(|previous| previous.as_u64().to_string());
+        // Each publish expects the one before it to be the stream's last message.
+        for (expected, (i, (subject, key, row))) in
+            (position.last_sequence..).zip(messages.into_iter().enumerate())
+        {
             if in_flight.len() == ACK_WINDOW
                 && let Some((subject, ack)) = in_flight.pop_front()
             {
                 last_sequence = self.await_ack(&subject, ack).await?;
             }
             let mut headers = HeaderMap::new();
-            headers.insert(header::TIME, time.as_u64().to_string().as_str());
+            headers.insert(header::TIME, time_header.as_str());
             headers.insert(
                 header::KEY,
                 changelog::key_json(key).map_err(SinkError::Encode)?.as_str(),
             );
-            if let Some(previous) = previous {
-                headers.insert(header::PREVIOUS_TIME, previous.as_u64().to_string().as_str());
+            if let Some(previous) = &previous_header {
+                headers.insert(header::PREVIOUS_TIME, previous.as_str());
             }
             if i + 1 == count {
                 headers.insert(header::COMMIT, header::COMMIT_END);
@@ -424,7 +428,6 @@ impl JetStreamSink {
                 .payload(payload)
                 .message_id(format!("{time}:{subject}"))
                 .expected_last_sequence(expected);
-            expected += 1;
             let ack = self
                 .jetstream
                 .send_publish(subject.clone(), publish)
