@@ -260,13 +260,16 @@ impl JetStreamSink {
             });
         }
         let last_sequence = info.state.last_sequence;
+        let empty = info.state.messages == 0;
         let mut position = Position {
             stream: stream.clone(),
             last_sequence,
             last_time: None,
             interrupted: None,
         };
-        if last_sequence == 0 {
+        if empty {
+            // Never written, or purged: the sink holds nothing. The last sequence stays
+            // what the next publish expects.
             return Ok(position);
         }
         let last = match stream.get_raw_message(last_sequence).await {
@@ -504,10 +507,15 @@ impl Sink for JetStreamSink {
             }
             .into());
         }
-        if position.interrupted.is_some() && position.last_time.is_none() {
-            // The first commit was interrupted. The table hands its rows as a snapshot
-            // (at its own time, perhaps later than the interrupted commit), so clear
-            // what that commit left rather than leave keys it deleted since.
+        if let Some(interrupted) = position.interrupted
+            && position.last_time.is_none()
+            && table_time != Some(interrupted)
+        {
+            // The first commit was interrupted, and the table has moved on since: it
+            // hands its rows as a snapshot at a later time, so clear what that commit
+            // left rather than leave keys deleted since. (At the same time the snapshot
+            // is that commit, completed by skipping the keys already stored: purging
+            // then would make the server drop their new publishes as duplicates.)
             position
                 .stream
                 .purge()
@@ -555,12 +563,12 @@ pub enum SinkError {
         /// What is missing or wrong in it.
         reason: String,
     },
-    /// The stream's last message was removed (by a purge, or a limit such as `max_age`),
-    /// so which commits the changelog holds is unknown.
+    /// The stream's last message was removed while others remain (by a limit such as
+    /// `max_age`, or deleted), so which commits the changelog holds is unknown.
     #[error(
         "the last message of stream `{stream}` (sequence {sequence}) was removed, so which commits \
-         the changelog holds is unknown; delete the stream to start over, and give it no `max_age` \
-         or size limits"
+         the changelog holds is unknown; delete the stream to start over, and give it no \
+         `max_age` or size limits"
     )]
     LastMessageGone {
         /// The stream.

@@ -344,3 +344,104 @@ async fn streams_that_are_not_this_changelog_are_refused() {
         "{error}"
     );
 }
+
+/// The table after `ops`, its pipeline ended, and the snapshot batch a late
+/// subscriber (or a sink that holds nothing) receives.
+async fn snapshot_after(ops: Vec<Op>) -> (intake_core::Table, intake_core::ChangeBatch) {
+    use futures::StreamExt;
+    let mut pipeline = Pipeline::new();
+    let (table, tx) = changelog::fed_table(&mut pipeline, "prices");
+    for op in ops {
+        tx.send(op).unwrap();
+    }
+    drop(tx);
+    pipeline.run().await.unwrap();
+    let snapshot = table.changes().next().await.unwrap();
+    assert!(snapshot.is_snapshot());
+    (table, snapshot)
+}
+
+/// What a sink stores first of a commit before its process dies.
+async fn interrupted_publish(
+    js: &jetstream::Context,
+    prefix: &str,
+    time: u64,
+    key: &intake_core::Key,
+    payload: String,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Intake-Time", time.to_string().as_str());
+    headers.insert("Intake-Key", serde_json::to_string(key).unwrap().as_str());
+    js.publish_with_headers(key_subject(prefix, key), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupted_first_commit_is_replaced_by_the_tables_later_snapshot() {
+    let client = connect(&support::shared_url()).await;
+    let js = jetstream::new(client.clone());
+    let stream = unique("first_later");
+    let (table, snapshot) = snapshot_after(changelog::script(3, 0)).await;
+    assert_eq!(snapshot.time(), Time::from(3));
+
+    let mut sink = JetStreamSink::new(client.clone(), stream.clone(), stream.clone());
+    sink.resume(Some(Time::from(3))).await.unwrap();
+    // Commit 1 wrote a key the table has deleted since, then the process died.
+    let gone = intake_core::Key::from("GONE");
+    interrupted_publish(
+        &js,
+        &stream,
+        1,
+        &gone,
+        r#"{"sym":"GONE","price":1.0,"n":1}"#.into(),
+    )
+    .await;
+
+    let mut restarted = JetStreamSink::new(client.clone(), stream.clone(), stream.clone());
+    assert_eq!(restarted.resume(Some(Time::from(3))).await.unwrap(), None);
+    // It dies again right after clearing that commit, before writing anything: the
+    // next run holds nothing either, rather than fail on a missing last message.
+    drop(restarted);
+    let mut again = JetStreamSink::new(client.clone(), stream.clone(), stream.clone());
+    assert_eq!(again.resume(Some(Time::from(3))).await.unwrap(), None);
+    again.write_batch(&snapshot).await.unwrap();
+    let messages = messages(&js, &stream).await;
+    assert!(
+        !messages.iter().any(|m| m.1 == key_subject(&stream, &gone)),
+        "the stale key is gone"
+    );
+    assert_eq!(messages.len(), table.len());
+    let mut third = JetStreamSink::new(client.clone(), stream.clone(), stream.clone());
+    assert_eq!(
+        third.resume(Some(Time::from(3))).await.unwrap(),
+        Some(Time::from(3))
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_first_commit_at_the_tables_time_is_completed_without_duplicates() {
+    let client = connect(&support::shared_url()).await;
+    let js = jetstream::new(client.clone());
+    let stream = unique("first_same");
+    let (table, snapshot) = snapshot_after(changelog::script(1, 0)).await;
+    assert_eq!(snapshot.time(), Time::from(1));
+
+    let (key, row) = last_values(&snapshot).into_iter().next().unwrap();
+    let mut sink = JetStreamSink::new(client.clone(), stream.clone(), stream.clone());
+    sink.resume(Some(Time::from(1))).await.unwrap();
+    interrupted_publish(&js, &stream, 1, &key, row.unwrap().to_string()).await;
+    let before = last_sequence(&js, &stream).await;
+
+    // Within the dedup window: a purge here would make the server drop the key's new
+    // publish as a duplicate of the purged one.
+    let mut restarted = JetStreamSink::new(client.clone(), stream.clone(), stream.clone());
+    assert_eq!(restarted.resume(Some(Time::from(1))).await.unwrap(), None);
+    restarted.write_batch(&snapshot).await.unwrap();
+    assert_eq!(restarted.skipped(), 1);
+    assert_eq!(last_sequence(&js, &stream).await, before + table.len() as u64 - 1);
+    let messages = messages(&js, &stream).await;
+    assert_eq!(messages.len(), table.len(), "every row once");
+}
