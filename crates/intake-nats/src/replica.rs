@@ -23,7 +23,9 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 /// rows are upserted, tombstones delete their key, and once it has caught up with the
 /// stream it commits, so the table appears whole at once. It then applies each new
 /// message as it comes and commits at the end of each of the source table's commits
-/// (the sink marks them), so the replica's commits are the source's.
+/// (the sink marks them), so the replica's commits are the source's. A commit the
+/// writer never finished (it died in the middle) is committed by the reader's
+/// autocommit.
 ///
 /// Its offset is the stream sequence of the last message it applied. With
 /// [persistence](intake_core::Pipeline::persist) the replica's table is restored and
@@ -270,11 +272,15 @@ impl Replica {
             *last_sequence = Some(sequence);
             *applied = true;
             let commit_end = headers.is_some_and(changelog::is_commit_end);
+            // Commit where the worker committed; while catching up, only at the end of
+            // the last commit the stream holds, so the rebuilt table appears at once.
+            // (A commit the worker never finished is committed by the reader's
+            // autocommit.)
+            if commit_end && (pending == 0 || !catching_up) && ctx.commit().await.is_err() {
+                return Ok(Ended::Shutdown);
+            }
             if pending == 0 {
                 catching_up = false;
-            }
-            if (pending == 0 || (commit_end && !catching_up)) && ctx.commit().await.is_err() {
-                return Ok(Ended::Shutdown);
             }
         }
     }

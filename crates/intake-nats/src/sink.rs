@@ -444,6 +444,9 @@ impl JetStreamSink {
         if count > 0 {
             position.last_sequence = last_sequence;
             position.last_time = Some(time);
+        } else if position.interrupted == Some(time) {
+            // Every key already held this commit: it is whole.
+            position.last_time = Some(time);
         }
         if position.interrupted == Some(time) {
             position.interrupted = None;

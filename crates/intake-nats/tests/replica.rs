@@ -84,7 +84,8 @@ async fn a_replica_rebuilds_an_identical_table_and_follows_new_commits() {
     let replica = service.read(
         "replica",
         Replica::new(client.clone(), stream.clone(), stream.clone()),
-        Reader::json(changelog::schema()),
+        // Commits come from the changelog's commit ends alone.
+        Reader::json(changelog::schema()).autocommit_duration(Duration::from_secs(3600)),
     );
     let shutdown = service.shutdown_handle();
     let service_run = tokio::spawn(service.run());
@@ -96,12 +97,18 @@ async fn a_replica_rebuilds_an_identical_table_and_follows_new_commits() {
         vec![Op::Delete("AAPL"), Op::Commit, upsert("AAPL", -1), Op::Commit],
     ]
     .concat();
-    sent += commits(&after);
+    let followed = commits(&after);
+    sent += followed;
     for op in after {
         tx.send(op).unwrap();
     }
     until_published(&client, &stream, &table, sent).await;
     until_equal(&replica, &sorted(&table)).await;
+    // One commit for the rebuilt table, then one per source commit, whole.
+    // (Stats may trail the state a moment: wait for them rather than read them once.)
+    let whole = tokio::time::timeout(PATIENCE, replica.wait_for(|t| t.stats().commits >= 1 + followed)).await;
+    assert!(matches!(whole, Ok(Ok(()))));
+    assert_eq!(replica.stats().commits, 1 + followed, "{:?}", replica.stats());
 
     drop(tx);
     source_run.await.unwrap().unwrap();
