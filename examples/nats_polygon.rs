@@ -1,0 +1,226 @@
+//! A worker and two service replicas on one machine, with no network beyond 127.0.0.1:
+//! an embedded Polygon feed (the WebSocket server of the `polygon` example) is ingested
+//! by a worker into a table keyed by symbol, whose `JetStreamSink` publishes every
+//! commit to a JetStream changelog; two `Replica` pipelines, as two services would,
+//! rebuild the table from it and follow it. At the end all three tables are compared.
+//!
+//! The example starts its own nats-server (JetStream on, a temporary store, a free
+//! port) from `NATS_SERVER`, or from the path `bash .ci/nats-server` prints.
+//!
+//! ```text
+//! NATS_SERVER=$(bash .ci/nats-server) cargo run -p intake-nats --example nats_polygon
+//! ```
+//!
+//! In a deployment the worker and each service are separate processes (see
+//! `docs/distributed.md`); here they are three pipelines in one process.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use intake_core::{ErrorPolicy, Key, Pipeline, Reader, Row, Table};
+use intake_nats::{JetStreamSink, Replica};
+use intake_ws::{Polygon, Reconnect, WebSocketSource};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How many aggregate events the embedded feed sends before closing.
+const EVENTS: usize = 400;
+const STREAM: &str = "POLYGON_AGGREGATES";
+const PREFIX: &str = "polygon.aggregates";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let server = NatsServer::start()?;
+    let feed = polygon_feed().await?;
+    println!("nats-server at {}, Polygon feed at {feed}", server.url());
+    let client = async_nats::connect(server.url()).await?;
+    let schema = Polygon::aggregates_schema();
+
+    // Two services start first: a replica waits for the changelog stream to appear.
+    let services: Vec<(Table, _, _)> = (1..=2)
+        .map(|n| {
+            let mut service = Pipeline::new();
+            let replica = Replica::new(client.clone(), STREAM, PREFIX)
+                .reconnect(intake_core::Reconnect::default().min_delay(Duration::from_millis(100)));
+            let table = service.read(format!("replica-{n}"), replica, Reader::json(schema.clone()));
+            let shutdown = service.shutdown_handle();
+            (table, shutdown, tokio::spawn(service.run()))
+        })
+        .collect();
+
+    // The worker: the feed into a table, its commits into the changelog.
+    let source = WebSocketSource::new(feed)
+        .protocol(Polygon::new("demo-key", "A.AAPL,A.MSFT,A.NVDA,A.TSLA,A.AMZN"))
+        .reconnect_on_normal_close(false)
+        .reconnect(Reconnect::default().max_retries(3));
+    let mut worker = Pipeline::new();
+    let reader = Reader::json(schema).error_policy(ErrorPolicy::SkipAndReport);
+    let aggregates = worker.read("polygon", source, reader);
+    aggregates.sink("changelog", JetStreamSink::new(client.clone(), STREAM, PREFIX));
+    worker.run().await?;
+    println!(
+        "worker: {} symbols after {} commits",
+        aggregates.len(),
+        aggregates.stats().commits
+    );
+
+    let expected = sorted(&aggregates);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (table, shutdown, run) in services {
+        let caught_up =
+            tokio::time::timeout_at(deadline.into(), table.wait_for(|t| sorted(t) == expected)).await;
+        anyhow::ensure!(
+            matches!(caught_up, Ok(Ok(()))),
+            "{} did not reach the worker's table",
+            table.name()
+        );
+        println!(
+            "{}: {} symbols, identical to the worker's table ({} commits)",
+            table.name(),
+            table.len(),
+            table.stats().commits
+        );
+        shutdown.shutdown();
+        run.await??;
+    }
+    for (key, row) in &expected {
+        let close = row.get("c").and_then(|v| v.as_float()).unwrap_or_default();
+        println!("  {key:>5}  close {close:>8.2}");
+    }
+    Ok(())
+}
+
+fn sorted(table: &Table) -> Vec<(Key, Row)> {
+    let mut rows = table.snapshot().rows().to_vec();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
+/// A local server speaking Polygon's protocol, sending `EVENTS` aggregates.
+async fn polygon_feed() -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/stocks", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Err(e) = serve_polygon(tcp).await {
+                    eprintln!("feed: {e}");
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+async fn serve_polygon(tcp: tokio::net::TcpStream) -> anyhow::Result<()> {
+    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
+    let send = |value: Value| Message::text(value.to_string());
+    ws.send(send(json!([{"ev": "status", "status": "connected"}])))
+        .await?;
+    let mut symbols = Vec::new();
+    while let Some(message) = ws.next().await {
+        let Message::Text(text) = message? else { continue };
+        let request: Value = serde_json::from_str(&text)?;
+        match request["action"].as_str() {
+            Some("auth") => {
+                ws.send(send(json!([{"ev": "status", "status": "auth_success"}])))
+                    .await?
+            }
+            Some("subscribe") => {
+                let params = request["params"].as_str().unwrap_or_default();
+                symbols.extend(
+                    params
+                        .split(',')
+                        .filter_map(|p| p.strip_prefix("A."))
+                        .map(str::to_owned),
+                );
+                ws.send(send(json!([{"ev": "status", "status": "success"}])))
+                    .await?;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut prices: Vec<f64> = symbols.iter().map(|_| 100.0).collect();
+    let mut start = 1_700_000_000_000_i64;
+    let mut sent = 0;
+    while sent < EVENTS {
+        let mut events = Vec::new();
+        for (symbol, price) in symbols.iter().zip(&mut prices) {
+            let open = *price;
+            *price += ((sent as f64) * 0.7 + open).sin();
+            events.push(json!({
+                "ev": "A", "sym": symbol, "v": 100 + sent % 50, "o": open, "c": *price,
+                "h": open.max(*price), "l": open.min(*price), "s": start, "e": start + 1000,
+            }));
+            sent += 1;
+        }
+        ws.send(send(Value::Array(events))).await?;
+        start += 1000;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "feed finished".into(),
+    };
+    ws.close(Some(done)).await?;
+    while let Some(Ok(_)) = ws.next().await {}
+    Ok(())
+}
+
+/// A nats-server of the example's own, killed when dropped.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> anyhow::Result<NatsServer> {
+        let binary = match std::env::var_os("NATS_SERVER") {
+            Some(path) => path
+                .into_string()
+                .map_err(|p| anyhow::anyhow!("NATS_SERVER {p:?} is not UTF-8"))?,
+            None => {
+                let out = Command::new("bash").arg(".ci/nats-server").output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "set NATS_SERVER, or run from the repository root so `bash .ci/nats-server` can install it"
+                );
+                String::from_utf8(out.stdout)?.trim().to_owned()
+            }
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let store = tempfile::tempdir()?;
+        let child = Command::new(&binary)
+            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--store_dir")
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(NatsServer {
+            child,
+            port,
+            _store: store,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
