@@ -378,3 +378,84 @@ async fn a_layout_the_stream_does_not_hold_is_a_clear_error() {
         "{error}"
     );
 }
+
+/// A server that only says hello, as nats-server 2.9.10 (Debian's): enough for the
+/// client to connect and for the source to read the version.
+async fn fake_old_server() -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let info = format!(
+                    "INFO {{\"server_id\":\"old\",\"server_name\":\"old\",\"version\":\"2.9.10\",\"go\":\"go1.19\",\"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576,\"proto\":1,\"jetstream\":true}}\r\n"
+                );
+                write.write_all(info.as_bytes()).await.unwrap();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("PING") && write.write_all(b"PONG\r\n").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("nats://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_server_too_old_for_several_subjects_per_partition_is_a_clear_error() {
+    let jetstream = connect(&fake_old_server().await).await;
+    let layout = Partitions::new()
+        .partition("a", ["orders.a", "orders.a.>"])
+        .partition("b", ["orders.b", "orders.b.>"]);
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read_partitioned(
+        "orders",
+        JetStreamSource::new(jetstream, "orders", layout),
+        reader(),
+    );
+    let error = tokio::time::timeout(Duration::from_secs(10), pipeline.run())
+        .await
+        .expect("the check needs no JetStream request")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("nats-server 2.9.10 is too old") && error.contains("2.10"),
+        "{error}"
+    );
+}
+
+/// Several subjects per partition work on a current server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_of_several_subjects_reads_them_all() {
+    let name = unique("several");
+    let jetstream = connect(&shared_url()).await;
+    jetstream
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (id, subject) in ["a", "a.x", "b", "b.y.z"].iter().enumerate() {
+        let payload = format!(r#"{{"id": {id}, "key": 0}}"#);
+        jetstream
+            .publish(format!("{name}.{subject}"), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let layout = Partitions::new()
+        .partition("a", [format!("{name}.a"), format!("{name}.a.>")])
+        .partition("b", [format!("{name}.b"), format!("{name}.b.>")]);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read_partitioned(&name, JetStreamSource::new(jetstream, &name, layout), reader());
+    run_until_rows(pipeline, &table, 4).await;
+    assert_each_once(&ids(&table), 0, 4);
+}
