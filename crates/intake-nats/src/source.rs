@@ -114,7 +114,11 @@ impl JetStreamSource {
 
     /// When and how often a partition re-creates its consumer after an error (a lost
     /// connection, missed heartbeats, a deleted consumer). Default:
-    /// [`Reconnect::default`], retrying forever.
+    /// [`Reconnect::default`], retrying forever. With a
+    /// [`max_retries`](Reconnect::max_retries) limit, the partition fails with
+    /// [`NatsError::GaveUp`] once that many attempts in a row failed; each attempt to
+    /// create a consumer waits up to the JetStream context's request timeout
+    /// (`async_nats::jetstream::context::ContextBuilder::timeout`).
     pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
         self.settings().reconnect = reconnect;
         self
@@ -401,13 +405,13 @@ impl Source for PartitionReader {
         let mut attempts = 0;
         loop {
             let healthy_after = tokio::time::Instant::now() + self.settings.reconnect.healthy_duration();
-            let sent_before = self.settings.stats.messages();
+            let seen_before = self.last_seen;
             let error = match self.read(&ctx, &mut durable).await {
                 Interrupted::Done => return Ok(()),
                 Interrupted::Lost(error) => error,
             };
             // A consumer that delivered, or stayed up long enough, was healthy.
-            if self.settings.stats.messages() > sent_before || tokio::time::Instant::now() >= healthy_after {
+            if self.last_seen > seen_before || tokio::time::Instant::now() >= healthy_after {
                 delays = self.settings.reconnect.delays();
                 attempts = 0;
             }

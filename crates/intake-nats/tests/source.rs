@@ -459,3 +459,37 @@ async fn a_partition_of_several_subjects_reads_them_all() {
     run_until_rows(pipeline, &table, 4).await;
     assert_each_once(&ids(&table), 0, 4);
 }
+
+/// Only a reconnect policy with a retry limit ends the source when the broker is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_gone_for_good_ends_the_source_only_after_its_retries() {
+    let mut server = NatsServer::start();
+    // Each attempt to create a consumer waits this long for the missing server.
+    let jetstream = jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_millis(300))
+        .build(async_nats::connect(server.url()).await.unwrap());
+    let name = unique("gone");
+    create_stream(&jetstream, &name).await;
+    publish(&jetstream, &name, 0, 10).await;
+    let source = source(jetstream, &name).reconnect(
+        Reconnect::default()
+            .min_delay(Duration::from_millis(50))
+            .max_delay(Duration::from_millis(100))
+            .max_retries(2),
+    );
+    let stats = source.stats();
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read_partitioned(&name, source, reader());
+    let running = tokio::spawn(pipeline.run());
+    table.wait_for(|t| t.len() >= 10).await.unwrap();
+    server.kill();
+    let error = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the source gives up within 20 s")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("gave up after 3 failed attempts"), "{error}");
+    assert!(stats.reconnects() >= 2);
+    assert_eq!(table.len(), 10, "what was read before stays");
+}
