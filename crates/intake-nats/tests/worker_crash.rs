@@ -132,6 +132,24 @@ fn command(state: &Path, out: &Path, url: &str, stream: &str) -> Command {
     command
 }
 
+/// Waits for a worker run with `--expect` to end; one that does not reach its row count
+/// within 30 s has lost messages.
+async fn wait_for_rows(mut run: std::process::Child, rows: usize) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            run.kill().unwrap();
+            let output = run.wait_with_output().unwrap();
+            panic!(
+                "the worker did not reach {rows} rows within 30 s: messages are missing; {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.wait_with_output().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_ten_times_ends_with_every_message_once() {
     // Built before the clock of the kills starts.
@@ -188,23 +206,10 @@ async fn a_worker_killed_ten_times_ends_with_every_message_once() {
     let still_publishing = !publishing.is_finished();
     publishing.await.unwrap();
 
-    let mut run = command(&state, &out, &url, &name)
+    let run = command(&state, &out, &url, &name)
         .spawn()
         .expect("the worker starts");
-    // A worker that lost messages never reaches its row count.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while run.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            run.kill().unwrap();
-            let output = run.wait_with_output().unwrap();
-            panic!(
-                "the last run did not reach {MESSAGES} rows within 30 s: messages are missing; {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let output = run.wait_with_output().unwrap();
+    let output = wait_for_rows(run, MESSAGES as usize).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the last run failed: {stderr}");
     eprintln!(
@@ -233,4 +238,82 @@ async fn a_worker_killed_ten_times_ends_with_every_message_once() {
         "applied twice: {twice:?}, missing: {missing:?}"
     );
     assert_eq!(ids.len(), MESSAGES as usize);
+}
+
+/// Two worker processes (0 and 1 of 2) split the four partitions: each key is read by
+/// exactly one of them, and together they read every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_split_four_partitions() {
+    let _ = example();
+    let url = shared_url();
+    let name = format!(
+        "split_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let jetstream = jetstream::new(async_nats::connect(&url).await.unwrap());
+    jetstream
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.*")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    const SPLIT: u64 = 2_000;
+    let mut per_partition = BTreeMap::<u32, usize>::new();
+    for id in 0..SPLIT {
+        let key = (id % 101).to_string();
+        let subject = partition_subject(&name, key.as_bytes(), PARTITIONS);
+        let payload = format!(r#"{{"id": {id}, "key": {key}}}"#);
+        jetstream
+            .publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        *per_partition
+            .entry(intake_nats::partition_of(key.as_bytes(), PARTITIONS))
+            .or_default() += 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut workers = Vec::new();
+    for index in 0..2u32 {
+        // Partitions "0".."3", sorted; worker i reads positions i and i + 2.
+        let rows = per_partition[&index] + per_partition[&(index + 2)];
+        let out = dir.path().join(format!("out{index}"));
+        let child = command(&dir.path().join(format!("state{index}")), &out, &url, &name)
+            .args(["--expect", &rows.to_string()])
+            .args(["--worker", &index.to_string(), "2"])
+            .spawn()
+            .expect("the worker starts");
+        workers.push((child, out));
+    }
+    let mut keys_by_worker = Vec::new();
+    let mut ids = BTreeMap::<i64, usize>::new();
+    for (child, out) in workers {
+        let output = wait_for_rows(child, SPLIT as usize).await;
+        assert!(
+            output.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tables: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("tables.json")).unwrap()).unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        for row in tables["events"].as_array().unwrap() {
+            keys.insert(row["key"].as_i64().unwrap());
+            *ids.entry(row["id"].as_i64().unwrap()).or_default() += 1;
+        }
+        keys_by_worker.push(keys);
+    }
+    assert!(
+        keys_by_worker[0].is_disjoint(&keys_by_worker[1]),
+        "keys read by both workers"
+    );
+    assert!(!keys_by_worker[0].is_empty() && !keys_by_worker[1].is_empty());
+    assert_eq!(ids.len(), SPLIT as usize);
+    assert!(ids.values().all(|n| *n == 1), "a message read twice");
 }
