@@ -108,10 +108,6 @@ impl JetStreamSource {
         }
     }
 
-    fn settings(&mut self) -> &mut Settings {
-        &mut self.settings
-    }
-
     /// When and how often a partition re-creates its consumer after an error (a lost
     /// connection, missed heartbeats, a deleted consumer). Default:
     /// [`Reconnect::default`], retrying forever. With a
@@ -120,7 +116,7 @@ impl JetStreamSource {
     /// create a consumer waits up to the JetStream context's request timeout
     /// (`async_nats::jetstream::context::ContextBuilder::timeout`).
     pub fn reconnect(mut self, reconnect: Reconnect) -> Self {
-        self.settings().reconnect = reconnect;
+        self.settings.reconnect = reconnect;
         self
     }
 
@@ -134,14 +130,14 @@ impl JetStreamSource {
     #[track_caller]
     pub fn max_ack_pending(mut self, max: usize) -> Self {
         assert!(max > 0, "max_ack_pending must be at least 1");
-        self.settings().max_ack_pending = max;
+        self.settings.max_ack_pending = max;
         self
     }
 
     /// How long the server waits for an ack before it delivers a message again (the
     /// source drops the redelivery). Default: 30 s.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
-        self.settings().ack_wait = ack_wait;
+        self.settings.ack_wait = ack_wait;
         self
     }
 
@@ -158,7 +154,7 @@ impl JetStreamSource {
             heartbeat >= Duration::from_millis(100),
             "the heartbeat must be at least 100 ms"
         );
-        self.settings().heartbeat = heartbeat;
+        self.settings.heartbeat = heartbeat;
         self
     }
 
@@ -170,7 +166,7 @@ impl JetStreamSource {
     #[track_caller]
     pub fn batch(mut self, batch: usize) -> Self {
         assert!(batch > 0, "the batch must be at least 1");
-        self.settings().batch = batch;
+        self.settings.batch = batch;
         self
     }
 
@@ -571,5 +567,37 @@ async fn changed(durable: &mut Option<DurableOffset>) -> Option<serde_json::Valu
     match durable {
         Some(durable) => durable.changed().await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_read() {
+        assert_eq!(parse_version("2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("2.11.0-RC.1"), Some((2, 11, 0)));
+        assert_eq!(parse_version("2.10"), Some((2, 10, 0)));
+        assert_eq!(parse_version(""), None);
+        assert!(parse_version("2.9.10").is_some_and(|v| v < SEVERAL_SUBJECTS_SINCE));
+        assert!(parse_version("2.15.1").is_some_and(|v| v >= SEVERAL_SUBJECTS_SINCE));
+    }
+
+    #[test]
+    fn pending_acks_stay_bounded_and_ack_the_newest_durable() {
+        let mut pending = PendingAcks {
+            handles: VecDeque::new(),
+            max: 3,
+        };
+        for seq in 1..=5 {
+            pending.push(seq, Subject::from(format!("ack.{seq}")));
+        }
+        assert_eq!(pending.handles.len(), 3, "bounded by max_ack_pending");
+        assert_eq!(pending.take_up_to(2), None, "nothing kept at or below 2");
+        assert_eq!(pending.take_up_to(4), Some(Subject::from("ack.4")));
+        assert_eq!(pending.handles.len(), 1);
+        assert_eq!(pending.take_up_to(4), None);
+        assert_eq!(pending.take_up_to(9), Some(Subject::from("ack.5")));
     }
 }

@@ -2,7 +2,8 @@
 //! worker ingesting a partitioned stream while it is being published, is killed with
 //! SIGKILL ten times at random moments and restarted each time; finally it runs until
 //! its table holds every message. The table (without a primary key, so a message
-//! applied twice is a row twice) must then hold every message exactly once.
+//! applied twice is a row twice) must then hold every message exactly once. Also: two
+//! worker processes split four partitions.
 //!
 //! The test builds the example binary (`cargo build --example nats_worker`) before it
 //! runs it.
