@@ -161,8 +161,8 @@ async fn main() -> anyhow::Result<()> {
     let rows = write_csv(&cats, &output).with_context(|| format!("writing {}", output.display()))?;
     println!(
         "{} commits, {} rejected; wrote {rows} rows to {}",
-        stats.commits,
-        stats.rejected,
+        stats.commits(),
+        stats.rejected(),
         output.display()
     );
     Ok(())

@@ -105,7 +105,7 @@ async fn a_typed_send_follows_lenient_numbers_like_its_json_text() {
     let table = pipeline.read("quotes", source, reader);
     pipeline.run().await.unwrap();
     assert_eq!(table.len(), 1);
-    assert_eq!(table.stats().rejected, 1);
+    assert_eq!(table.stats().rejected(), 1);
     let row = table.get(&12.into()).unwrap();
     assert_eq!(row["price"].as_float(), Some(65000.1));
 }

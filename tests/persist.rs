@@ -91,10 +91,10 @@ async fn resume_from_hands_each_source_its_own_offset() {
     let b = pipeline.read("b", counter(1, 95, 1000), reader());
     let c = pipeline.read("c", counter(1, 5, 1000), reader());
     pipeline.run().await.unwrap();
-    assert_eq!(a.stats().messages, 10);
-    assert_eq!(b.stats().messages, 5);
+    assert_eq!(a.stats().messages(), 10);
+    assert_eq!(b.stats().messages(), 5);
     assert_eq!(
-        c.stats().messages,
+        c.stats().messages(),
         5,
         "a source not named starts from the beginning"
     );
@@ -132,7 +132,7 @@ async fn a_restart_restores_rows_time_and_offsets() {
             .all(|(time, snapshot, _)| *time > 5 && !snapshot)
     );
     assert_eq!(
-        table.stats().messages,
+        table.stats().messages(),
         17,
         "only what came after offset 45 is read again"
     );
@@ -293,7 +293,7 @@ async fn grouped_syncs_still_restore_everything_after_a_clean_stop() {
     let mut pipeline = Pipeline::new().persist(persistence());
     let table = pipeline.read("counter", counter(1, 100, 7), reader());
     pipeline.run().await.unwrap();
-    assert_eq!(table.stats().messages, 0);
+    assert_eq!(table.stats().messages(), 0);
     assert_eq!(table.len(), 10);
 }
 

@@ -346,7 +346,7 @@ async fn a_send_of_bad_input_cut_short_is_never_counted_without_being_reported()
     let missed = rejected.missed();
     let delivered: Vec<_> = rejected.collect().await;
     assert_eq!(&delivered[0].raw()[..], b"not json");
-    assert_eq!(table.stats().rejected, 3);
+    assert_eq!(table.stats().rejected(), 3);
     assert_eq!(
         delivered.len() as u64 + missed,
         3,

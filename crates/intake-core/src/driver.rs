@@ -2,16 +2,18 @@
 //! table's queue and applies them, records the commit in storage when the table is
 //! persistent, then delivers the commit to the subscribers.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::change::Offsets;
 use crate::lifecycle::{Lifecycle, lock};
-use crate::queue::Queue;
+use crate::queue::{Commit, Queue};
 use crate::store::{PersistenceError, SnapshotDone, SyncPolicy, TableStore};
 use crate::table::{Applied, TableShared};
+use crate::telemetry::{EXPORT_EVERY, TableMetrics};
 
 /// Runs until every source of the table has finished and their last events are
 /// committed and delivered, then ends the table. The queue decides when a commit is
@@ -26,10 +28,17 @@ pub(crate) async fn drive(
     let mut recorder = table.store().map(|store| Recorder::new(store, sync));
     // Cleared when a commit could not be made durable: nothing after it is delivered.
     let mut delivering = true;
+    let metrics = TableMetrics::new(table.name());
+    let mut export = tokio::time::interval(EXPORT_EVERY);
+    export.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let sync_due = recorder.as_ref().and_then(Recorder::sync_due);
         let next = tokio::select! {
             next = queue.next_commit() => next,
+            _ = export.tick() => {
+                export_metrics(&table, &metrics);
+                continue;
+            }
             () = sleep_until(sync_due) => {
                 if let Some(r) = recorder.as_mut() {
                     r.sync_now(&table, &lifecycle).await;
@@ -41,7 +50,18 @@ pub(crate) async fn drive(
                 continue;
             }
         };
-        let Some(mut events) = next else { break };
+        let Some(Commit {
+            mut events,
+            first_at,
+            waiting,
+        }) = next
+        else {
+            break;
+        };
+        table
+            .counters()
+            .queue_depth
+            .store(waiting as u64, Ordering::Relaxed);
         let applied = compute_heavy(events.len(), || table.apply(&mut events));
         queue.recycle(events);
         let persistent = recorder.is_some();
@@ -58,17 +78,32 @@ pub(crate) async fn drive(
         // Without storage, a commit is as durable as it gets once every subscriber
         // has it.
         let delivered_offsets = (!persistent && applied.offsets_moved).then(|| table.position().1);
+        let changed = applied.batch.is_some();
         if let Some((batch, subscribers)) = applied.batch {
             table.deliver(batch, subscribers, &lifecycle).await;
         }
         if let Some(offsets) = delivered_offsets {
             table.set_durable_offsets(offsets);
         }
+        if changed && let Some(first_at) = first_at {
+            metrics.commit_latency(table.counters(), first_at.elapsed());
+        }
+        export_metrics(&table, &metrics);
     }
+    export_metrics(&table, &metrics);
     if let Some(mut r) = recorder {
         r.finish(&table, &lifecycle).await;
     }
     table.close();
+}
+
+/// Copies the table's figures (and its sources') to the `metrics` facade.
+fn export_metrics(table: &TableShared, metrics: &TableMetrics) {
+    let counters = table.counters();
+    counters
+        .subscriber_lag
+        .store(table.subscriber_lag(), Ordering::Relaxed);
+    metrics.export(counters, table.len(), &table.sources());
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

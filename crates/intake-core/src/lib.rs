@@ -73,6 +73,7 @@ mod source;
 mod store;
 mod subscribe;
 mod table;
+mod telemetry;
 mod typed;
 mod value;
 
@@ -119,6 +120,7 @@ pub use source::{
 pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableEnded, TableStats};
+pub use telemetry::SourceStats;
 pub use value::{DataType, Timestamp, TimestampError, Value};
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`, as

@@ -112,6 +112,28 @@ pub enum ParseError {
     TooDeep,
 }
 
+impl ParseError {
+    /// A short, stable name for the kind of error (`malformed_json`, `wrong_type`, ...):
+    /// the `kind` label of the `intake_source_rejected_total` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ParseError::MalformedJson(_) => "malformed_json",
+            ParseError::NotAnObject { .. } => "not_an_object",
+            ParseError::MissingField { .. } => "missing_field",
+            ParseError::DuplicateField { .. } => "duplicate_field",
+            ParseError::WrongType { .. } => "wrong_type",
+            ParseError::NullNotAllowed { .. } => "null_not_allowed",
+            ParseError::IntegerOutOfRange { .. } => "integer_out_of_range",
+            ParseError::InvalidTimestamp { .. } => "invalid_timestamp",
+            ParseError::InvalidUtf8 { .. } => "invalid_utf8",
+            ParseError::Serialize(_) => "serialize",
+            ParseError::Source(_) => "source",
+            ParseError::InvalidKey(_) => "invalid_key",
+            ParseError::TooDeep => "too_deep",
+        }
+    }
+}
+
 /// Why a payload is not valid JSON: the position and kind of the problem, with
 /// serde_json's error as the [`source`](std::error::Error::source) (kept behind this
 /// type, so a serde_json update does not change intake's API).

@@ -87,7 +87,7 @@ impl Queue {
     /// Waits until a commit is due and returns its events: at most `max_batch`, and
     /// never past an explicit commit marker. Returns `None` once every producer is gone
     /// and every event has been returned.
-    pub(crate) async fn next_commit(&self) -> Option<Vec<Event>> {
+    pub(crate) async fn next_commit(&self) -> Option<Commit> {
         loop {
             let notified = self.driver.notified();
             let deadline = {
@@ -125,7 +125,9 @@ impl Queue {
         }
     }
 
-    fn take(&self, state: &mut State) -> Vec<Event> {
+    fn take(&self, state: &mut State) -> Commit {
+        let first_at = state.first_at;
+        let waiting = state.events.len();
         let mut end = state.events.len().min(self.max_batch);
         let marker = match state.markers {
             0 => None,
@@ -146,7 +148,11 @@ impl Queue {
         // Events left behind arrived after the commit became due, moments ago.
         state.first_at = (!state.events.is_empty()).then(Instant::now);
         self.room.notify_waiters();
-        taken
+        Commit {
+            events: taken,
+            first_at,
+            waiting,
+        }
     }
 
     /// Returns a processed buffer for reuse.
@@ -157,6 +163,15 @@ impl Queue {
             state.spare = buffer;
         }
     }
+}
+
+/// The events of one commit, taken from the queue.
+pub(crate) struct Commit {
+    pub(crate) events: Vec<Event>,
+    /// When the first of them arrived.
+    pub(crate) first_at: Option<Instant>,
+    /// How many events were waiting when the commit was taken, these included.
+    pub(crate) waiting: usize,
 }
 
 /// Why an event was not appended.
@@ -277,7 +292,10 @@ mod tests {
         first.finish();
         assert!(second.try_push(Event::Commit).is_ok());
         drop(second);
-        assert_eq!(queue.next_commit().await.map(|events| events.len()), Some(1));
+        assert_eq!(
+            queue.next_commit().await.map(|commit| commit.events.len()),
+            Some(1)
+        );
         let pending = tokio::time::timeout(Duration::from_millis(20), queue.next_commit()).await;
         assert!(pending.is_err(), "a producer is left, so the queue has not ended");
         third.finish();

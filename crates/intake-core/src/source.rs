@@ -18,6 +18,7 @@ use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
 use crate::schema::Schema;
 use crate::table::{DurableOffsets, TableEnded, TableShared};
+use crate::telemetry::SourceCounters;
 use crate::value::Value;
 
 /// The error type sources return: any error, boxed.
@@ -176,6 +177,7 @@ struct ContextShared {
     /// Rate-limits the log lines of skipped bad input.
     rejections: RejectionLog,
     name: Arc<str>,
+    counters: Arc<SourceCounters>,
     resume: Option<serde_json::Value>,
     producer: Producer,
     parser: Parser,
@@ -194,9 +196,11 @@ impl SourceContext {
         table: Arc<TableShared>,
     ) -> Self {
         let lifecycle = table.lifecycle().clone();
+        let counters = table.source_counters(&name);
         SourceContext {
             shared: Arc::new(ContextShared {
                 rejections: RejectionLog::default(),
+                counters,
                 name,
                 resume,
                 producer,
@@ -219,6 +223,11 @@ impl SourceContext {
     /// The source's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The name of the table the source feeds.
+    pub fn table_name(&self) -> &str {
+        self.shared.table.name()
     }
 
     /// The schema messages are parsed into.
@@ -271,15 +280,28 @@ impl SourceContext {
     /// Checks that the context may send, and parses the message.
     fn prepare(&self, message: Message) -> Result<Prepared, SendError> {
         self.check_open()?;
+        let counters = &self.shared.counters;
         Ok(match message {
-            Message::Bytes(bytes) => self.parse(Payload::Bytes(bytes)),
-            Message::Json(json) => self.parse(Payload::Json(json)),
-            Message::Delete(key) => match self.shared.parser.check_key(&key) {
-                Ok(()) => Prepared::Event(Event::Delete(key)),
-                Err(reason) => Prepared::Rejected(Bytes::from(format!("delete {key}")), reason),
-            },
+            Message::Bytes(bytes) => {
+                counters.message(bytes.len());
+                self.parse(Payload::Bytes(bytes))
+            }
+            Message::Json(json) => {
+                counters.message(0);
+                self.parse(Payload::Json(json))
+            }
+            Message::Delete(key) => {
+                counters.message(0);
+                match self.shared.parser.check_key(&key) {
+                    Ok(()) => Prepared::Event(Event::Delete(key)),
+                    Err(reason) => Prepared::Rejected(Bytes::from(format!("delete {key}")), reason),
+                }
+            }
             Message::Commit => Prepared::Event(Event::Commit),
-            Message::Invalid { raw, reason } => Prepared::Rejected(raw, ParseError::Source(reason.into())),
+            Message::Invalid { raw, reason } => {
+                counters.message(raw.len());
+                Prepared::Rejected(raw, ParseError::Source(reason.into()))
+            }
         })
     }
 
@@ -332,11 +354,13 @@ impl SourceContext {
                 Ok(json) => self.send(Message::Json(json)).await,
                 Err(e) => {
                     self.check_open()?;
+                    self.shared.counters.message(0);
                     self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()))
                 }
             };
         }
         self.check_open()?;
+        self.shared.counters.message(0);
         let schema = self.shared.parser.schema();
         match crate::typed::read_row(schema, self.shared.parser.lenient_numbers, value) {
             Ok(values) => self.enqueue(self.event(values)).await,
@@ -534,6 +558,7 @@ impl SourceContext {
     fn refuse(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
         let table = &self.shared.table;
         table.counters().rejected.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.rejected(reason.kind());
         let rejected = Rejected::new(self.shared.name.clone(), raw, reason);
         match self.shared.policy {
             ErrorPolicy::SkipAndReport => {

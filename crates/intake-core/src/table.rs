@@ -23,6 +23,7 @@ use crate::source::BoxError;
 use crate::source::Event;
 use crate::store::{PersistenceError, Restored, RowMap, TableStore, show_time};
 use crate::subscribe::Subscriber;
+use crate::telemetry::{SourceCounters, SourceStats, TableCounters};
 
 /// A live, keyed, in-memory table fed by a source.
 ///
@@ -40,7 +41,9 @@ pub(crate) struct TableShared {
     schema: Schema,
     subscriber_capacity: usize,
     state: RwLock<TableState>,
-    stats: Counters,
+    stats: TableCounters,
+    /// The counters of the table's sources, in the order they started.
+    sources: Mutex<Vec<Arc<SourceCounters>>>,
     lifecycle: Arc<Lifecycle>,
     /// Where the table stands for sinks: restored, durable up to, closed.
     progress: watch::Sender<Progress>,
@@ -123,28 +126,106 @@ impl SubscriberSlot {
     }
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    messages: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    commits: AtomicU64,
-    changes: AtomicU64,
+/// Live counters of a table; see [`Table::stats`].
+///
+/// Like every stats handle of intake ([`SourceStats`], and the sources' own, such as
+/// the WebSocket source's `WsStats`), it is cheap to clone, each getter reads the
+/// figure as it is now, and it serializes (with serde) to an object of the figures,
+/// so it can be served as JSON as it is. The same figures go to the
+/// [`metrics`](https://docs.rs/metrics) facade; see `docs/metrics.md`.
+#[derive(Clone)]
+pub struct TableStats(Arc<TableShared>);
+
+impl TableStats {
+    /// Rows and deletes from the table's sources that reached a commit.
+    pub fn messages(&self) -> u64 {
+        self.0.stats.messages.load(Ordering::Relaxed)
+    }
+
+    /// Messages rejected as bad input.
+    pub fn rejected(&self) -> u64 {
+        self.0.stats.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Commits that changed the table.
+    pub fn commits(&self) -> u64 {
+        self.0.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Changes (insertions plus retractions) in those commits.
+    pub fn changes(&self) -> u64 {
+        self.0.stats.changes.load(Ordering::Relaxed)
+    }
+
+    /// Rows in the table now.
+    pub fn rows(&self) -> u64 {
+        self.0.read().rows.len() as u64
+    }
+
+    /// Events (messages, offsets, commit marks) that were waiting in the table's queue
+    /// when the last commit was taken: near the queue's capacity, sources are being
+    /// held back.
+    pub fn queue_depth(&self) -> u64 {
+        self.0.stats.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// Batches waiting to be taken by the slowest subscriber, after the last commit.
+    /// At the reader's [`subscriber_capacity`](crate::Reader::subscriber_capacity),
+    /// that subscriber holds up every commit.
+    pub fn subscriber_lag(&self) -> u64 {
+        self.0.stats.subscriber_lag.load(Ordering::Relaxed)
+    }
+
+    /// The last commit's latency: from the first message it holds to its delivery to
+    /// the subscribers (its storage included, with persistence). `None` before the
+    /// first commit.
+    pub fn last_commit_latency(&self) -> Option<std::time::Duration> {
+        match self.0.stats.commit_latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
+    }
+
+    /// The counters of each of the table's sources (each partition of a partitioned
+    /// source), in the order they started.
+    pub fn sources(&self) -> Vec<SourceStats> {
+        self.0.sources().into_iter().map(SourceStats).collect()
+    }
 }
 
-/// Counts describing a table's input and commits so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TableStats {
-    /// Rows and deletes from the table's sources that reached a commit.
-    pub messages: u64,
-    /// Messages rejected as bad input.
-    pub rejected: u64,
-    /// Commits that changed the table.
-    pub commits: u64,
-    /// Changes (insertions plus retractions) delivered in those commits.
-    pub changes: u64,
-    /// Rows in the table now.
-    pub rows: u64,
+impl fmt::Debug for TableStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableStats")
+            .field("table", &self.0.name)
+            .field("messages", &self.messages())
+            .field("rejected", &self.rejected())
+            .field("commits", &self.commits())
+            .field("changes", &self.changes())
+            .field("rows", &self.rows())
+            .field("queue_depth", &self.queue_depth())
+            .field("subscriber_lag", &self.subscriber_lag())
+            .field("sources", &self.sources())
+            .finish()
+    }
+}
+
+impl serde::Serialize for TableStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("TableStats", 10)?;
+        s.serialize_field("table", &*self.0.name)?;
+        s.serialize_field("messages", &self.messages())?;
+        s.serialize_field("rejected", &self.rejected())?;
+        s.serialize_field("commits", &self.commits())?;
+        s.serialize_field("changes", &self.changes())?;
+        s.serialize_field("rows", &self.rows())?;
+        s.serialize_field("queue_depth", &self.queue_depth())?;
+        s.serialize_field("subscriber_lag", &self.subscriber_lag())?;
+        let latency = self.last_commit_latency().map(|d| d.as_secs_f64());
+        s.serialize_field("last_commit_latency_seconds", &latency)?;
+        s.serialize_field("sources", &self.sources())?;
+        s.end()
+    }
 }
 
 /// The error of [`Table::wait_for`]: the table made its final commit without the
@@ -225,7 +306,8 @@ impl Table {
                     subscribers: Vec::new(),
                     closed: false,
                 }),
-                stats: Counters::default(),
+                stats: TableCounters::default(),
+                sources: Mutex::new(Vec::new()),
                 lifecycle,
                 progress: watch::Sender::new(Progress::default()),
                 durable_offsets: watch::Sender::new(DurableOffsets::default()),
@@ -344,16 +426,10 @@ impl Table {
             .collect()
     }
 
-    /// Counts of messages, rejections, commits and changes so far.
+    /// The table's live counters: messages, rejections, commits, changes, rows, queue
+    /// depth, subscriber lag, commit latency, and each source's.
     pub fn stats(&self) -> TableStats {
-        let counters = &self.shared.stats;
-        TableStats {
-            messages: counters.messages.load(Ordering::Relaxed),
-            rejected: counters.rejected.load(Ordering::Relaxed),
-            commits: counters.commits.load(Ordering::Relaxed),
-            changes: counters.changes.load(Ordering::Relaxed),
-            rows: self.len() as u64,
-        }
+        TableStats(self.shared.clone())
     }
 
     /// The table's changes as an async stream of [`ChangeBatch`]es, one per commit.
@@ -727,8 +803,38 @@ impl TableShared {
         &self.name
     }
 
-    pub(crate) fn counters(&self) -> &Counters {
+    pub(crate) fn counters(&self) -> &TableCounters {
         &self.stats
+    }
+
+    /// The counters of a source of this table, made when it first starts.
+    pub(crate) fn source_counters(&self, source: &Arc<str>) -> Arc<SourceCounters> {
+        let mut sources = lock(&self.sources);
+        if let Some(known) = sources.iter().find(|c| c.name() == source) {
+            return known.clone();
+        }
+        let counters = Arc::new(SourceCounters::new(self.name.clone(), source.clone()));
+        sources.push(counters.clone());
+        counters
+    }
+
+    pub(crate) fn sources(&self) -> Vec<Arc<SourceCounters>> {
+        lock(&self.sources).clone()
+    }
+
+    /// Batches waiting for the slowest subscriber now.
+    pub(crate) fn subscriber_lag(&self) -> u64 {
+        let state = self.read();
+        state
+            .subscribers
+            .iter()
+            .map(|s| s.sender.max_capacity() - s.sender.capacity())
+            .max()
+            .unwrap_or(0) as u64
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.read().rows.len()
     }
 
     pub(crate) fn lifecycle(&self) -> &Arc<Lifecycle> {

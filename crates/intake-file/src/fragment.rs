@@ -223,8 +223,24 @@ pub enum FragmentErrorPolicy {
 
 /// Counters of a [`FragmentSource`], readable while it runs; see
 /// [`FragmentSource::stats`].
+///
+/// Like every stats handle of intake (`TableStats`, `SourceStats`), it is cheap to
+/// clone, each getter reads the figure as it is now, and it serializes (with serde)
+/// to an object of the figures. Messages, bytes and rejections are counted for every
+/// source by the table: see `TableStats::sources`.
 #[derive(Debug, Clone, Default)]
 pub struct FragmentStats(Arc<Counters>);
+
+impl serde::Serialize for FragmentStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("FragmentStats", 3)?;
+        s.serialize_field("listings", &self.listings())?;
+        s.serialize_field("read", &self.read())?;
+        s.serialize_field("skipped", &self.skipped())?;
+        s.end()
+    }
+}
 
 #[derive(Debug, Default)]
 struct Counters {

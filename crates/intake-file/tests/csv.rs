@@ -140,7 +140,7 @@ async fn in_follow_mode_an_open_record_waits_for_its_end_and_a_runaway_one_is_bo
     eventually("the first row", || run.table.len() == 1).await;
     // The file may still grow: the open record is neither a row nor a report yet.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(run.table.stats().rejected, 0);
+    assert_eq!(run.table.stats().rejected(), 0);
     append(&path, "lines\",3\n");
     eventually("the completed record", || run.table.len() == 2).await;
 
@@ -189,7 +189,7 @@ async fn a_record_open_when_its_file_is_rotated_away_or_truncated_is_reported() 
     append(&path, "key,name,count\n3,soup,1\n4,\"open again\n");
     eventually("the new file's row", || run.table.len() == 2).await;
     eventually("the report of the rotated file", || {
-        run.table.stats().rejected == 1
+        run.table.stats().rejected() == 1
     })
     .await;
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Reconnect;
 use crate::error::{ConnectionFailed, ProtocolError, WsError};
 use crate::protocol::{Frame, Generic, Protocol, Replies};
-use crate::stats::WsStats;
+use crate::stats::{ReconnectCause, WsStats};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -112,7 +112,7 @@ pub fn install_crypto_provider() {
 /// println!(
 ///     "{} symbols, {} rejected, {} reconnects",
 ///     aggregates.len(),
-///     aggregates.stats().rejected,
+///     aggregates.stats().rejected(),
 ///     stats.reconnects()
 /// );
 /// # Ok(())
@@ -130,7 +130,7 @@ pub struct WebSocketSource {
     silence_timeout: Option<Duration>,
     reconnect_on_normal_close: bool,
     read_ahead: usize,
-    stats: Arc<WsStats>,
+    stats: WsStats,
     stop: Option<CancellationToken>,
 }
 
@@ -158,7 +158,9 @@ enum SessionEnd {
     Cancelled,
     /// The server closed with 1000.
     NormalClose(String),
-    /// Anything to reconnect after.
+    /// Nothing arrived within the silence timeout.
+    Silent(String),
+    /// Anything else to reconnect after.
     Lost(String),
 }
 
@@ -188,7 +190,7 @@ impl WebSocketSource {
             silence_timeout: None,
             reconnect_on_normal_close: true,
             read_ahead: Self::DEFAULT_READ_AHEAD,
-            stats: Arc::default(),
+            stats: WsStats::default(),
             stop: None,
         }
     }
@@ -314,7 +316,7 @@ impl WebSocketSource {
 
     /// The source's counters (connects, reconnects, frames, messages, skipped frames,
     /// pings answered), live while it runs.
-    pub fn stats(&self) -> Arc<WsStats> {
+    pub fn stats(&self) -> WsStats {
         self.stats.clone()
     }
 
@@ -384,12 +386,12 @@ impl WebSocketSource {
             };
             let Some((frame, permit)) = received else { break };
             let _permit: OwnedSemaphorePermit = permit;
-            WsStats::add(&self.stats.frames, 1);
+            self.stats.frame();
             match self.protocol.on_message(frame, &mut replies) {
                 Ok(messages) => {
                     send_replies(&mut replies, &replies_tx);
                     if messages.is_empty() {
-                        WsStats::add(&self.stats.skipped, 1);
+                        self.stats.skipped_frame();
                         tracing::debug!(
                             source = ctx.name(),
                             frame = self.stats.frames(),
@@ -398,7 +400,7 @@ impl WebSocketSource {
                     } else {
                         // Reports of bad input do not make a connection healthy.
                         healthy |= messages.iter().any(|m| !matches!(m, Message::Invalid { .. }));
-                        WsStats::add(&self.stats.messages, messages.len() as u64);
+                        self.stats.emitted(messages.len());
                     }
                     for message in messages {
                         ctx.send(message).await?;
@@ -456,7 +458,7 @@ impl WebSocketSource {
                 )),
             },
             SocketEnd::Failed(error) | SocketEnd::Unreadable(error) => SessionEnd::Lost(error),
-            SocketEnd::Silent(timeout) => SessionEnd::Lost(format!(
+            SocketEnd::Silent(timeout) => SessionEnd::Silent(format!(
                 "nothing received for {timeout:?}; the connection is treated as dead"
             )),
         };
@@ -528,19 +530,22 @@ impl Source for WebSocketSource {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let mut backoff = self.reconnect.delays();
         let mut failures = 0usize;
+        self.stats.export_as(ctx.table_name(), ctx.name());
         loop {
             let attempt = tokio::select! {
                 attempt = self.connect() => attempt,
                 () = ctx.cancelled() => return Ok(()),
             };
-            let last_error = match attempt {
+            let (last_error, cause) = match attempt {
                 Err(ConnectError::Fatal(error)) => return Err(error.into()),
-                Err(ConnectError::Retry(error)) => error,
+                Err(ConnectError::Retry(error)) => (error, ReconnectCause::ConnectFailed),
                 Ok(socket) => {
-                    WsStats::add(&self.stats.connects, 1);
+                    self.stats.set_connected(true);
                     tracing::debug!(source = ctx.name(), url = %self.url, "WebSocket connected");
                     let connected_at = Instant::now();
-                    let (end, delivered) = self.session(socket, &ctx).await?;
+                    let session = self.session(socket, &ctx).await;
+                    self.stats.set_connected(false);
+                    let (end, delivered) = session?;
                     if delivered || connected_at.elapsed() >= self.reconnect.healthy_duration() {
                         backoff = self.reconnect.delays();
                         failures = 0;
@@ -551,9 +556,11 @@ impl Source for WebSocketSource {
                             tracing::info!(source = ctx.name(), %reason, "WebSocket closed; source ends");
                             return Ok(());
                         }
-                        SessionEnd::NormalClose(error) | SessionEnd::Lost(error) => {
-                            ConnectionFailed::new(error)
+                        SessionEnd::NormalClose(error) => {
+                            (ConnectionFailed::new(error), ReconnectCause::Closed)
                         }
+                        SessionEnd::Silent(error) => (ConnectionFailed::new(error), ReconnectCause::Silent),
+                        SessionEnd::Lost(error) => (ConnectionFailed::new(error), ReconnectCause::Lost),
                     }
                 }
             };
@@ -565,7 +572,7 @@ impl Source for WebSocketSource {
                 }
                 .into());
             };
-            WsStats::add(&self.stats.reconnects, 1);
+            self.stats.reconnect(cause);
             tracing::warn!(
                 source = ctx.name(),
                 url = %self.url,
@@ -614,7 +621,7 @@ struct SocketTask {
     stop: CancellationToken,
     ping_interval: Option<Duration>,
     silence_timeout: Option<Duration>,
-    stats: Arc<WsStats>,
+    stats: WsStats,
 }
 
 impl SocketTask {
@@ -697,7 +704,7 @@ impl SocketTask {
                     if let Err(e) = self.socket.flush().await {
                         return SocketEnd::Failed(format!("sending a pong failed: {e}"));
                     }
-                    WsStats::add(&self.stats.pings_answered, 1);
+                    self.stats.ping_answered();
                 }
                 tungstenite::Message::Close(frame) => return SocketEnd::Closed(frame),
                 message => {

@@ -380,5 +380,5 @@ async fn polygon_status_frames_count_as_skipped_not_rejected() {
     assert_eq!(table.len(), 1);
     assert_eq!(stats.frames(), 4);
     assert_eq!(stats.skipped(), 3);
-    assert_eq!(table.stats().rejected, 0);
+    assert_eq!(table.stats().rejected(), 0);
 }

@@ -1,0 +1,330 @@
+//! Turning a response body into records.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// How a [`PollSource`](crate::PollSource) turns a response body into records, each of
+/// which goes to the reader as one message.
+///
+/// Each record is handed over as the bytes it had in the body (a slice of it, not a
+/// re-serialization), so a record the reader rejects is reported as it arrived.
+/// A body that cannot be split at all (not JSON, no array where the pointer points) is
+/// reported whole, through the reader's [`ErrorPolicy`](intake_core::ErrorPolicy). A
+/// JSON array that breaks off midway keeps the records before the break, and the rest
+/// of the body is reported.
+///
+/// # Examples
+///
+/// ```
+/// use intake_http::Records;
+///
+/// // {"data": {"items": [{...}, {...}]}}
+/// let records = Records::json_pointer("/data/items");
+/// # let _ = records;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records(Kind);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Body,
+    JsonArray,
+    JsonPointer(String),
+    JsonLines,
+}
+
+impl Records {
+    /// The whole body is one record (any format the reader reads, such as one JSON
+    /// object or a raw string).
+    pub fn body() -> Self {
+        Records(Kind::Body)
+    }
+
+    /// The body is a JSON array; each element is a record (the default).
+    pub fn json_array() -> Self {
+        Records(Kind::JsonArray)
+    }
+
+    /// The records are the elements of the JSON array that `pointer` (an RFC 6901
+    /// JSON pointer, as [`serde_json::Value::pointer`] takes) points to, such as
+    /// `/data/items`. A `null` there means no records; a missing value or anything
+    /// but an array is reported as bad input.
+    ///
+    /// # Panics
+    ///
+    /// If `pointer` is neither empty nor starts with `/`.
+    #[track_caller]
+    pub fn json_pointer(pointer: impl Into<String>) -> Self {
+        let pointer = pointer.into();
+        assert!(
+            pointer.is_empty() || pointer.starts_with('/'),
+            "a JSON pointer is empty or starts with `/`, found `{pointer}`"
+        );
+        Records(Kind::JsonPointer(pointer))
+    }
+
+    /// Each non-blank line of the body is a record (JSON lines, NDJSON).
+    pub fn json_lines() -> Self {
+        Records(Kind::JsonLines)
+    }
+
+    /// Splits `body` into records, and the part of it that could not be split, with
+    /// the reason.
+    /// An empty (or blank) body, such as a 204's, has no records.
+    pub(crate) fn split(&self, body: &Bytes) -> Split {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Split::default();
+        }
+        match &self.0 {
+            Kind::Body => Split {
+                records: vec![body.clone()],
+                bad: None,
+            },
+            Kind::JsonLines => Split {
+                records: json_lines(body),
+                bad: None,
+            },
+            Kind::JsonArray => array_elements(body, body),
+            Kind::JsonPointer(pointer) => match locate(body, pointer) {
+                Ok(Some(target)) => array_elements(body, target),
+                Ok(None) => Split::default(),
+                Err(reason) => Split {
+                    records: Vec::new(),
+                    bad: Some((body.clone(), reason)),
+                },
+            },
+        }
+    }
+}
+
+impl Default for Records {
+    /// [`Records::json_array`].
+    fn default() -> Self {
+        Records::json_array()
+    }
+}
+
+/// The records of a body, and what could not be read as records.
+#[derive(Debug, Default)]
+pub(crate) struct Split {
+    pub(crate) records: Vec<Bytes>,
+    pub(crate) bad: Option<(Bytes, String)>,
+}
+
+fn json_lines(body: &Bytes) -> Vec<Bytes> {
+    let mut records = Vec::new();
+    let mut start = 0;
+    for line in body.split(|&b| b == b'\n') {
+        let end = start + line.len();
+        let mut trimmed = start..end;
+        if line.ends_with(b"\r") {
+            trimmed.end -= 1;
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            records.push(body.slice(trimmed));
+        }
+        start = end + 1;
+    }
+    records
+}
+
+/// The bytes of the JSON value at `pointer` in `body`, a slice of `body`; `None` for
+/// `null`.
+pub(crate) fn locate<'a>(body: &'a [u8], pointer: &str) -> Result<Option<&'a [u8]>, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    let mut current: &RawValue =
+        serde_json::from_str(text).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let mut path = String::new();
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        path.push('/');
+        path.push_str(&token);
+        let json = current.get();
+        let next = match json.trim_start().as_bytes().first() {
+            Some(b'{') => {
+                let object: HashMap<String, &RawValue> =
+                    serde_json::from_str(json).map_err(|e| format!("the body is not JSON: {e}"))?;
+                object.get(&token).copied()
+            }
+            Some(b'[') => {
+                let array: Vec<&RawValue> =
+                    serde_json::from_str(json).map_err(|e| format!("the body is not JSON: {e}"))?;
+                // RFC 6901: an index is `0` or digits without a leading zero.
+                let index = (token == "0" || !token.starts_with('0'))
+                    .then(|| token.parse::<usize>().ok())
+                    .flatten();
+                index.and_then(|i| array.get(i).copied())
+            }
+            _ => None,
+        };
+        current = next.ok_or_else(|| format!("the body has no value at the JSON pointer `{path}`"))?;
+    }
+    let json = current.get();
+    if json == "null" {
+        return Ok(None);
+    }
+    // `RawValue::get` borrows from `text`, which is `body`: slice it by position.
+    let offset = json.as_ptr() as usize - text.as_ptr() as usize;
+    Ok(Some(&body[offset..offset + json.len()]))
+}
+
+/// The elements of the JSON array `array` (a slice of `body`), as slices of `body`. If
+/// the array breaks off, the elements before the break are kept, and the rest of
+/// `body` is what could not be read.
+fn array_elements(body: &Bytes, array: &[u8]) -> Split {
+    let base = body.as_ptr() as usize;
+    let array_start = array.as_ptr() as usize - base;
+    let text = match std::str::from_utf8(array) {
+        Ok(text) => text,
+        Err(e) => {
+            return Split {
+                records: Vec::new(),
+                bad: Some((body.clone(), format!("the body is not UTF-8: {e}"))),
+            };
+        }
+    };
+    let mut elements: Vec<&RawValue> = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let outcome = deserializer
+        .deserialize_seq(Collect(&mut elements))
+        .and_then(|()| deserializer.end());
+    let records: Vec<Bytes> = elements
+        .iter()
+        .map(|raw| body.slice_ref(raw.get().as_bytes()))
+        .collect();
+    let bad = outcome.err().map(|error| {
+        let rest_start = elements
+            .last()
+            .map(|raw| raw.get().as_ptr() as usize + raw.get().len() - base)
+            .unwrap_or(array_start);
+        let what = match (elements.is_empty(), error.classify()) {
+            (true, serde_json::error::Category::Data) => "the records are not a JSON array",
+            (true, _) => "the body is not a JSON array",
+            (false, _) => "the JSON array breaks off after the records before it",
+        };
+        let rest = if elements.is_empty() {
+            body.clone()
+        } else {
+            body.slice(rest_start..)
+        };
+        (rest, format!("{what}: {error}"))
+    });
+    Split { records, bad }
+}
+
+/// Collects an array's elements into a vector outside the deserializer, so that the
+/// elements read before an error survive it.
+struct Collect<'v, 'de>(&'v mut Vec<&'de RawValue>);
+
+impl<'de> DeserializeSeed<'de> for Collect<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Collect<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(element) = seq.next_element::<&'de RawValue>()? {
+            self.0.push(element);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(records: &[Bytes]) -> Vec<&str> {
+        records.iter().map(|r| std::str::from_utf8(r).unwrap()).collect()
+    }
+
+    #[test]
+    fn array_elements_keep_their_bytes_as_they_arrived() {
+        let body = Bytes::from_static(b" [ {\"a\": 1.50},\n{ \"a\" : 2 } ] ");
+        let split = Records::json_array().split(&body);
+        assert_eq!(texts(&split.records), ["{\"a\": 1.50}", "{ \"a\" : 2 }"]);
+        assert!(split.bad.is_none());
+    }
+
+    #[test]
+    fn a_broken_array_keeps_the_records_before_the_break() {
+        let body = Bytes::from_static(b"[{\"a\": 1}, {\"a\": 2}, {\"a\": ");
+        let split = Records::json_array().split(&body);
+        assert_eq!(texts(&split.records), ["{\"a\": 1}", "{\"a\": 2}"]);
+        let (rest, reason) = split.bad.unwrap();
+        assert_eq!(&rest[..], b", {\"a\": ");
+        assert!(reason.contains("breaks off"), "{reason}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_array_is_reported_whole() {
+        for body in [&b"{\"a\": 1}"[..], b"not json", b"\"text\""] {
+            let body = Bytes::copy_from_slice(body);
+            let split = Records::json_array().split(&body);
+            assert!(split.records.is_empty());
+            assert_eq!(split.bad.unwrap().0, body);
+        }
+    }
+
+    #[test]
+    fn a_pointer_finds_the_array_with_escapes_and_indices() {
+        let body = Bytes::from_static(br#"{"data": [{"a/b": {"x~y": [1, {"k": 2}]}}], "other": 0}"#);
+        let split = Records::json_pointer("/data/0/a~1b/x~0y").split(&body);
+        assert_eq!(texts(&split.records), ["1", "{\"k\": 2}"]);
+        let null = Bytes::from_static(br#"{"items": null}"#);
+        let split = Records::json_pointer("/items").split(&null);
+        assert!(split.records.is_empty() && split.bad.is_none());
+        let missing = Records::json_pointer("/nope").split(&body);
+        assert!(
+            missing
+                .bad
+                .unwrap()
+                .1
+                .contains("no value at the JSON pointer `/nope`")
+        );
+        let leading_zero = Records::json_pointer("/data/00").split(&body);
+        assert!(leading_zero.bad.is_some());
+        let not_array = Records::json_pointer("/other").split(&body);
+        assert!(not_array.bad.unwrap().1.contains("not a JSON array"));
+    }
+
+    #[test]
+    fn a_blank_body_has_no_records_whatever_the_layout() {
+        let blank = Bytes::from_static(b" \r\n");
+        for records in [
+            Records::body(),
+            Records::json_array(),
+            Records::json_pointer("/x"),
+            Records::json_lines(),
+        ] {
+            let split = records.split(&blank);
+            assert!(split.records.is_empty() && split.bad.is_none());
+        }
+    }
+
+    #[test]
+    fn json_lines_skip_blank_lines_and_carriage_returns() {
+        let body = Bytes::from_static(b"{\"a\":1}\r\n\n  \n{bad\n{\"a\":3}");
+        let split = Records::json_lines().split(&body);
+        assert_eq!(texts(&split.records), ["{\"a\":1}", "{bad", "{\"a\":3}"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "a JSON pointer is empty or starts with `/`")]
+    fn a_pointer_without_a_slash_is_refused() {
+        let _ = Records::json_pointer("items");
+    }
+}
