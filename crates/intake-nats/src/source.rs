@@ -82,7 +82,7 @@ struct Settings {
     heartbeat: Duration,
     batch: usize,
     inactive_threshold: Duration,
-    stats: Arc<JetStreamStats>,
+    stats: JetStreamStats,
 }
 
 /// Servers before this one ignore `filter_subjects` (several subjects per consumer)
@@ -103,7 +103,7 @@ impl JetStreamSource {
                 heartbeat: Duration::from_secs(5),
                 batch: 500,
                 inactive_threshold: Duration::from_secs(300),
-                stats: Arc::default(),
+                stats: JetStreamStats::default(),
             },
         }
     }
@@ -171,15 +171,23 @@ impl JetStreamSource {
     }
 
     /// The source's counters, summed over its partitions, live.
-    pub fn stats(&self) -> Arc<JetStreamStats> {
+    pub fn stats(&self) -> JetStreamStats {
         self.settings.stats.clone()
     }
 }
 
 /// Live counters of a [`JetStreamSource`], summed over its partitions; see
 /// [`JetStreamSource::stats`].
-#[derive(Debug, Default)]
-pub struct JetStreamStats {
+///
+/// Like every stats handle of intake (`TableStats`, `WsStats`), it is cheap to clone,
+/// each getter reads the figure as it is now, and it serializes (with serde) to an
+/// object of the figures. Messages, bytes and rejections per partition are also
+/// counted by the table: see `TableStats::sources`.
+#[derive(Clone, Default)]
+pub struct JetStreamStats(Arc<Counters>);
+
+#[derive(Default)]
+struct Counters {
     consumers: AtomicU64,
     reconnects: AtomicU64,
     messages: AtomicU64,
@@ -190,34 +198,59 @@ pub struct JetStreamStats {
 impl JetStreamStats {
     /// Consumers created, one per partition at start plus one per reconnect.
     pub fn consumers(&self) -> u64 {
-        self.consumers.load(Ordering::Relaxed)
+        self.0.consumers.load(Ordering::Relaxed)
     }
 
     /// Reconnects scheduled: each lost connection, stall, or failed attempt to create
     /// a consumer that was followed by another attempt.
     pub fn reconnects(&self) -> u64 {
-        self.reconnects.load(Ordering::Relaxed)
+        self.0.reconnects.load(Ordering::Relaxed)
     }
 
     /// Messages sent to the table.
     pub fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
+        self.0.messages.load(Ordering::Relaxed)
     }
 
     /// Messages dropped because their sequence was at or below the last one their
     /// partition had seen: redeliveries after `ack_wait`, or messages a re-created
     /// consumer delivered again. Never applied twice.
     pub fn redelivered_dropped(&self) -> u64 {
-        self.redelivered_dropped.load(Ordering::Relaxed)
+        self.0.redelivered_dropped.load(Ordering::Relaxed)
     }
 
     /// Acks sent, each acknowledging every message up to a durable offset.
     pub fn acks(&self) -> u64 {
-        self.acks.load(Ordering::Relaxed)
+        self.0.acks.load(Ordering::Relaxed)
     }
 
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for JetStreamStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStats")
+            .field("consumers", &self.consumers())
+            .field("reconnects", &self.reconnects())
+            .field("messages", &self.messages())
+            .field("redelivered_dropped", &self.redelivered_dropped())
+            .field("acks", &self.acks())
+            .finish()
+    }
+}
+
+impl serde::Serialize for JetStreamStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut s = serializer.serialize_struct("JetStreamStats", 5)?;
+        s.serialize_field("consumers", &self.consumers())?;
+        s.serialize_field("reconnects", &self.reconnects())?;
+        s.serialize_field("messages", &self.messages())?;
+        s.serialize_field("redelivered_dropped", &self.redelivered_dropped())?;
+        s.serialize_field("acks", &self.acks())?;
+        s.end()
     }
 }
 
@@ -419,7 +452,7 @@ impl Source for PartitionReader {
                 }
                 .into());
             };
-            JetStreamStats::add(&self.settings.stats.reconnects);
+            JetStreamStats::add(&self.settings.stats.0.reconnects);
             tracing::warn!(source = ctx.name(), %error, ?delay, "JetStream consumer lost; re-creating it after the last sequence read");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -442,7 +475,7 @@ impl PartitionReader {
             Ok(consumer) => consumer,
             Err(error) => return Interrupted::Lost(error),
         };
-        JetStreamStats::add(&settings.stats.consumers);
+        JetStreamStats::add(&settings.stats.0.consumers);
         let interrupted = self.read_from(ctx, durable, &consumer).await;
         // The consumer would expire by itself after inactive_threshold; deleting it
         // frees the server at once. Failing to is harmless.
@@ -486,7 +519,7 @@ impl PartitionReader {
         consumer: &consumer::PullConsumer,
     ) -> Interrupted {
         let settings = self.settings.clone();
-        let stats = &*settings.stats;
+        let stats = &settings.stats.0;
         let messages = consumer
             .stream()
             .max_messages_per_batch(settings.batch)

@@ -149,6 +149,9 @@ async fn reads_every_partition_once_and_offsets_are_stream_sequences() {
     assert_eq!(stats.messages(), 400);
     assert_eq!(stats.consumers(), u64::from(PARTITIONS));
     assert_eq!(stats.redelivered_dropped(), 0);
+    let json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["messages"], 400);
+    assert_eq!(json["redelivered_dropped"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
