@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "worker: {} symbols after {} commits",
         aggregates.len(),
-        aggregates.stats().commits
+        aggregates.stats().commits()
     );
 
     let expected = sorted(&aggregates);
@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
             "{}: {} symbols, identical to the worker's table ({} commits)",
             table.name(),
             table.len(),
-            table.stats().commits
+            table.stats().commits()
         );
         shutdown.shutdown();
         run.await??;

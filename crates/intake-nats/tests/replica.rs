@@ -106,9 +106,9 @@ async fn a_replica_rebuilds_an_identical_table_and_follows_new_commits() {
     until_equal(&replica, &sorted(&table)).await;
     // One commit for the rebuilt table, then one per source commit, whole.
     // (Stats may trail the state a moment: wait for them rather than read them once.)
-    let whole = tokio::time::timeout(PATIENCE, replica.wait_for(|t| t.stats().commits > followed)).await;
+    let whole = tokio::time::timeout(PATIENCE, replica.wait_for(|t| t.stats().commits() > followed)).await;
     assert!(matches!(whole, Ok(Ok(()))));
-    assert_eq!(replica.stats().commits, 1 + followed, "{:?}", replica.stats());
+    assert_eq!(replica.stats().commits(), 1 + followed, "{:?}", replica.stats());
 
     drop(tx);
     source_run.await.unwrap().unwrap();
@@ -220,7 +220,7 @@ async fn a_persisted_replica_resumes_after_its_stored_sequence() {
         since += u64::from(changelog.get_raw_message(sequence).await.is_ok());
     }
     assert!(since > 0);
-    assert_eq!(replica.stats().messages, since);
+    assert_eq!(replica.stats().messages(), since);
     shutdown.shutdown();
     run.await.unwrap().unwrap();
     drop(tx);
