@@ -742,6 +742,8 @@ impl Parser {
     }
 
     /// The values of the row in `payload`, one per column.
+    // Hot: called for every message, from another module; inlined into the send path.
+    #[inline]
     pub(crate) fn parse(&self, payload: &Payload) -> Result<Arc<[Value]>, ParseError> {
         if let Payload::Json(json) = payload
             && nests_deeper_than(json, MAX_JSON_DEPTH)

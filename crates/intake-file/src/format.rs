@@ -493,6 +493,7 @@ impl<'a> Iterator for Fields<'a> {
 
 /// `bytes` as a slice of the shared `block`: one allocation per block of lines rather
 /// than one per line.
+#[inline]
 fn copy_into(block: &mut BytesMut, bytes: &[u8]) -> Bytes {
     if block.capacity() < bytes.len() {
         *block = BytesMut::with_capacity(BLOCK.max(bytes.len()));
