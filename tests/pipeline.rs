@@ -1341,3 +1341,134 @@ async fn a_flood_of_bad_input_is_summarised_in_the_log() {
         lines[11]
     );
 }
+
+/// Regression: a rejected message could not say where in its source it came from. A
+/// custom source gives its own description; the closure runs only on rejection.
+#[tokio::test]
+async fn a_custom_source_locates_rejected_input_in_its_own_words() {
+    use intake::Location;
+
+    let located = Arc::new(AtomicUsize::new(0));
+    let calls = located.clone();
+    let source = source_fn(move |ctx: SourceContext| async move {
+        let locate = |n: u64| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Location::other(format!("queue orders, message {n}"))
+        };
+        ctx.send_located(row(1, "ok"), || locate(1)).await?;
+        ctx.send_located("{not json", || locate(2)).await?;
+        // Decoded from another shape: the report shows the input as it arrived.
+        ctx.send_decoded(serde_json::json!({"key": "three"}), "3;three", || locate(3))
+            .await?;
+        ctx.reject_at(
+            "a,b,c",
+            "expected 2 fields",
+            Location::other("queue orders, message 4"),
+        )
+        .await?;
+        ctx.send_located(row(5, "ok"), || locate(5)).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "queue",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let rejected = tokio::spawn(pipeline.rejected(8).collect::<Vec<_>>());
+    pipeline.run().await.unwrap();
+    let rejected = rejected.await.unwrap();
+
+    assert_eq!(table.len(), 2);
+    assert_eq!(
+        located.load(Ordering::SeqCst),
+        2,
+        "only rejected messages are located"
+    );
+    let locations: Vec<String> = rejected
+        .iter()
+        .map(|r| r.location().map(ToString::to_string).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        locations,
+        [
+            "queue orders, message 2",
+            "queue orders, message 3",
+            "queue orders, message 4"
+        ]
+    );
+    assert_eq!(&rejected[0].raw()[..], b"{not json");
+    assert_eq!(&rejected[1].raw()[..], b"3;three", "the input as it arrived");
+    assert_eq!(
+        serde_json::to_value(rejected[2].location()).unwrap(),
+        serde_json::json!({"kind": "other", "description": "queue orders, message 4"})
+    );
+    assert!(
+        rejected[0]
+            .to_string()
+            .starts_with("source `queue` sent a message that was rejected at queue orders, message 2: "),
+        "{}",
+        rejected[0]
+    );
+}
+
+/// Under the fail policy, the error the pipeline returns says where the input was.
+#[tokio::test]
+async fn a_located_rejection_under_the_fail_policy_names_the_place() {
+    use intake::Location;
+
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.send_located("{not json", || Location::file("feed.jsonl", 3))
+            .await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    pipeline.read("feed", source, Reader::json(schema()));
+    let error = pipeline.run().await.unwrap_err();
+    assert!(
+        error.to_string().contains("rejected at feed.jsonl:3: "),
+        "{error}"
+    );
+}
+
+/// A flood of 10,000 bad frames is still a bounded number of log lines, and the lines
+/// logged one by one say where each bad frame was; the summaries, where the last was.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_located_bad_frames_logs_bounded_lines_with_locations() {
+    use intake::Location;
+
+    let logs = logs();
+    let source = source_fn(|ctx: SourceContext| async move {
+        for frame in 1..=10_000 {
+            ctx.send_located("not json", || Location::websocket("ws://feed.test/ws", 1, frame))
+                .await?;
+        }
+        ctx.next_str(row(1, "manul")).await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "deluge",
+        source,
+        Reader::json(schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    pipeline.run().await.unwrap();
+    assert_eq!(table.stats().rejected(), 10_000);
+    assert_eq!(table.len(), 1);
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("intake::rejected") && l.contains("deluge"))
+        .collect();
+    assert_eq!(lines.len(), 11, "ten lines, one summary at the end:\n{logs}");
+    for (n, line) in lines[..10].iter().enumerate() {
+        let location = format!("location=ws://feed.test/ws connection 1 frame {} ", n + 1);
+        assert!(line.contains(&location), "{line}");
+    }
+    assert!(
+        lines[10].contains("skipped=9990")
+            && lines[10].contains("last_location=ws://feed.test/ws connection 1 frame 10000 "),
+        "{}",
+        lines[10]
+    );
+}

@@ -103,7 +103,8 @@ pub use bytes::Bytes;
 pub use change::{Change, ChangeBatch, Offsets, Time};
 pub use error::{Error, SourceFailure};
 pub use parse::{
-    Format, JsonError, JsonErrorCategory, KeyMismatch, MAX_JSON_DEPTH, ParseError, Rejected, SourceReason,
+    Format, JsonError, JsonErrorCategory, KeyMismatch, Location, MAX_JSON_DEPTH, ParseError, Rejected,
+    SourceReason,
 };
 pub use partition::PartitionedSource;
 pub use persist::Persistence;

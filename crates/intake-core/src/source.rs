@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::lifecycle::Lifecycle;
-use crate::parse::{Format, ParseError, Parser, Payload, Rejected, SourceReason};
+use crate::parse::{Format, Location, ParseError, Parser, Payload, Rejected, SourceReason};
 use crate::queue::{Producer, PushError};
 use crate::reader::ErrorPolicy;
 use crate::row::{Key, Row};
@@ -250,7 +250,76 @@ impl SourceContext {
         // queue is full or a message is rejected.
         match self.prepare(message.into())? {
             Prepared::Event(event) => self.enqueue(event).await,
-            Prepared::Rejected(raw, reason) => self.refuse(raw, reason),
+            Prepared::Rejected(raw, reason) => self.refuse(raw, reason, None),
+        }
+    }
+
+    /// Sends one message, as [`send`](Self::send), with where it came from: if the
+    /// message is rejected, `locate` is called and its [`Location`] (the file and line,
+    /// the connection and frame, the URL and record) goes with the report, to
+    /// [`Rejected::location`], the `intake::rejected` log line and
+    /// [`Pipeline::rejected`](crate::Pipeline::rejected). A valid message costs what
+    /// `send` costs: `locate` is never called for it, so capture references or
+    /// counters and build the location inside.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use intake_core::{BoxError, Location, SourceContext};
+    ///
+    /// async fn relay(ctx: &SourceContext, url: &str, body: &str) -> Result<(), BoxError> {
+    ///     for (index, line) in body.lines().enumerate() {
+    ///         let record = index as u64 + 1;
+    ///         ctx.send_located(line.to_owned(), || Location::http(url, None, Some(record)))
+    ///             .await?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// # let _ = relay;
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); a [`SendError::Rejected`] carries the location.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_located<F>(&self, message: impl Into<Message>, locate: F) -> Result<(), SendError>
+    where
+        F: FnOnce() -> Location + Send,
+    {
+        match self.prepare(message.into())? {
+            Prepared::Event(event) => self.enqueue(event).await,
+            Prepared::Rejected(raw, reason) => self.refuse(raw, reason, Some(locate())),
+        }
+    }
+
+    /// Sends a message the source decoded from `raw`, such as a CSV record turned into
+    /// a JSON object, with where it came from: as
+    /// [`send_located`](Self::send_located), but a rejection reports `raw`, the input
+    /// as it arrived, rather than the message written out again. For valid input
+    /// `raw` is only dropped; keep it cheap to make (a slice of a shared [`Bytes`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_decoded<F>(
+        &self,
+        message: impl Into<Message>,
+        raw: impl Into<Bytes>,
+        locate: F,
+    ) -> Result<(), SendError>
+    where
+        F: FnOnce() -> Location + Send,
+    {
+        match self.prepare(message.into())? {
+            Prepared::Event(event) => self.enqueue(event).await,
+            Prepared::Rejected(_, reason) => self.refuse(raw.into(), reason, Some(locate())),
         }
     }
 
@@ -355,7 +424,7 @@ impl SourceContext {
                 Err(e) => {
                     self.check_open()?;
                     self.shared.counters.message(0);
-                    self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()))
+                    self.refuse(Bytes::new(), ParseError::Serialize(e.to_string()), None)
                 }
             };
         }
@@ -370,7 +439,7 @@ impl SourceContext {
                     ParseError::TooDeep => Bytes::new(),
                     _ => serde_json::to_vec(value).map(Bytes::from).unwrap_or_default(),
                 };
-                self.refuse(raw, reason)
+                self.refuse(raw, reason, None)
             }
         }
     }
@@ -415,7 +484,23 @@ impl SourceContext {
     ) -> Result<(), SendError> {
         // What `send(Message::Invalid { .. })` does, keeping the reason's source error.
         self.check_open()?;
-        self.refuse(raw.into(), ParseError::Source(reason.into()))
+        self.refuse(raw.into(), ParseError::Source(reason.into()), None)
+    }
+
+    /// Reports input the source itself found bad, as [`reject`](Self::reject), with
+    /// where it came from ([`Rejected::location`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`reject`](Self::reject).
+    pub async fn reject_at(
+        &self,
+        raw: impl Into<Bytes>,
+        reason: impl Into<SourceReason>,
+        location: Location,
+    ) -> Result<(), SendError> {
+        self.check_open()?;
+        self.refuse(raw.into(), ParseError::Source(reason.into()), Some(location))
     }
 
     /// Records the source's position in its input (Pathway's `_report_offset`, Bytewax's
@@ -555,11 +640,11 @@ impl SourceContext {
     /// Deals with bad input as the reader's policy says. Synchronous, so that a send
     /// either reports its bad input completely or, dropped before it was polled, not at
     /// all; and so that reporting never waits for a reader of the reports.
-    fn refuse(&self, raw: Bytes, reason: ParseError) -> Result<(), SendError> {
+    fn refuse(&self, raw: Bytes, reason: ParseError, location: Option<Location>) -> Result<(), SendError> {
         let table = &self.shared.table;
         table.counters().rejected.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.rejected(reason.kind());
-        let rejected = Rejected::new(self.shared.name.clone(), raw, reason);
+        let rejected = Rejected::new(self.shared.name.clone(), raw, reason, location);
         match self.shared.policy {
             ErrorPolicy::SkipAndReport => {
                 self.shared
@@ -602,6 +687,7 @@ struct RejectionLogState {
     /// Skipped since the last line, with the last one's reason.
     unlogged: u64,
     last_reason: Option<ParseError>,
+    last_location: Option<Location>,
     /// When the last summary (or the last message logged one by one) was written.
     last_line: Option<tokio::time::Instant>,
 }
@@ -614,12 +700,20 @@ impl RejectionLog {
             state.logged += 1;
             state.last_line = Some(now);
             drop(state);
-            tracing::warn!(target: REJECTED_TARGET, source, table, reason = %rejected.reason(), "skipped bad input");
+            tracing::warn!(
+                target: REJECTED_TARGET,
+                source,
+                table,
+                location = rejected.location().map(tracing::field::display),
+                reason = %rejected.reason(),
+                "skipped bad input"
+            );
             return;
         }
         state.unlogged += 1;
         // Kept as it is and formatted only for a summary: a flood costs no formatting.
         state.last_reason = Some(rejected.reason().clone());
+        state.last_location = rejected.location().cloned();
         let due = state
             .last_line
             .is_none_or(|last| now.duration_since(last) >= REJECTION_SUMMARY_EVERY);
@@ -644,6 +738,7 @@ impl RejectionLog {
             .take()
             .map(|r| r.to_string())
             .unwrap_or_default();
+        let last_location = state.last_location.take();
         state.logged += skipped;
         tracing::warn!(
             target: REJECTED_TARGET,
@@ -651,6 +746,7 @@ impl RejectionLog {
             table,
             skipped,
             total = state.logged,
+            last_location = last_location.as_ref().map(tracing::field::display),
             last_reason,
             "skipped more bad input (summarised: after the first {REJECTIONS_LOGGED_EACH}, a line at most every {}s)",
             REJECTION_SUMMARY_EVERY.as_secs()

@@ -8,12 +8,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use intake_core::{BoxError, Message, SendError, Source, SourceContext};
+use intake_core::{BoxError, Location, SendError, Source, SourceContext};
 use notify::Watcher;
 use serde_json::{Value as Json, json};
 use tokio::runtime::Handle;
 
-use crate::format::{FileFormat, LineDecoder, SHOWN};
+use crate::format::{Decoded, FileFormat, LineDecoder, SHOWN};
 
 /// How many bytes at the start of a file identify it (with its device and inode).
 const HEAD_BYTES: u64 = 1024;
@@ -356,7 +356,7 @@ impl Lines {
     }
 
     /// Decodes the line just read.
-    pub(crate) fn take_line(&mut self) -> Option<Message> {
+    pub(crate) fn take_line(&mut self) -> Option<Decoded> {
         self.position += self.line_length;
         self.line_number += 1;
         let message = if self.line_too_long {
@@ -377,7 +377,7 @@ impl Lines {
 
     /// At the end of an input that will not grow: a last line without its newline is
     /// complete, and a record still open is reported.
-    pub(crate) fn finish(&mut self) -> impl Iterator<Item = Message> + use<> {
+    pub(crate) fn finish(&mut self) -> impl Iterator<Item = Decoded> + use<> {
         let last = if self.line_length > 0 {
             self.take_line()
         } else {
@@ -424,12 +424,6 @@ impl Lines {
     #[cfg(any(test, fuzzing))]
     pub(crate) fn held(&self) -> usize {
         self.line.len() + self.decoder.held()
-    }
-
-    /// The line the record of the last message started on.
-    #[cfg(any(test, fuzzing))]
-    pub(crate) fn record_line(&self) -> u64 {
-        self.decoder.record_line()
     }
 }
 
@@ -516,7 +510,7 @@ struct Sent {
 
 /// What waits in [`FileReader::unsent`].
 enum Unsent {
-    Message(Message),
+    Message(Decoded),
     Offset(Json),
 }
 
@@ -525,6 +519,8 @@ const SEND_BATCH: usize = 256;
 
 struct FileReader {
     config: FileSource,
+    /// The path as rejected lines' locations show it.
+    shown_path: std::sync::Arc<str>,
     ctx: SourceContext,
     handle: Handle,
     woken: mpsc::Receiver<()>,
@@ -543,6 +539,7 @@ struct FileReader {
 impl FileReader {
     fn new(config: FileSource, ctx: SourceContext, handle: Handle, woken: mpsc::Receiver<()>) -> Self {
         FileReader {
+            shown_path: config.path.display().to_string().into(),
             config,
             ctx,
             handle,
@@ -910,11 +907,11 @@ impl FileReader {
             if !file.lines.read_line(&mut file.reader)? {
                 break;
             }
-            let message = file.lines.take_line();
+            let decoded = file.lines.take_line();
             self.lines_since_offset += 1;
-            if let Some(message) = message {
+            if let Some(decoded) = decoded {
                 let after = files.snapshot();
-                self.push(Unsent::Message(message), after)?;
+                self.push(Unsent::Message(decoded), after)?;
             }
             if self.lines_since_offset >= self.config.offset_every {
                 self.report(files)?;
@@ -934,8 +931,8 @@ impl FileReader {
         };
         let messages = file.lines.finish();
         let after = files.snapshot();
-        for message in messages {
-            self.push(Unsent::Message(message), after)?;
+        for decoded in messages {
+            self.push(Unsent::Message(decoded), after)?;
         }
         Ok(())
     }
@@ -957,12 +954,24 @@ impl FileReader {
             return Ok(());
         }
         let ctx = &self.ctx;
+        let path = &self.shown_path;
         let unsent = &mut self.unsent;
         let mut count: usize = 0;
         let result: Result<(), SendError> = self.handle.block_on(async {
             for item in unsent.drain(..) {
                 match item {
-                    Unsent::Message(message) => ctx.send(message).await?,
+                    Unsent::Message(Decoded {
+                        message,
+                        line,
+                        arrived,
+                    }) => {
+                        // The location is made only if the line is rejected.
+                        let locate = || Location::file(path.clone(), line);
+                        match arrived {
+                            Some(raw) => ctx.send_decoded(message, raw, locate).await?,
+                            None => ctx.send_located(message, locate).await?,
+                        }
+                    }
                     Unsent::Offset(offset) => ctx.report_offset(offset).await?,
                 }
                 count += 1;
@@ -1106,7 +1115,7 @@ pub(crate) fn read_chunks(
     schema: intake_core::Schema,
     max_line_length: usize,
     chunks: &[&[u8]],
-    mut on_message: impl FnMut(u64, Message),
+    mut on_message: impl FnMut(u64, intake_core::Message),
 ) -> Result<usize, String> {
     let decoder = LineDecoder::new(format, schema, max_line_length)?;
     let mut lines = Lines::new(decoder, max_line_length);
@@ -1120,14 +1129,14 @@ pub(crate) fn read_chunks(
             if !complete {
                 break;
             }
-            if let Some(message) = lines.take_line() {
-                on_message(lines.record_line(), message);
+            if let Some(decoded) = lines.take_line() {
+                on_message(decoded.line, decoded.message);
             }
             held = held.max(lines.held());
         }
     }
-    for message in lines.finish() {
-        on_message(lines.record_line(), message);
+    for decoded in lines.finish() {
+        on_message(decoded.line, decoded.message);
     }
     Ok(held)
 }

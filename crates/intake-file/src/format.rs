@@ -76,6 +76,28 @@ impl FileFormat {
     }
 }
 
+/// A message decoded from a line (or a record spanning lines), with where it starts.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) message: Message,
+    /// The line its record starts on, counting from 1.
+    pub(crate) line: u64,
+    /// The record as it was in the input, when the message has another shape (a CSV
+    /// record sent as a JSON object): what a rejection reports instead of the object
+    /// written out again. `None` where the message is the input itself.
+    pub(crate) arrived: Option<Bytes>,
+}
+
+impl Decoded {
+    fn new(message: Message, line: u64) -> Self {
+        Decoded {
+            message,
+            line,
+            arrived: None,
+        }
+    }
+}
+
 /// Where a header field goes: the schema column it fills, or nowhere.
 #[derive(Debug, Clone)]
 struct HeaderField {
@@ -94,8 +116,6 @@ pub(crate) struct LineDecoder {
     /// The longest record kept, in bytes, while it spans lines.
     max_record_length: usize,
     at_start: bool,
-    /// The line the last message's record started on.
-    record_line: u64,
     /// Lines are copied into shared blocks and sent as slices of them: one allocation
     /// per block of lines rather than one per line.
     block: BytesMut,
@@ -119,7 +139,6 @@ impl LineDecoder {
             schema,
             max_record_length,
             at_start: true,
-            record_line: 0,
             block: BytesMut::new(),
             delimited: format
                 .delimiter()
@@ -153,12 +172,6 @@ impl LineDecoder {
         self.delimited.as_ref().is_none_or(|d| d.header.is_some())
     }
 
-    /// The line the record of the last message returned started on.
-    #[cfg(any(test, fuzzing))]
-    pub(crate) fn record_line(&self) -> u64 {
-        self.record_line
-    }
-
     /// Bytes held for a record spanning lines (bounded by `max_record_length`).
     #[cfg(any(test, fuzzing))]
     pub(crate) fn held(&self) -> usize {
@@ -170,7 +183,7 @@ impl LineDecoder {
     /// Decodes one line (with or without its `\n`; one without is the last of the
     /// input); `None` when it makes no message (blank, the header, or a record
     /// continuing on the next line).
-    pub(crate) fn decode(&mut self, line: &[u8], line_number: u64) -> Option<Message> {
+    pub(crate) fn decode(&mut self, line: &[u8], line_number: u64) -> Option<Decoded> {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let mut content = line.strip_suffix(b"\r").unwrap_or(line);
         if std::mem::take(&mut self.at_start) {
@@ -180,41 +193,36 @@ impl LineDecoder {
             if content.iter().all(u8::is_ascii_whitespace) {
                 return None;
             }
-            self.record_line = line_number;
-            if self.block.capacity() < content.len() {
-                self.block = BytesMut::with_capacity(BLOCK.max(content.len()));
-            }
-            self.block.extend_from_slice(content);
-            return Some(Message::Bytes(self.block.split().freeze()));
+            let bytes = copy_into(&mut self.block, content);
+            return Some(Decoded::new(Message::Bytes(bytes), line_number));
         };
-        let message = delimited.decode(content, line_number, &self.schema, self.max_record_length);
-        if message.is_some() {
-            self.record_line = delimited.start_line;
-        }
-        message
+        delimited.decode(
+            content,
+            line_number,
+            &self.schema,
+            self.max_record_length,
+            &mut self.block,
+        )
     }
 
     /// The report for a line longer than the limit (`start` is its first bytes): bad
     /// input, in every format. A record it continues is reported instead, as too long.
-    pub(crate) fn too_long(&mut self, start: &[u8], length: u64, line_number: u64) -> Option<Message> {
+    pub(crate) fn too_long(&mut self, start: &[u8], length: u64, line_number: u64) -> Option<Decoded> {
         self.at_start = false;
         if let Some(delimited) = &mut self.delimited
             && delimited.in_record
         {
             let length = delimited.length.saturating_add(length);
-            self.record_line = delimited.start_line;
             return Some(delimited.abandon(length));
         }
-        self.record_line = line_number;
         let reason = format!("the line is {length} bytes long, beyond max_line_length");
         Some(invalid(line_number, shown(start), &reason))
     }
 
     /// At the end of the input: the report for a record still open, if any (its
     /// quoted field was never closed).
-    pub(crate) fn finish(&mut self) -> Option<Message> {
+    pub(crate) fn finish(&mut self) -> Option<Decoded> {
         let delimited = self.delimited.as_mut().filter(|d| d.in_record)?;
-        self.record_line = delimited.start_line;
         let raw = Bytes::copy_from_slice(delimited.raw.strip_suffix(b"\n").unwrap_or(&delimited.raw));
         let reason = "the record is not complete at the end of the input: a quoted field is not closed";
         let message = invalid(delimited.start_line, raw, reason);
@@ -224,7 +232,7 @@ impl LineDecoder {
 
     /// Decodes a whole input already in memory (a fragment), then
     /// [finishes](Self::finish) it.
-    pub(crate) fn decode_all(&mut self, bytes: &[u8], mut on_message: impl FnMut(Message)) {
+    pub(crate) fn decode_all(&mut self, bytes: &[u8], mut on_message: impl FnMut(Decoded)) {
         let mut line_number = 0;
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             line_number += 1;
@@ -318,7 +326,8 @@ impl Delimited {
         line_number: u64,
         schema: &Schema,
         max_record_length: usize,
-    ) -> Option<Message> {
+        block: &mut BytesMut,
+    ) -> Option<Decoded> {
         if !self.in_record {
             if content
                 .iter()
@@ -343,12 +352,12 @@ impl Delimited {
         let message = if self.in_record {
             let mut raw = std::mem::take(&mut self.raw);
             raw.extend_from_slice(content);
-            let message = self.record(&raw, schema);
+            let message = self.record(&raw, schema, block);
             raw.clear();
             self.raw = raw;
             message
         } else {
-            self.record(content, schema)
+            self.record(content, schema, block)
         };
         self.in_record = false;
         self.length = 0;
@@ -396,7 +405,7 @@ impl Delimited {
 
     /// The report for the record being read, now `length` bytes long: beyond the
     /// limit. Reading goes on with the next line.
-    fn abandon(&mut self, length: u64) -> Message {
+    fn abandon(&mut self, length: u64) -> Decoded {
         let reason = format!(
             "the record is at least {length} bytes long, beyond max_line_length (is a quoted field not closed?)"
         );
@@ -405,8 +414,9 @@ impl Delimited {
         message
     }
 
-    /// A complete record: the header, or a row.
-    fn record(&mut self, raw: &[u8], schema: &Schema) -> Option<Message> {
+    /// A complete record: the header, or a row, with the record as it was written
+    /// (copied into `block`, a slice of which it becomes).
+    fn record(&mut self, raw: &[u8], schema: &Schema, block: &mut BytesMut) -> Option<Decoded> {
         let line = self.start_line;
         let fields = Fields {
             fields: &self.fields[..self.field_length],
@@ -454,7 +464,11 @@ impl Delimited {
             };
             object.insert(slot.name.clone(), typed(text, data_type, nullable));
         }
-        Some(Message::Json(Json::Object(object)))
+        Some(Decoded {
+            message: Message::Json(Json::Object(object)),
+            line,
+            arrived: Some(copy_into(block, raw)),
+        })
     }
 }
 
@@ -475,6 +489,17 @@ impl<'a> Iterator for Fields<'a> {
         self.start = end;
         Some(field)
     }
+}
+
+/// `bytes` as a slice of the shared `block`: one allocation per block of lines rather
+/// than one per line.
+#[inline]
+fn copy_into(block: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if block.capacity() < bytes.len() {
+        *block = BytesMut::with_capacity(BLOCK.max(bytes.len()));
+    }
+    block.extend_from_slice(bytes);
+    block.split().freeze()
 }
 
 /// The first bytes of an input too long to keep, marked as cut.
@@ -518,12 +543,13 @@ pub(crate) fn typed(text: &str, data_type: DataType, nullable: bool) -> Json {
 
 /// Input that cannot become a row, reported through the reader's error policy with
 /// the line its record starts on.
-fn invalid(line_number: u64, raw: Bytes, reason: &str) -> Message {
+fn invalid(line_number: u64, raw: Bytes, reason: &str) -> Decoded {
     tracing::debug!(line = line_number, reason, "bad input");
-    Message::Invalid {
+    let message = Message::Invalid {
         raw,
         reason: format!("line {line_number}: {reason}"),
-    }
+    };
+    Decoded::new(message, line_number)
 }
 
 #[cfg(test)]
@@ -540,15 +566,15 @@ mod tests {
         .unwrap()
     }
 
-    fn json(message: Option<Message>) -> Json {
-        match message {
+    fn json(decoded: Option<Decoded>) -> Json {
+        match decoded.map(|d| d.message) {
             Some(Message::Json(json)) => json,
             other => panic!("expected JSON, got {other:?}"),
         }
     }
 
-    fn invalid(message: Option<Message>) -> (Bytes, String) {
-        match message {
+    fn invalid(decoded: Option<Decoded>) -> (Bytes, String) {
+        match decoded.map(|d| d.message) {
             Some(Message::Invalid { raw, reason }) => (raw, reason),
             other => panic!("expected bad input, got {other:?}"),
         }
@@ -573,12 +599,22 @@ mod tests {
         );
         assert!(decoder.decode(b"2,\"fe\n", 3).is_none());
         assert!(!decoder.is_idle());
-        let row = json(decoder.decode(b"lis, \"\"x\"\"\",4.5,y\n", 4));
+        let decoded = decoder.decode(b"lis, \"\"x\"\"\",4.5,y\n", 4);
+        assert_eq!(
+            decoded.as_ref().map(|d| d.line),
+            Some(3),
+            "the line the record starts on"
+        );
+        assert_eq!(
+            decoded.as_ref().and_then(|d| d.arrived.as_deref()),
+            Some(&b"2,\"fe\nlis, \"\"x\"\"\",4.5,y"[..]),
+            "the record as it was written"
+        );
+        let row = json(decoded);
         assert_eq!(
             row,
             serde_json::json!({"key": 2, "genus": "fe\nlis, \"x\"", "weight": 4.5})
         );
-        assert_eq!(decoder.record_line(), 3, "the line the record starts on");
         let (raw, reason) = invalid(decoder.decode(b"1,2\n", 5));
         assert_eq!(&raw[..], b"1,2");
         assert_eq!(reason, "line 5: the record has 2 field(s), but the header has 4");

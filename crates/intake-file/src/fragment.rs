@@ -11,12 +11,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use intake_core::{BoxError, Message, SendError, Source, SourceContext};
+use intake_core::{BoxError, Location, Message, SendError, Source, SourceContext};
 use serde_json::{Map, Value as Json, json};
 use tokio::time::Instant;
 
 use crate::error::FileError;
-use crate::format::{FileFormat, LineDecoder};
+use crate::format::{Decoded, FileFormat, LineDecoder};
 
 /// One piece of data a [`FragmentStore`] lists: an object in a bucket, a file in a
 /// directory (Ascend's `list_objects` entry).
@@ -174,27 +174,54 @@ impl FragmentParser {
     }
 
     /// The messages in one fragment.
-    fn parse(&self, bytes: &Bytes, ctx: &SourceContext) -> Result<Vec<Message>, BoxError> {
+    fn parse(&self, bytes: &Bytes, ctx: &SourceContext) -> Result<Vec<Parsed>, BoxError> {
         let mut messages = Vec::new();
         match self {
             FragmentParser::Json => match serde_json::from_slice::<Json>(bytes) {
                 Ok(Json::Array(items)) => {
-                    messages.extend(items.into_iter().map(Message::Json));
+                    messages.extend(items.into_iter().map(|item| Parsed::whole(Message::Json(item))));
                 }
-                Ok(item) => messages.push(Message::Json(item)),
+                Ok(item) => messages.push(Parsed::whole(Message::Json(item))),
                 // The reader rejects it, with the reason and the bytes.
-                Err(_) => messages.push(Message::Bytes(bytes.clone())),
+                Err(_) => messages.push(Parsed::whole(Message::Bytes(bytes.clone()))),
             },
             FragmentParser::Lines(format) => {
                 let max_line_length = crate::FileSource::DEFAULT_MAX_LINE_LENGTH;
                 let mut decoder = LineDecoder::new(*format, ctx.schema().clone(), max_line_length)?;
-                decoder.decode_all(bytes, |message| messages.push(message));
+                decoder.decode_all(bytes, |decoded| {
+                    messages.push(Parsed {
+                        line: Some(decoded.line),
+                        decoded,
+                    });
+                });
             }
             FragmentParser::Custom(parse) => {
-                parse(bytes, &mut |json| messages.push(Message::Json(json)))?;
+                parse(bytes, &mut |json| {
+                    messages.push(Parsed::whole(Message::Json(json)))
+                })?;
             }
         }
         Ok(messages)
+    }
+}
+
+/// A message of a fragment, with its line when the fragment is read as lines.
+struct Parsed {
+    decoded: Decoded,
+    line: Option<u64>,
+}
+
+impl Parsed {
+    /// A message of a fragment not read as lines.
+    fn whole(message: Message) -> Self {
+        Parsed {
+            decoded: Decoded {
+                message,
+                line: 0,
+                arrived: None,
+            },
+            line: None,
+        }
     }
 }
 
@@ -615,8 +642,15 @@ impl<S: FragmentStore> FragmentSource<S> {
             Ok(messages) => {
                 let skip = usize::try_from(already_sent).unwrap_or(usize::MAX);
                 // `sent`: how many of the fragment's messages were sent before this one.
-                for (sent, message) in (already_sent..).zip(messages.into_iter().skip(skip)) {
-                    if let Err(error) = ctx.send(message).await {
+                for (sent, parsed) in (already_sent..).zip(messages.into_iter().skip(skip)) {
+                    let Parsed { decoded, line } = parsed;
+                    // The location is made only if the message is rejected.
+                    let locate = || Location::fragment(fragment.name.as_str(), line);
+                    let result = match decoded.arrived {
+                        Some(raw) => ctx.send_decoded(decoded.message, raw, locate).await,
+                        None => ctx.send_located(decoded.message, locate).await,
+                    };
+                    if let Err(error) = result {
                         // Whatever stops the source here, what was sent stays sent: the
                         // offset reported on the way out says so.
                         if sent > 0 {

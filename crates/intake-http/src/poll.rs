@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use intake_core::{BoxError, Delays, Reconnect, SendError, Source, SourceContext};
+use intake_core::{BoxError, Delays, Location, Reconnect, SendError, Source, SourceContext};
 use reqwest::header::{
     ETAG, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER,
 };
@@ -704,7 +704,8 @@ impl PollSource {
                         self.max_body_size,
                         size.map(|s| format!(", Content-Length {s}")).unwrap_or_default()
                     );
-                    if let Err(error) = ctx.reject(Bytes::new(), reason).await {
+                    let at = Location::http(url.as_str(), Some(pages as u64 + 1), None);
+                    if let Err(error) = ctx.reject_at(Bytes::new(), reason, at).await {
                         return sent_error(error);
                     }
                     target.state.next_page = None;
@@ -715,16 +716,20 @@ impl PollSource {
             PollStats::add(&self.stats.0.bytes, body.len() as u64);
             let split = self.records.split(&body);
             let count = split.records.len();
-            for record in split.records {
-                if let Err(error) = ctx.next_bytes(record).await {
+            let page_number = Some(pages as u64 + 1);
+            for (index, record) in split.records.into_iter().enumerate() {
+                // Made only if the record is rejected.
+                let locate = || Location::http(url.as_str(), page_number, Some(index as u64 + 1));
+                if let Err(error) = ctx.send_located(record, locate).await {
                     return sent_error(error);
                 }
             }
             PollStats::add(&self.stats.0.records, count as u64);
-            if let Some((raw, reason)) = split.bad
-                && let Err(error) = ctx.reject(raw, format!("{url}: {reason}")).await
-            {
-                return sent_error(error);
+            if let Some((raw, reason)) = split.bad {
+                let at = Location::http(url.as_str(), page_number, None);
+                if let Err(error) = ctx.reject_at(raw, reason, at).await {
+                    return sent_error(error);
+                }
             }
             if first {
                 let etag = header_text(&headers, &ETAG);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use intake_core::{BoxError, Reconnect, SendError, Source, SourceContext};
+use intake_core::{BoxError, Location, Reconnect, SendError, Source, SourceContext};
 
 use crate::tls::install_crypto_provider;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -389,7 +389,10 @@ impl SseSource {
                             self.event_types.is_empty() || self.event_types.contains(&event.event_type);
                         let sent = if wanted {
                             position.delivered = true;
-                            ctx.next_bytes(Bytes::from(event.data)).await
+                            // The n-th event the source received; made only if it is rejected.
+                            let number = self.stats.events();
+                            let locate = || Location::http(self.url.as_str(), None, Some(number));
+                            ctx.send_located(Bytes::from(event.data), locate).await
                         } else {
                             SseStats::add(&self.stats.0.filtered, 1);
                             Ok(())
@@ -406,7 +409,10 @@ impl SseSource {
                             "an event of type `{event_type}` has more than max_event_size ({} bytes): at least {size} bytes; it was not read",
                             self.max_event_size
                         );
-                        ctx.reject(Bytes::new(), reason).await.map(|()| last_event_id)
+                        let at = Location::http(self.url.as_str(), None, None);
+                        ctx.reject_at(Bytes::new(), reason, at)
+                            .await
+                            .map(|()| last_event_id)
                     }
                     SseItem::LastEventId(id) => Ok(id),
                     SseItem::Retry(delay) => {

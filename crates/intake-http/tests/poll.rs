@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
-use intake_core::{Column, DataType, Error, ErrorPolicy, Pipeline, Reader, Schema, Table};
+use intake_core::{Column, DataType, Error, ErrorPolicy, Location, Pipeline, Reader, Schema, Table};
 use intake_http::{HttpError, Pagination, PollSource, Reconnect, Records, StatusAction};
 use serde_json::json;
 
@@ -507,8 +507,13 @@ async fn malformed_records_are_skipped_and_reported_and_their_neighbours_kept() 
     assert_eq!(names(&lines_table), [(1, "a".to_owned()), (4, "d".to_owned())]);
     assert_eq!(names(&array_table), [(5, "e".to_owned()), (7, "g".to_owned())]);
     let mut raws = Vec::new();
+    let mut places = Vec::new();
     while let Some(report) = rejected.next().await {
         raws.push(String::from_utf8(report.raw().to_vec()).unwrap());
+        match report.location() {
+            Some(Location::Http { page, record, .. }) => places.push((*page, *record)),
+            other => panic!("a record is located by its page and place, not {other:?}"),
+        }
     }
     raws.sort();
     assert_eq!(
@@ -519,6 +524,12 @@ async fn malformed_records_are_skipped_and_reported_and_their_neighbours_kept() 
             r#"{"id": 6, "name": 6.0}"#,
         ],
         "each bad record is reported as it arrived"
+    );
+    places.sort();
+    assert_eq!(
+        places,
+        [(Some(1), Some(2)), (Some(1), Some(2)), (Some(1), Some(3))],
+        "lines 2 and 3, and the array's second record, of the first page"
     );
 }
 

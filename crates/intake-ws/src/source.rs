@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use intake_core::{BoxError, Message, Source, SourceContext};
+use intake_core::{BoxError, Location, Message, Source, SourceContext};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -337,10 +337,14 @@ impl WebSocketSource {
     /// non-fatal protocol error the socket stops being read, but the frames already
     /// read ahead are still handed to the protocol, as they are when the server
     /// closes the connection.
+    ///
+    /// `connection` counts the source's connections from 1; with the number of each
+    /// data frame on it, it locates a rejected message ([`Location::websocket`]).
     async fn session(
         &mut self,
         mut socket: Socket,
         ctx: &SourceContext,
+        connection: u64,
     ) -> Result<(SessionEnd, bool), BoxError> {
         let mut replies = Replies::default();
         // Before the reader starts, so that a failed handshake reads (and drops) nothing.
@@ -373,6 +377,8 @@ impl WebSocketSource {
         let mut task = tokio::spawn(reader.run());
 
         let mut healthy = false;
+        // Data frames handed to the protocol on this connection.
+        let mut frame_number: u64 = 0;
         // The first non-fatal protocol error, which ends the connection.
         let mut dropped: Option<ProtocolError> = None;
         loop {
@@ -386,6 +392,7 @@ impl WebSocketSource {
             };
             let Some((frame, permit)) = received else { break };
             let _permit: OwnedSemaphorePermit = permit;
+            frame_number += 1;
             self.stats.frame();
             match self.protocol.on_message(frame, &mut replies) {
                 Ok(messages) => {
@@ -402,8 +409,11 @@ impl WebSocketSource {
                         healthy |= messages.iter().any(|m| !matches!(m, Message::Invalid { .. }));
                         self.stats.emitted(messages.len());
                     }
+                    let url = self.url.as_str();
                     for message in messages {
-                        ctx.send(message).await?;
+                        // Made only if the message is rejected.
+                        let locate = || Location::websocket(url, connection, frame_number);
+                        ctx.send_located(message, locate).await?;
                     }
                 }
                 Err(error) if error.is_fatal() => {
@@ -432,7 +442,9 @@ impl WebSocketSource {
                 raw: Bytes::new(),
                 reason: reason.clone(),
             };
-            ctx.send(report).await?;
+            // The frame after the last one read.
+            let locate = || Location::websocket(self.url.as_str(), connection, frame_number + 1);
+            ctx.send_located(report, locate).await?;
         }
         if let Some(error) = dropped {
             return Ok((SessionEnd::Lost(error.message().to_owned()), healthy));
@@ -531,6 +543,8 @@ impl Source for WebSocketSource {
         let mut backoff = self.reconnect.delays();
         let mut failures = 0usize;
         self.stats.export_as(ctx.table_name(), ctx.name());
+        // Connections made so far, for the locations of rejected messages.
+        let mut connections: u64 = 0;
         loop {
             let attempt = tokio::select! {
                 attempt = self.connect() => attempt,
@@ -543,7 +557,8 @@ impl Source for WebSocketSource {
                     self.stats.set_connected(true);
                     tracing::debug!(source = ctx.name(), url = %self.url, "WebSocket connected");
                     let connected_at = Instant::now();
-                    let session = self.session(socket, &ctx).await;
+                    connections += 1;
+                    let session = self.session(socket, &ctx, connections).await;
                     self.stats.set_connected(false);
                     let (end, delivered) = session?;
                     if delivered || connected_at.elapsed() >= self.reconnect.healthy_duration() {
