@@ -14,8 +14,11 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/nats_server.rs"]
+mod nats_server;
+use nats_server::Server;
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, stream::Config as StreamConfig};
 use futures::StreamExt;
@@ -157,57 +160,3 @@ async fn through_async_nats(
     Ok(elapsed)
 }
 
-/// A nats-server of the benchmark's own.
-struct Server {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> anyhow::Result<Server> {
-        let binary = match std::env::var_os("NATS_SERVER") {
-            Some(path) => path
-                .into_string()
-                .map_err(|p| anyhow::anyhow!("NATS_SERVER {p:?} is not UTF-8"))?,
-            None => {
-                let out = Command::new("bash").arg(".ci/nats-server").output()?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "set NATS_SERVER, or run from the repository root so `bash .ci/nats-server` can install it"
-                );
-                String::from_utf8(out.stdout)?.trim().to_owned()
-            }
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let store = tempfile::tempdir()?;
-        let child = Command::new(&binary)
-            .args(["--jetstream", "--addr", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--store_dir")
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(Server {
-            child,
-            port,
-            _store: store,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
