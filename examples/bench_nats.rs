@@ -159,4 +159,3 @@ async fn through_async_nats(
     js.delete_stream(&name).await?;
     Ok(elapsed)
 }
-

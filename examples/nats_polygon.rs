@@ -172,4 +172,3 @@ async fn serve_polygon(tcp: tokio::net::TcpStream) -> anyhow::Result<()> {
     while let Some(Ok(_)) = ws.next().await {}
     Ok(())
 }
-
