@@ -121,7 +121,7 @@ pub use source::{
 pub use store::{PersistenceError, SyncPolicy};
 pub use subscribe::Subscriber;
 pub use table::{ChangeStream, Snapshot, Table, TableEnded, TableStats};
-pub use telemetry::SourceStats;
+pub use telemetry::{ConnectionMetrics, SourceStats};
 pub use value::{DataType, Timestamp, TimestampError, Value};
 
 /// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing`, as

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use intake_core::{BoxError, Location, Reconnect, SendError, Source, SourceContext};
+use intake_core::{BoxError, ConnectionMetrics, Location, Reconnect, SendError, Source, SourceContext};
 
 use crate::tls::install_crypto_provider;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -518,31 +518,35 @@ impl Source for SseSource {
         };
         let mut backoff = self.reconnect.delays();
         let mut failures = 0usize;
+        let connection = ConnectionMetrics::new(&ctx);
         loop {
             let attempt = tokio::select! {
                 attempt = self.open(&client, &position.last_event_id) => attempt,
                 () = ctx.cancelled() => return Ok(()),
             };
-            let (last_error, at_least) = match attempt {
+            let (last_error, at_least, cause) = match attempt {
                 Err(OpenError::Fatal(error)) => return Err(error.into()),
                 Err(OpenError::Stop) => {
                     tracing::info!(source = ctx.name(), url = %self.url, "the server answered 204 No Content: it asks for no more reconnects; source ends");
                     return Ok(());
                 }
-                Err(OpenError::Retry(error, at_least)) => (error, at_least),
+                Err(OpenError::Retry(error, at_least)) => (error, at_least, "connect_failed"),
                 Ok(response) => {
                     SseStats::add(&self.stats.0.connects, 1);
+                    connection.set_connected(true);
                     tracing::debug!(source = ctx.name(), url = %self.url, last_event_id = %position.last_event_id, "event stream connected");
                     let connected_at = Instant::now();
                     position.delivered = false;
-                    let end = self.read_stream(response, &ctx, &mut position).await?;
+                    let end = self.read_stream(response, &ctx, &mut position).await;
+                    connection.set_connected(false);
+                    let end = end?;
                     if position.delivered || connected_at.elapsed() >= self.reconnect.healthy_duration() {
                         backoff = self.reconnect.delays();
                         failures = 0;
                     }
                     match end {
                         StreamEnd::Cancelled => return Ok(()),
-                        StreamEnd::Lost(error) => (error, None),
+                        StreamEnd::Lost(error) => (error, None, "lost"),
                     }
                 }
             };
@@ -565,6 +569,7 @@ impl Source for SseSource {
                 delay = delay.max(at_least);
             }
             SseStats::add(&self.stats.0.reconnects, 1);
+            connection.reconnect(cause);
             tracing::warn!(
                 source = ctx.name(),
                 url = %self.url,

@@ -542,7 +542,7 @@ impl Source for WebSocketSource {
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let mut backoff = self.reconnect.delays();
         let mut failures = 0usize;
-        self.stats.export_as(ctx.table_name(), ctx.name());
+        self.stats.export_as(&ctx);
         // Connections made so far, for the locations of rejected messages.
         let mut connections: u64 = 0;
         loop {

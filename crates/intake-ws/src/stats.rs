@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use metrics::{Counter, Gauge};
+use intake_core::{ConnectionMetrics, SourceContext};
+use metrics::Counter;
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 /// Live counters of a [`WebSocketSource`](crate::WebSocketSource); see
@@ -34,9 +35,7 @@ struct Counters {
 }
 
 struct Exported {
-    table: String,
-    source: String,
-    connected: Gauge,
+    connection: ConnectionMetrics,
     frames: Counter,
     skipped: Counter,
     pings_answered: Counter,
@@ -110,13 +109,14 @@ impl WsStats {
 
     /// Registers the source's figures with the `metrics` facade, under its table and
     /// name; the first run of the source decides.
-    pub(crate) fn export_as(&self, table: &str, source: &str) {
+    pub(crate) fn export_as(&self, ctx: &SourceContext) {
         self.0.exported.get_or_init(|| {
-            let labels = [("table", table.to_owned()), ("source", source.to_owned())];
+            let labels = [
+                ("table", ctx.table_name().to_owned()),
+                ("source", ctx.name().to_owned()),
+            ];
             Exported {
-                table: table.to_owned(),
-                source: source.to_owned(),
-                connected: metrics::gauge!("intake_source_connected", &labels),
+                connection: ConnectionMetrics::new(ctx),
                 frames: metrics::counter!("intake_ws_frames_total", &labels),
                 skipped: metrics::counter!("intake_ws_skipped_total", &labels),
                 pings_answered: metrics::counter!("intake_ws_pings_answered_total", &labels),
@@ -155,20 +155,14 @@ impl WsStats {
         }
         self.0.connected.store(connected, Ordering::Relaxed);
         if let Some(exported) = self.0.exported.get() {
-            exported.connected.set(if connected { 1.0 } else { 0.0 });
+            exported.connection.set_connected(connected);
         }
     }
 
     pub(crate) fn reconnect(&self, cause: ReconnectCause) {
         self.0.reconnects.fetch_add(1, Ordering::Relaxed);
         if let Some(exported) = self.0.exported.get() {
-            metrics::counter!(
-                "intake_source_reconnects_total",
-                "table" => exported.table.clone(),
-                "source" => exported.source.clone(),
-                "cause" => cause.label(),
-            )
-            .increment(1);
+            exported.connection.reconnect(cause.label());
         }
     }
 }
