@@ -9,7 +9,11 @@
 //! - **separate tables**: each source feeds its own keyed table (n queues, n drivers).
 //!
 //! Each configuration runs `ROUNDS` times, interleaved; prints the median, the range,
-//! and the ratio of the median against one source of the same layout.
+//! the ratio of the median against one source of the same layout, and how many cores the
+//! process kept busy (CPU time over wall time): with 2 cores, a layout can gain at most
+//! 2 / (cores busy with one source). Messages per CPU-second shows what more sources
+//! cost per message (queue contention among them): it falls if they get in each
+//! other's way.
 //!
 //! Run with:
 //!
@@ -97,7 +101,26 @@ impl Layout {
     }
 }
 
-async fn run(layout: Layout, split: Split, count: usize) -> anyhow::Result<f64> {
+/// CPU time this process has used so far (all threads, user and system), in seconds,
+/// from `/proc/self/stat` (Linux only; clock ticks of 1/100 s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// One run: messages per second, and the cores it kept busy on average (CPU time over
+/// wall time; at most 2 here, less when other work shares the machine).
+struct Figures {
+    rate: f64,
+    cores: f64,
+}
+
+async fn run(layout: Layout, split: Split, count: usize) -> anyhow::Result<Figures> {
     let mut pipeline = Pipeline::new();
     let tables = match layout {
         Layout::One => vec![pipeline.read_partitioned("w6", split, Reader::json(schema()?))],
@@ -108,12 +131,17 @@ async fn run(layout: Layout, split: Split, count: usize) -> anyhow::Result<f64> 
             .map(|(p, part)| Ok(pipeline.read(format!("w6-{p}"), sender(part.clone()), Reader::json(schema()?))))
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
+    let cpu = cpu_seconds().unwrap_or(f64::NAN);
     let started = Instant::now();
     pipeline.run().await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cores = (cpu_seconds().unwrap_or(f64::NAN) - cpu) / elapsed;
     let rows: usize = tables.iter().map(|t| t.len()).sum();
     anyhow::ensure!(rows == KEYS as usize, "the tables hold {rows} rows");
-    Ok(count as f64 / elapsed)
+    Ok(Figures {
+        rate: count as f64 / elapsed,
+        cores,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -144,14 +172,21 @@ fn main() -> anyhow::Result<()> {
 
     if let Some((layout, sources)) = only {
         let split = Split::new(count, sources);
-        let rate = runtime.block_on(run(layout, split, count as usize))?;
-        println!("W6: {count} messages, {}, {sources} source(s): {rate:.0} msgs/s", layout.name());
+        let figures = runtime.block_on(run(layout, split, count as usize))?;
+        println!(
+            "W6: {count} messages, {}, {sources} source(s): {:.0} msgs/s, {:.2} cores busy",
+            layout.name(),
+            figures.rate,
+            figures.cores
+        );
         return Ok(());
     }
 
     let splits: Vec<Split> = SOURCES.iter().map(|&n| Split::new(count, n)).collect();
     let layouts = [Layout::One, Layout::Separate];
-    let mut rates = vec![vec![Vec::new(); SOURCES.len()]; layouts.len()];
+    let mut rates: Vec<Vec<Vec<Figures>>> = (0..layouts.len())
+        .map(|_| (0..SOURCES.len()).map(|_| Vec::new()).collect())
+        .collect();
     for _ in 0..rounds {
         for (l, &layout) in layouts.iter().enumerate() {
             for (s, split) in splits.iter().enumerate() {
@@ -160,23 +195,31 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("W6: {count} messages, {KEYS} keys, multi-thread runtime with 2 workers; median of {rounds} (min-max)");
-    println!("| layout | sources | msgs/s (median) | min-max | vs one source |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| layout | sources | msgs/s (median) | min-max | vs one source | cores busy (median) | msgs per CPU-second (median) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (l, &layout) in layouts.iter().enumerate() {
         let mut one = f64::NAN;
         for (s, &sources) in SOURCES.iter().enumerate() {
-            let runs = &mut rates[l][s];
+            let mut runs: Vec<f64> = rates[l][s].iter().map(|f: &Figures| f.rate).collect();
             runs.sort_by(f64::total_cmp);
+            let mut cores: Vec<f64> = rates[l][s].iter().map(|f| f.cores).collect();
+            cores.sort_by(f64::total_cmp);
+            let mut per_cpu: Vec<f64> = rates[l][s].iter().map(|f| f.rate / f.cores).collect();
+            per_cpu.sort_by(f64::total_cmp);
             let median = runs[runs.len() / 2];
             if sources == 1 {
                 one = median;
             }
             println!(
-                "| {} | {sources} | {median:.0} | {:.2}-{:.2}M | {:.2} |",
+                "| {} | {sources} | {median:.0} | {:.2}-{:.2}M | {:.2} | {:.2} | {:.2}M |",
                 layout.name(),
                 runs[0] / 1e6,
                 runs[runs.len() - 1] / 1e6,
-                median / one
+                median / one,
+                cores[cores.len() / 2],
+                per_cpu[per_cpu.len() / 2] / 1e6
             );
         }
     }
