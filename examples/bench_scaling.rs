@@ -128,7 +128,9 @@ async fn run(layout: Layout, split: Split, count: usize) -> anyhow::Result<Figur
             .parts
             .iter()
             .enumerate()
-            .map(|(p, part)| Ok(pipeline.read(format!("w6-{p}"), sender(part.clone()), Reader::json(schema()?))))
+            .map(|(p, part)| {
+                Ok(pipeline.read(format!("w6-{p}"), sender(part.clone()), Reader::json(schema()?)))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let cpu = cpu_seconds().unwrap_or(f64::NAN);
@@ -194,7 +196,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    println!("W6: {count} messages, {KEYS} keys, multi-thread runtime with 2 workers; median of {rounds} (min-max)");
+    println!(
+        "W6: {count} messages, {KEYS} keys, multi-thread runtime with 2 workers; median of {rounds} (min-max)"
+    );
     println!(
         "| layout | sources | msgs/s (median) | min-max | vs one source | cores busy (median) | msgs per CPU-second (median) |"
     );
