@@ -28,3 +28,7 @@ pub use layout::{Partitions, partition_of, partition_subject};
 pub use replica::{Replica, ReplicaError};
 pub use sink::{JetStreamSink, SinkError};
 pub use source::{JetStreamSource, JetStreamStats};
+
+#[doc = include_str!("../../../docs/distributed.md")]
+#[cfg(doctest)]
+pub struct DistributedGuide;

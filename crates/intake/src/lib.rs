@@ -159,3 +159,7 @@ pub struct Readme;
 #[doc = include_str!("../../../docs/custom-source.md")]
 #[cfg(doctest)]
 pub struct CustomSourceGuide;
+
+#[doc = include_str!("../../../docs/metrics.md")]
+#[cfg(doctest)]
+pub struct MetricsGuide;
