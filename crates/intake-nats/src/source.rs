@@ -8,7 +8,10 @@ use std::time::Duration;
 use async_nats::Subject;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use intake_core::{BoxError, DurableOffset, PartitionedSource, Reconnect, SendError, Source, SourceContext};
+use intake_core::{
+    BoxError, ConnectionMetrics, DurableOffset, PartitionedSource, Reconnect, SendError, Source,
+    SourceContext,
+};
 
 use crate::error::NatsError;
 use crate::layout::Partitions;
@@ -396,6 +399,8 @@ enum Interrupted {
     Done,
     /// The connection, the consumer or the pull failed: re-create the consumer.
     Lost(BoxError),
+    /// The consumer could not be created: try again.
+    NoConsumer(BoxError),
 }
 
 /// Reads ahead of durability: the ack handles of messages sent to the table and not yet
@@ -432,12 +437,14 @@ impl Source for PartitionReader {
         let mut durable = Some(ctx.durable_offset());
         let mut delays = self.settings.reconnect.delays();
         let mut attempts = 0;
+        let connection = ConnectionMetrics::new(&ctx);
         loop {
             let healthy_after = tokio::time::Instant::now() + self.settings.reconnect.healthy_duration();
             let seen_before = self.last_seen;
-            let error = match self.read(&ctx, &mut durable).await {
+            let (error, cause) = match self.read(&ctx, &mut durable, &connection).await {
                 Interrupted::Done => return Ok(()),
-                Interrupted::Lost(error) => error,
+                Interrupted::Lost(error) => (error, "lost"),
+                Interrupted::NoConsumer(error) => (error, "connect_failed"),
             };
             // A consumer that delivered, or stayed up long enough, was healthy.
             if self.last_seen > seen_before || tokio::time::Instant::now() >= healthy_after {
@@ -453,6 +460,7 @@ impl Source for PartitionReader {
                 .into());
             };
             JetStreamStats::add(&self.settings.stats.0.reconnects);
+            connection.reconnect(cause);
             tracing::warn!(source = ctx.name(), %error, ?delay, "JetStream consumer lost; re-creating it after the last sequence read");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -465,7 +473,12 @@ impl Source for PartitionReader {
 impl PartitionReader {
     /// Creates a consumer after the last sequence seen and reads from it until it
     /// fails or the source is done.
-    async fn read(&mut self, ctx: &SourceContext, durable: &mut Option<DurableOffset>) -> Interrupted {
+    async fn read(
+        &mut self,
+        ctx: &SourceContext,
+        durable: &mut Option<DurableOffset>,
+        connection: &ConnectionMetrics,
+    ) -> Interrupted {
         let settings = self.settings.clone();
         let consumer = tokio::select! {
             consumer = self.create_consumer() => consumer,
@@ -473,10 +486,12 @@ impl PartitionReader {
         };
         let consumer = match consumer {
             Ok(consumer) => consumer,
-            Err(error) => return Interrupted::Lost(error),
+            Err(error) => return Interrupted::NoConsumer(error),
         };
         JetStreamStats::add(&settings.stats.0.consumers);
+        connection.set_connected(true);
         let interrupted = self.read_from(ctx, durable, &consumer).await;
+        connection.set_connected(false);
         // The consumer would expire by itself after inactive_threshold; deleting it
         // frees the server at once. Failing to is harmless.
         let name = consumer.cached_info().name.clone();

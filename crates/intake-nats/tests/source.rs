@@ -226,6 +226,7 @@ async fn redelivery_after_ack_wait_applies_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restarted_mid_stream_loses_nothing() {
+    prometheus();
     let mut server = NatsServer::start();
     let url = server.url();
     let jetstream = connect(&url).await;
@@ -297,6 +298,34 @@ async fn a_broker_restarted_mid_stream_loses_nothing() {
 
     assert_each_once(&ids(&table), 0, 300);
     assert!(stats.messages() >= 300);
+    // Each partition reports whether its consumer is up through the metrics facade
+    // (the client reconnects by itself, so the restart needs no new consumer).
+    let metrics = prometheus().render();
+    let series = |metric: &str| -> Vec<f64> {
+        let prefix = format!(r#"{metric}{{table="{name}",source="{name}/"#);
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let connected = series("intake_source_connected");
+    assert_eq!(connected.len(), PARTITIONS as usize, "{metrics}");
+    assert!(
+        connected.iter().all(|c| *c == 0.0),
+        "not connected once the source ended: {connected:?}"
+    );
+}
+
+/// One recorder for the test binary: the facade has one global recorder.
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,6 +495,7 @@ async fn a_partition_of_several_subjects_reads_them_all() {
 /// Only a reconnect policy with a retry limit ends the source when the broker is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_gone_for_good_ends_the_source_only_after_its_retries() {
+    prometheus();
     let mut server = NatsServer::start();
     // Each attempt to create a consumer waits this long for the missing server.
     let jetstream = jetstream::context::ContextBuilder::new()
@@ -495,4 +525,15 @@ async fn a_broker_gone_for_good_ends_the_source_only_after_its_retries() {
     assert!(error.contains("gave up after 3 failed attempts"), "{error}");
     assert!(stats.reconnects() >= 2);
     assert_eq!(table.len(), 10, "what was read before stays");
+    let metrics = prometheus().render();
+    let prefix = format!(r#"intake_source_reconnects_total{{table="{name}","#);
+    let reconnects: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        reconnects >= 2.0,
+        "each retry is counted, with its cause:\n{metrics}"
+    );
 }
