@@ -1,10 +1,11 @@
 //! Real nats-server processes for the tests.
 //!
-//! `bash .ci/test` (the README's test command) installs the pinned nats-server, starts
-//! one for the whole run and exports `NATS_URL` (that server) and `NATS_SERVER` (the
-//! binary). [`shared_url`] is that server: tests on it use their own stream names.
-//! [`NatsServer::start`] runs a private server, for tests that stop and restart the
-//! broker. Neither skips when the server is missing: they fail and say how to get one.
+//! The binary is `NATS_SERVER` if set, else the pinned build `.ci/nats-server` installs
+//! (downloaded once, checksum-checked, into ~/.cache/intake). [`shared_url`] is the
+//! server at `NATS_URL` (CI starts one: `.ci/with-nats-server`), or one started for the
+//! whole test binary: tests on it use their own stream names. [`NatsServer::start`]
+//! runs a private server, for tests that stop and restart the broker. Neither skips
+//! when the server cannot be had: they fail and say why.
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
@@ -12,22 +13,58 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const HOW: &str = "run the tests with `bash .ci/test` (README), which installs and starts \
-    nats-server, or set NATS_SERVER to a nats-server binary (2.10 or later)";
+const HOW: &str = "set NATS_SERVER to a nats-server binary (2.10 or later), or let \
+    `bash .ci/nats-server` install the pinned one (it needs python3 with pip)";
 
-/// The server `bash .ci/test` started, or a private one (kept for the whole test
-/// binary) when only `NATS_SERVER` is set.
+/// The nats-server binary: `NATS_SERVER`, or the pinned build `.ci/nats-server`
+/// installs on first use.
+fn binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("NATS_SERVER") {
+                return PathBuf::from(path);
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let out = Command::new("bash")
+                .arg(".ci/nats-server")
+                .current_dir(&root)
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run .ci/nats-server: {e}; {HOW}"));
+            assert!(out.status.success(), ".ci/nats-server failed; {HOW}");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
+/// The server at `NATS_URL`, or one started for this test binary. A static is never
+/// dropped, so a watchdog kills that server when the test process is gone.
 pub fn shared_url() -> String {
     if let Ok(url) = std::env::var("NATS_URL") {
         return url;
     }
-    static PRIVATE: std::sync::OnceLock<(String, std::sync::Mutex<NatsServer>)> = std::sync::OnceLock::new();
+    static PRIVATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PRIVATE
         .get_or_init(|| {
-            let server = NatsServer::start();
-            (server.url(), std::sync::Mutex::new(server))
+            let mut server = NatsServer::start();
+            let child = server.child.take().expect("a started server");
+            // Kills the server and removes its store once this process has ended.
+            let watchdog =
+                "while kill -0 \"$1\" 2>/dev/null; do sleep 0.2; done; kill \"$2\"; sleep 0.5; rm -rf \"$3\"";
+            Command::new("sh")
+                .args(["-c", watchdog, "watchdog"])
+                .arg(std::process::id().to_string())
+                .arg(child.id().to_string())
+                .arg(server.store.path())
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sh runs");
+            let url = server.url();
+            // Not dropped: the store stays for the server, which the watchdog ends.
+            std::mem::forget(server);
+            url
         })
-        .0
         .clone()
 }
 
@@ -43,9 +80,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let binary = std::env::var_os("NATS_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("NATS_SERVER is not set: {HOW}"));
+        let binary = binary();
         let port = free_port();
         let store = tempfile::tempdir().expect("a temporary store directory");
         let mut server = NatsServer {
