@@ -19,14 +19,12 @@ use std::time::{Duration, Instant};
 #[path = "support/nats_server.rs"]
 mod nats_server;
 use nats_server::Server as NatsServer;
+#[path = "support/polygon_feed.rs"]
+mod polygon_feed;
 
-use futures::{SinkExt, StreamExt};
 use intake_core::{ErrorPolicy, Key, Pipeline, Reader, Row, Table};
 use intake_nats::{JetStreamSink, Replica};
 use intake_ws::{Polygon, Reconnect, WebSocketSource};
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
 /// How many aggregate events the embedded feed sends before closing.
 const EVENTS: usize = 400;
@@ -36,7 +34,12 @@ const PREFIX: &str = "polygon.aggregates";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let server = NatsServer::start()?;
-    let feed = polygon_feed().await?;
+    let feed = polygon_feed::start(polygon_feed::Feed {
+        events: Some(EVENTS),
+        every: Duration::from_millis(10),
+        outage: None,
+    })
+    .await?;
     println!("nats-server at {}, Polygon feed at {feed}", server.url());
     let client = async_nats::connect(server.url()).await?;
     let schema = Polygon::aggregates_schema();
@@ -99,76 +102,4 @@ fn sorted(table: &Table) -> Vec<(Key, Row)> {
     let mut rows = table.snapshot().rows().to_vec();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     rows
-}
-
-/// A local server speaking Polygon's protocol, sending `EVENTS` aggregates.
-async fn polygon_feed() -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/stocks", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Err(e) = serve_polygon(tcp).await {
-                    eprintln!("feed: {e}");
-                }
-            });
-        }
-    });
-    Ok(url)
-}
-
-async fn serve_polygon(tcp: tokio::net::TcpStream) -> anyhow::Result<()> {
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
-    let send = |value: Value| Message::text(value.to_string());
-    ws.send(send(json!([{"ev": "status", "status": "connected"}])))
-        .await?;
-    let mut symbols = Vec::new();
-    while let Some(message) = ws.next().await {
-        let Message::Text(text) = message? else { continue };
-        let request: Value = serde_json::from_str(&text)?;
-        match request["action"].as_str() {
-            Some("auth") => {
-                ws.send(send(json!([{"ev": "status", "status": "auth_success"}])))
-                    .await?
-            }
-            Some("subscribe") => {
-                let params = request["params"].as_str().unwrap_or_default();
-                symbols.extend(
-                    params
-                        .split(',')
-                        .filter_map(|p| p.strip_prefix("A."))
-                        .map(str::to_owned),
-                );
-                ws.send(send(json!([{"ev": "status", "status": "success"}])))
-                    .await?;
-                break;
-            }
-            _ => {}
-        }
-    }
-    let mut prices: Vec<f64> = symbols.iter().map(|_| 100.0).collect();
-    let mut start = 1_700_000_000_000_i64;
-    let mut sent = 0;
-    while sent < EVENTS {
-        let mut events = Vec::new();
-        for (symbol, price) in symbols.iter().zip(&mut prices) {
-            let open = *price;
-            *price += ((sent as f64) * 0.7 + open).sin();
-            events.push(json!({
-                "ev": "A", "sym": symbol, "v": 100 + sent % 50, "o": open, "c": *price,
-                "h": open.max(*price), "l": open.min(*price), "s": start, "e": start + 1000,
-            }));
-            sent += 1;
-        }
-        ws.send(send(Value::Array(events))).await?;
-        start += 1000;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let done = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
-        reason: "feed finished".into(),
-    };
-    ws.close(Some(done)).await?;
-    while let Some(Ok(_)) = ws.next().await {}
-    Ok(())
 }

@@ -21,22 +21,21 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+#[path = "support/polygon_feed.rs"]
+mod polygon_feed;
+
 use anyhow::{Context, ensure};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::{SinkExt, StreamExt};
 use intake_core::{ErrorPolicy, Pipeline, Reader, Row, Table};
 use intake_ws::{Polygon, Reconnect, WebSocketSource, WsStats};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Prices older than this, or any while the feed is disconnected, are flagged stale.
 const STALE_AFTER: Duration = Duration::from_secs(3);
@@ -80,7 +79,12 @@ async fn main() -> anyhow::Result<()> {
     let source = match std::env::var("POLYGON_API_KEY") {
         Ok(key) => WebSocketSource::new(Polygon::DELAYED_STOCKS_URL).protocol(Polygon::new(key, "A.*")),
         Err(_) => {
-            let url = embedded_feed(outage.subscribe()).await?;
+            let url = polygon_feed::start(polygon_feed::Feed {
+                events: None,
+                every: Duration::from_millis(100),
+                outage: Some(outage.subscribe()),
+            })
+            .await?;
             tracing::info!(%url, "no POLYGON_API_KEY: reading generated prices from the embedded feed");
             if !check {
                 tokio::spawn(outages(outage.clone()));
@@ -249,84 +253,4 @@ async fn outages(outage: watch::Sender<bool>) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         outage.send_replace(false);
     }
-}
-
-/// Starts a local server speaking Polygon's protocol: aggregates for the subscribed
-/// symbols every 100 ms, until an outage, during which it refuses connections.
-async fn embedded_feed(outage: watch::Receiver<bool>) -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/stocks", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            if *outage.borrow() {
-                continue; // dropped: the client's connect fails
-            }
-            let outage = outage.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve_polygon(tcp, outage).await {
-                    tracing::debug!("embedded feed: {e}");
-                }
-            });
-        }
-    });
-    Ok(url)
-}
-
-async fn serve_polygon(tcp: tokio::net::TcpStream, mut outage: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let mut ws = tokio_tungstenite::accept_async(tcp).await?;
-    let send = |value: Value| Message::text(value.to_string());
-    ws.send(send(json!([{"ev": "status", "status": "connected"}])))
-        .await?;
-    let mut symbols = Vec::new();
-    while let Some(message) = ws.next().await {
-        let Message::Text(text) = message? else { continue };
-        let request: Value = serde_json::from_str(&text)?;
-        match request["action"].as_str() {
-            Some("auth") => {
-                ws.send(send(json!([{"ev": "status", "status": "auth_success"}])))
-                    .await?
-            }
-            Some("subscribe") => {
-                let params = request["params"].as_str().unwrap_or_default();
-                symbols.extend(
-                    params
-                        .split(',')
-                        .filter_map(|p| p.strip_prefix("A."))
-                        .map(str::to_owned),
-                );
-                ws.send(send(json!([{"ev": "status", "status": "success"}])))
-                    .await?;
-                break;
-            }
-            _ => {}
-        }
-    }
-    let mut prices: Vec<f64> = symbols.iter().map(|_| 100.0).collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    for n in 0_i64.. {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = async { drop(outage.wait_for(|down| *down).await) } => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "outage".into() };
-                ws.close(Some(frame)).await?;
-                return Ok(());
-            }
-        }
-        let start = 1_700_000_000_000 + n * 100;
-        let events: Vec<Value> = symbols
-            .iter()
-            .zip(&mut prices)
-            .map(|(sym, price)| {
-                let open = *price;
-                *price += (n as f64 * 0.7 + open).sin(); // a deterministic wiggle
-                json!({
-                    "ev": "A", "sym": sym, "v": 100 + n % 50, "av": 10_000 + n, "op": 100.0, "vw": open,
-                    "o": open, "c": *price, "h": open.max(*price), "l": open.min(*price), "a": open,
-                    "z": 10, "s": start, "e": start + 100,
-                })
-            })
-            .collect();
-        ws.send(send(Value::Array(events))).await?;
-    }
-    Ok(())
 }
