@@ -51,6 +51,7 @@ mod error;
 mod link;
 mod poll;
 mod records;
+mod request;
 mod sse;
 mod tls;
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::error::{HttpError, RequestFailed};
 use crate::link::find_link;
 use crate::records::{Records, locate};
+use crate::request::RequestSettings;
 use crate::tls::install_crypto_provider;
 
 /// Longer than any process lives: waits at least this long are not armed as timers,
@@ -204,12 +205,6 @@ impl Pagination {
     }
 }
 
-#[derive(Clone)]
-enum Auth {
-    Bearer(String),
-    Basic(String, Option<String>),
-}
-
 /// A source that polls one or more HTTP URLs on an interval and sends the records of
 /// each response to its table.
 ///
@@ -273,8 +268,7 @@ pub struct PollSource {
     urls: Vec<String>,
     interval: Duration,
     timeout: Duration,
-    headers: HeaderMap,
-    auth: Option<Auth>,
+    request: RequestSettings,
     query: Vec<(String, String)>,
     records: Records,
     conditional: bool,
@@ -295,7 +289,7 @@ impl fmt::Debug for PollSource {
             .field("urls", &self.urls)
             .field("interval", &self.interval)
             .field("timeout", &self.timeout)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("request", &self.request)
             .field(
                 "query",
                 &self.query.iter().map(|(name, _)| name).collect::<Vec<_>>(),
@@ -329,8 +323,7 @@ impl PollSource {
             urls: vec![url.into()],
             interval: Self::DEFAULT_INTERVAL,
             timeout: Self::DEFAULT_TIMEOUT,
-            headers: HeaderMap::new(),
-            auth: None,
+            request: RequestSettings::default(),
             query: Vec::new(),
             records: Records::default(),
             conditional: true,
@@ -392,22 +385,19 @@ impl PollSource {
     /// If `name` is not a valid header name or `value` not a valid header value.
     #[track_caller]
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        let name = HeaderName::try_from(name).unwrap_or_else(|e| panic!("invalid header name `{name}`: {e}"));
-        let value =
-            HeaderValue::try_from(value).unwrap_or_else(|e| panic!("invalid value for header `{name}`: {e}"));
-        self.headers.append(name, value);
+        self.request.header(name, value);
         self
     }
 
     /// Sends `Authorization: Bearer <token>` with every request.
     pub fn bearer_auth(mut self, token: impl Into<String>) -> Self {
-        self.auth = Some(Auth::Bearer(token.into()));
+        self.request.bearer_auth(token.into());
         self
     }
 
     /// Sends HTTP basic auth with every request.
     pub fn basic_auth(mut self, user: impl Into<String>, password: Option<impl Into<String>>) -> Self {
-        self.auth = Some(Auth::Basic(user.into(), password.map(Into::into)));
+        self.request.basic_auth(user.into(), password.map(Into::into));
         self
     }
 
@@ -614,15 +604,7 @@ impl PollSource {
                 },
                 None => (target.first_url(&self.pagination), true),
             };
-            let mut request = client
-                .get(url.clone())
-                .headers(self.headers.clone())
-                .timeout(self.timeout);
-            request = match &self.auth {
-                Some(Auth::Bearer(token)) => request.bearer_auth(token),
-                Some(Auth::Basic(user, password)) => request.basic_auth(user, password.as_ref()),
-                None => request,
-            };
+            let mut request = self.request.apply(client.get(url.clone())).timeout(self.timeout);
             let conditional =
                 first && self.conditional && target.state.validated_url.as_deref() == Some(url.as_str());
             if conditional {

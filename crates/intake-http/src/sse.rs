@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use intake_core::{BoxError, ConnectionMetrics, Location, Reconnect, SendError, Source, SourceContext};
 
+use crate::request::RequestSettings;
 use crate::tls::install_crypto_provider;
-use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{self, HeaderValue};
 use tokio::time::Instant;
 
 pub use parse::{SseEvent, SseItem, SseParser};
@@ -86,8 +87,7 @@ const LAST_EVENT_ID: &str = "Last-Event-ID";
 pub struct SseSource {
     url: String,
     client: Option<reqwest::Client>,
-    headers: HeaderMap,
-    basic_auth: Option<(String, Option<String>)>,
+    request: RequestSettings,
     connect_timeout: Duration,
     silence_timeout: Option<Duration>,
     max_event_size: usize,
@@ -101,8 +101,7 @@ impl fmt::Debug for SseSource {
         // Header values are left out: they may be credentials.
         f.debug_struct("SseSource")
             .field("url", &self.url)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
-            .field("basic_auth", &self.basic_auth.as_ref().map(|(user, _)| user))
+            .field("request", &self.request)
             .field("connect_timeout", &self.connect_timeout)
             .field("silence_timeout", &self.silence_timeout)
             .field("max_event_size", &self.max_event_size)
@@ -124,8 +123,7 @@ impl SseSource {
         SseSource {
             url: url.into(),
             client: None,
-            headers: HeaderMap::new(),
-            basic_auth: None,
+            request: RequestSettings::default(),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             silence_timeout: None,
             max_event_size: Self::DEFAULT_MAX_EVENT_SIZE,
@@ -143,31 +141,21 @@ impl SseSource {
     /// If `name` is not a valid header name or `value` not a valid header value.
     #[track_caller]
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        let name = HeaderName::try_from(name).unwrap_or_else(|e| panic!("invalid header name `{name}`: {e}"));
-        let value =
-            HeaderValue::try_from(value).unwrap_or_else(|e| panic!("invalid value for header `{name}`: {e}"));
-        self.headers.append(name, value);
+        self.request.header(name, value);
         self
     }
 
-    /// Sends `Authorization: Bearer <token>` (marked sensitive, so it is not logged).
-    ///
-    /// # Panics
-    ///
-    /// If `token` cannot be a header value (it contains control characters).
-    #[track_caller]
-    pub fn bearer_auth(mut self, token: &str) -> Self {
-        let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-            .unwrap_or_else(|e| panic!("the bearer token cannot be sent in a header: {e}"));
-        value.set_sensitive(true);
-        self.headers.insert(header::AUTHORIZATION, value);
+    /// Sends `Authorization: Bearer <token>` with every request (marked sensitive, so
+    /// it is not logged).
+    pub fn bearer_auth(mut self, token: impl Into<String>) -> Self {
+        self.request.bearer_auth(token.into());
         self
     }
 
     /// Sends HTTP basic authentication (`Authorization: Basic …`, marked sensitive)
     /// with every request.
-    pub fn basic_auth(mut self, user: impl Into<String>, password: Option<String>) -> Self {
-        self.basic_auth = Some((user.into(), password));
+    pub fn basic_auth(mut self, user: impl Into<String>, password: Option<impl Into<String>>) -> Self {
+        self.request.basic_auth(user.into(), password.map(Into::into));
         self
     }
 
@@ -266,14 +254,11 @@ impl SseSource {
         client: &reqwest::Client,
         last_event_id: &str,
     ) -> Result<reqwest::Response, OpenError> {
-        let mut request = client
-            .get(&self.url)
-            .headers(self.headers.clone())
+        let mut request = self
+            .request
+            .apply(client.get(&self.url))
             .header(header::ACCEPT, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-store");
-        if let Some((user, password)) = &self.basic_auth {
-            request = request.basic_auth(user, password.as_ref());
-        }
         if !last_event_id.is_empty() {
             match HeaderValue::from_str(last_event_id) {
                 Ok(value) => request = request.header(LAST_EVENT_ID, value),
