@@ -153,3 +153,22 @@ async fn subscriber_lag_counts_the_batches_a_slow_subscriber_has_not_taken() {
     shutdown.shutdown();
     running.await.unwrap().unwrap();
 }
+
+/// A commit made in no measurable time still has a latency (it read as "no commit
+/// yet" when it rounded to zero microseconds).
+#[tokio::test(start_paused = true)]
+async fn a_commit_faster_than_a_microsecond_has_a_latency() {
+    let source = source_fn(|ctx: SourceContext| async move {
+        ctx.next_str(r#"{"sym": "A", "price": 1.5}"#).await?;
+        ctx.commit().await?;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("instant", source, Reader::json(schema()));
+    pipeline.run().await.unwrap();
+    assert_eq!(table.stats().commits(), 1);
+    assert_eq!(
+        table.stats().last_commit_latency(),
+        Some(Duration::from_micros(1))
+    );
+}

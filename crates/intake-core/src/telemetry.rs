@@ -278,7 +278,8 @@ impl TableMetrics {
 
     /// Records a delivered commit's latency.
     pub(crate) fn commit_latency(&self, counters: &TableCounters, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // At least 1: 0 means "no commit yet" to `TableStats::last_commit_latency`.
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
         counters.commit_latency_us.store(us, Ordering::Relaxed);
         self.commit_latency.record(latency.as_secs_f64());
     }
