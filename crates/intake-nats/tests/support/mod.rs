@@ -40,6 +40,10 @@ fn binary() -> PathBuf {
 
 /// The server at `NATS_URL`, or one started for this test binary. A static is never
 /// dropped, so a watchdog kills that server when the test process is gone.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the server and its watchdog outlive this process by design; init reaps them"
+)]
 pub fn shared_url() -> String {
     if let Ok(url) = std::env::var("NATS_URL") {
         return url;
