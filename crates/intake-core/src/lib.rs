@@ -67,6 +67,7 @@ mod queue;
 mod reader;
 mod reconnect;
 mod row;
+mod rowmap;
 mod schema;
 mod sink;
 mod source;

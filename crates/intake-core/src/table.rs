@@ -12,16 +12,19 @@ use tokio::sync::{mpsc, watch};
 
 use crate::change::{Change, ChangeBatch, Offsets, Time};
 
-/// The rows, with a slot per key. `IndexMap` gives every slot a stable position
-/// during a commit, so a commit looks each key up once and then works by position.
+/// The rows, with a slot per key. Every slot has a stable position during a commit, so
+/// a commit looks each key up once and then works by position; readers take a
+/// [view](RowMap::view) of the slots and copy rows out of it after releasing the lock,
+/// so a snapshot of a large table never holds up a commit.
 pub(crate) type Rows = RowMap<Slot>;
 use crate::lifecycle::{Lifecycle, lock, panic_message};
 use crate::row::{Key, Row};
+use crate::rowmap::{RowMap, RowView};
 use crate::schema::Schema;
 use crate::sink::Sink;
 use crate::source::BoxError;
 use crate::source::Event;
-use crate::store::{PersistenceError, Restored, RowMap, TableStore, show_time};
+use crate::store::{PersistenceError, Restored, SnapshotRows, TableStore, show_time};
 use crate::subscribe::Subscriber;
 use crate::telemetry::{SourceCounters, SourceStats, TableCounters};
 
@@ -397,11 +400,18 @@ impl Table {
     }
 
     /// A copy of every row as of the last commit, sorted by key.
+    ///
+    /// Commits go on while the rows are copied: the table's lock is held only to take
+    /// a view of them (a reference count per chunk of 32 rows), and a commit that
+    /// changes a chunk while a snapshot is copying it copies that chunk first. A
+    /// snapshot of a million rows holds up commits for microseconds, not for the
+    /// time the copy takes.
     pub fn snapshot(&self) -> Snapshot {
-        let state = self.shared.read();
-        let mut rows = state.copy_rows();
-        let time = state.time;
-        drop(state);
+        let at = self.shared.read().view();
+        let (mut rows, time) = (at.copy_rows(), at.time);
+        // Released before sorting: while a view lives, commits copy the chunks they
+        // change.
+        drop(at);
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Snapshot {
             schema: self.shared.schema.clone(),
@@ -453,7 +463,9 @@ impl Table {
         let (sender, receiver) = mpsc::channel(self.shared.subscriber_capacity);
         let cut_off = Arc::new(AtomicBool::new(false));
         let mut state = self.shared.write();
-        let snapshot = state.snapshot_batch(&self.shared.schema);
+        // The rows are copied into the snapshot batch after the lock is released; the
+        // stream yields that batch before anything its queue receives.
+        let at = (!state.rows.is_empty()).then(|| state.view());
         if !state.closed {
             state.subscribers.push(SubscriberSlot {
                 sender,
@@ -463,14 +475,16 @@ impl Table {
         let progress = *self.shared.progress.borrow();
         let attached_at = progress.ready.then_some(state.time);
         // The snapshot may show a commit whose record is still being written.
-        let durable = (snapshot.is_some() && self.shared.store().is_some() && progress.durable < state.time)
-            .then(|| {
+        let durable =
+            (at.is_some() && self.shared.store().is_some() && progress.durable < state.time).then(|| {
                 let mut progress = self.shared.progress.subscribe();
                 let time = state.time;
                 Pending(Box::pin(async move {
                     let _ = progress.wait_for(|p| p.durable >= time || p.closed).await;
                 }))
             });
+        drop(state);
+        let snapshot = at.and_then(|at| at.snapshot_batch(&self.shared.schema));
         ChangeStream {
             snapshot,
             durable,
@@ -699,6 +713,7 @@ impl Stream for ChangeStream {
 
 /// A key's row. Between commits `row` is always `Some`; while a commit is applied, a
 /// key it deleted (or inserted and deleted) holds `None` until the commit ends.
+#[derive(Clone)]
 pub(crate) struct Slot {
     row: Option<Row>,
     /// The commit that last touched this slot.
@@ -716,39 +731,14 @@ impl Slot {
 }
 
 impl TableState {
-    fn live_rows(&self) -> impl Iterator<Item = (&Key, &Row)> {
-        self.rows
-            .iter()
-            .filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
-    }
-
-    /// Every row, in the table's order.
-    fn copy_rows(&self) -> Vec<(Key, Row)> {
-        self.live_rows().map(|(k, r)| (k.clone(), r.clone())).collect()
-    }
-
-    /// The table's rows as one snapshot batch at its last commit, or `None` if it has
-    /// no rows.
-    fn snapshot_batch(&self, schema: &Schema) -> Option<ChangeBatch> {
-        if self.rows.is_empty() {
-            return None;
+    /// The rows as of the last commit, to be read after the lock is released: taking
+    /// it costs a reference count per chunk of rows, whatever the table's size.
+    fn view(&self) -> RowsAt {
+        RowsAt {
+            rows: self.rows.view(),
+            time: self.time,
+            offsets: self.offsets.clone(),
         }
-        let changes = self
-            .live_rows()
-            .map(|(key, row)| Change {
-                key: key.clone(),
-                row: row.clone(),
-                is_addition: true,
-            })
-            .collect();
-        // A table with rows has had a commit.
-        let time = self.time.unwrap_or(Time::new(0));
-        Some(ChangeBatch::snapshot(
-            schema.clone(),
-            time,
-            changes,
-            self.offsets.clone(),
-        ))
     }
 
     /// Sets the row under `key` (`None` deletes it) as part of the current commit,
@@ -781,6 +771,62 @@ impl TableState {
             let before = std::mem::replace(&mut slot.row, row);
             self.touched.push((index, before));
         }
+    }
+}
+
+/// A table's rows at one commit, taken under the lock by [`TableState::view`] and read
+/// without it.
+pub(crate) struct RowsAt {
+    rows: RowView<Slot>,
+    time: Option<Time>,
+    offsets: Offsets,
+}
+
+impl RowsAt {
+    /// The rows; between commits every slot holds one.
+    fn rows(&self) -> impl Iterator<Item = (&Key, &Row)> {
+        self.rows
+            .iter()
+            .filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
+    }
+
+    fn copy_rows(&self) -> Vec<(Key, Row)> {
+        let mut rows = Vec::with_capacity(self.rows.len());
+        rows.extend(self.rows().map(|(key, row)| (key.clone(), row.clone())));
+        rows
+    }
+
+    /// The rows as one snapshot batch, or `None` if there are none.
+    fn snapshot_batch(&self, schema: &Schema) -> Option<ChangeBatch> {
+        if self.rows.len() == 0 {
+            return None;
+        }
+        let changes = self
+            .rows()
+            .map(|(key, row)| Change {
+                key: key.clone(),
+                row: row.clone(),
+                is_addition: true,
+            })
+            .collect();
+        // A table with rows has had a commit.
+        let time = self.time.unwrap_or(Time::new(0));
+        Some(ChangeBatch::snapshot(
+            schema.clone(),
+            time,
+            changes,
+            self.offsets.clone(),
+        ))
+    }
+}
+
+impl SnapshotRows for RowsAt {
+    fn count(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn rows(&self) -> Box<dyn Iterator<Item = (&Key, &Row)> + '_> {
+        Box::new(RowsAt::rows(self))
     }
 }
 
@@ -933,9 +979,9 @@ impl TableShared {
         (state.time, state.offsets.clone(), state.generated)
     }
 
-    /// Every row, in the table's order, for a snapshot in storage.
-    pub(crate) fn rows(&self) -> Vec<(Key, Row)> {
-        self.read().copy_rows()
+    /// Every row as of the last commit, for a snapshot in storage.
+    pub(crate) fn rows(&self) -> RowsAt {
+        self.read().view()
     }
 
     /// Fills the table with what storage restored, before its sources run, and gives
@@ -955,7 +1001,7 @@ impl TableShared {
         // Only subscribers attached before the pipeline ran need the rows as a batch.
         let batch = match state.subscribers.is_empty() {
             true => None,
-            false => state.snapshot_batch(&self.schema),
+            false => state.view().snapshot_batch(&self.schema),
         };
         if let Some(batch) = batch {
             for subscriber in &state.subscribers {

@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use self::codec::{Decoder, Fault, RowShape};
 use self::files::{FRAME_HEADER, Frame, FrameReader};
-pub(crate) use self::snapshot::{SnapshotDone, SnapshotJob};
+pub(crate) use self::snapshot::{SnapshotDone, SnapshotJob, SnapshotRows};
 use crate::change::{Change, ChangeBatch, Offsets, Time};
 use crate::row::{Key, Row};
 use crate::schema::Schema;
@@ -269,7 +269,7 @@ fn validate_id(id: &str) -> Result<(), PersistenceError> {
 }
 
 /// A table's rows keyed for lookups, with values of the caller's choosing.
-pub(crate) type RowMap<V> = indexmap::IndexMap<Key, V, foldhash::fast::RandomState>;
+pub(crate) use crate::rowmap::RowMap;
 
 /// A table's state read back by [`TableStore::open`] (rows as a list) or
 /// [`TableStore::open_into`] (rows as a [`RowMap`]).
@@ -366,7 +366,11 @@ impl TableStore {
             offsets,
             generated,
         } = restored;
-        let rows = rows.into_iter().collect();
+        let rows = rows
+            .view()
+            .iter()
+            .map(|(key, row)| (key.clone(), row.clone()))
+            .collect();
         Ok((
             store,
             Restored {
@@ -381,7 +385,7 @@ impl TableStore {
     /// As [`open`](Self::open), with the rows restored straight into the map a table
     /// keeps them in (each row wrapped by `wrap`), so that a large table is hashed
     /// once on its way back into memory.
-    pub(crate) fn open_into<V>(
+    pub(crate) fn open_into<V: Clone>(
         dir: &Path,
         id: &str,
         schema: &Schema,
@@ -671,7 +675,10 @@ impl TableStore {
     ///
     /// [`Io`](PersistenceError::Io) when syncing the log or creating the new segment
     /// fails.
-    pub(crate) fn start_snapshot(&mut self, rows: Vec<(Key, Row)>) -> Result<SnapshotJob, PersistenceError> {
+    pub(crate) fn start_snapshot(
+        &mut self,
+        rows: impl SnapshotRows + 'static,
+    ) -> Result<SnapshotJob, PersistenceError> {
         // The new segment's existence says the old one is complete, and open relies on
         // that: only the last segment may have a torn tail.
         self.sync()?;
@@ -697,7 +704,7 @@ impl TableStore {
             schema: self.schema.clone(),
             number,
             time: self.time,
-            rows,
+            rows: Box::new(rows),
             offsets: self.offsets.clone(),
             generated: self.generated,
         })
@@ -1015,13 +1022,15 @@ fn decode_record(payload: &[u8], shape: &RowShape) -> Result<Record, Fault> {
 /// Applies a record to the state being restored; says what is inconsistent if it does
 /// not fit (a checksum cannot catch a record that was valid but out of place).
 /// The rows of a snapshot as a map.
-fn into_map<V>(rows: Vec<(Key, Row)>, wrap: &impl Fn(Row) -> V) -> RowMap<V> {
-    let mut map = RowMap::with_capacity_and_hasher(rows.len(), Default::default());
-    map.extend(rows.into_iter().map(|(key, row)| (key, wrap(row))));
+fn into_map<V: Clone>(rows: Vec<(Key, Row)>, wrap: &impl Fn(Row) -> V) -> RowMap<V> {
+    let mut map = RowMap::with_capacity(rows.len());
+    for (key, row) in rows {
+        map.insert(key, wrap(row));
+    }
     map
 }
 
-fn apply<V>(
+fn apply<V: Clone>(
     state: &mut snapshot::Loaded,
     table: &mut Option<RowMap<V>>,
     record: Record,

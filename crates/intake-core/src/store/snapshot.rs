@@ -38,9 +38,34 @@ pub(crate) struct SnapshotJob {
     pub(super) schema: Schema,
     pub(super) number: u64,
     pub(super) time: Option<Time>,
-    pub(super) rows: Vec<(Key, Row)>,
+    pub(super) rows: Box<dyn SnapshotRows>,
     pub(super) offsets: Offsets,
     pub(super) generated: u64,
+}
+
+/// The rows a snapshot writes: a list, or a table's view of its rows, which the
+/// snapshot's thread reads so that the commit driver copies nothing.
+pub(crate) trait SnapshotRows: Send {
+    /// The number of rows.
+    fn count(&self) -> usize;
+    /// Every row, with its key.
+    fn rows(&self) -> Box<dyn Iterator<Item = (&Key, &Row)> + '_>;
+}
+
+impl std::fmt::Debug for dyn SnapshotRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} rows", self.count())
+    }
+}
+
+impl SnapshotRows for Vec<(Key, Row)> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn rows(&self) -> Box<dyn Iterator<Item = (&Key, &Row)> + '_> {
+        Box::new(self.iter().map(|(key, row)| (key, row)))
+    }
 }
 
 /// A snapshot written and durable, for [`TableStore::finish_snapshot`](super::TableStore::finish_snapshot).
@@ -95,12 +120,12 @@ impl SnapshotJob {
         codec::put_time(&mut frame, self.time);
         codec::put_varint(&mut frame, self.generated);
         codec::put_offsets(&mut frame, &self.offsets);
-        codec::put_varint(&mut frame, self.rows.len() as u64);
+        codec::put_varint(&mut frame, self.rows.count() as u64);
         written += self.flush_frame(&mut out, &mut frame, tmp)?;
 
         let mut rows = Vec::with_capacity(CHUNK + 4096);
         let mut count = 0u64;
-        for (key, row) in &self.rows {
+        for (key, row) in self.rows.rows() {
             codec::put_keyed_row(&mut rows, &self.schema, key, row, 0);
             count += 1;
             if rows.len() >= CHUNK {
@@ -112,7 +137,7 @@ impl SnapshotJob {
         }
         frame.truncate(FRAME_HEADER);
         frame.push(KIND_END);
-        codec::put_varint(&mut frame, self.rows.len() as u64);
+        codec::put_varint(&mut frame, self.rows.count() as u64);
         written += self.flush_frame(&mut out, &mut frame, tmp)?;
 
         let file = out.into_inner().map_err(|e| io(e.into_error()))?;
