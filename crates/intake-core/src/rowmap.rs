@@ -10,6 +10,7 @@
 //! the entries it touches, never to the table's size, and nothing at all when no view
 //! is alive.
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -66,10 +67,6 @@ impl<V: Clone> RowMap<V> {
 
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     fn entry(&self, index: usize) -> Option<&Entry<V>> {
@@ -163,6 +160,14 @@ impl<V: Clone> RowMap<V> {
         self.swap_remove_index(index).map(|(_, value)| value)
     }
 
+    /// Every entry, by value, in position order.
+    pub(crate) fn into_entries(self) -> impl Iterator<Item = (Key, V)> {
+        self.chunks
+            .into_iter()
+            .flat_map(|chunk| Arc::unwrap_or_clone(chunk).into_iter())
+            .map(|entry| (entry.key, entry.value))
+    }
+
     /// The entries as they are now, unaffected by later changes to the map. Costs one
     /// reference count per chunk.
     pub(crate) fn view(&self) -> RowView<V> {
@@ -190,6 +195,306 @@ impl<V> RowView<V> {
             .iter()
             .flat_map(|chunk| chunk.iter())
             .map(|entry| (&entry.key, &entry.value))
+    }
+}
+
+/// The rows of a table without a primary key, by generated number: a slot for every
+/// number from the oldest row held to the newest, in reference-counted chunks like
+/// [`RowMap`]'s, with neither a hash index nor stored keys (the number is the key).
+/// An append table holds its rows in about a third of the memory a [`RowMap`] entry
+/// takes, and an append costs no hashing.
+///
+/// A removed row leaves an empty slot until every slot of its chunk is empty and the
+/// chunk is the oldest: removing the oldest rows first (a retention bound) frees them
+/// chunk by chunk, while rows removed in the middle cost a slot each until then.
+pub(crate) struct AppendLog<V> {
+    /// The number of the first slot of the first chunk.
+    base: u64,
+    /// Every chunk is full but the last.
+    chunks: VecDeque<Arc<Vec<Option<V>>>>,
+    /// Occupied slots.
+    len: usize,
+}
+
+impl<V> Default for AppendLog<V> {
+    fn default() -> Self {
+        AppendLog {
+            base: 0,
+            chunks: VecDeque::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V: Clone> AppendLog<V> {
+    /// One past the number of the last slot.
+    fn end(&self) -> u64 {
+        match self.chunks.back() {
+            Some(last) => self.base + ((self.chunks.len() - 1) * CHUNK + last.len()) as u64,
+            None => self.base,
+        }
+    }
+
+    fn slot(&self, id: u64) -> Option<&Option<V>> {
+        let offset = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.chunks.get(offset / CHUNK)?.get(offset % CHUNK)
+    }
+
+    fn slot_mut(&mut self, id: u64) -> Option<&mut Option<V>> {
+        let offset = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        Arc::make_mut(self.chunks.get_mut(offset / CHUNK)?).get_mut(offset % CHUNK)
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&V> {
+        self.slot(id)?.as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut V> {
+        self.slot_mut(id)?.as_mut()
+    }
+
+    /// Puts `value` under `id`, which must not be held; returns `false` (and changes
+    /// nothing) if it is. A number past the end extends the log, leaving empty slots
+    /// for any numbers skipped.
+    pub(crate) fn insert(&mut self, id: u64, value: V) -> bool {
+        if self.len == 0 {
+            // Nothing is held: start afresh at `id`, whatever came before.
+            self.chunks.clear();
+            self.base = id;
+        }
+        if id < self.base {
+            // Older than every row held, which a table never asks for (its numbers
+            // only grow): start again from `id` and put the rows back after it.
+            let held = std::mem::take(self);
+            self.insert(id, value);
+            let base = held.base;
+            for (offset, slot) in held.chunks.into_iter().flat_map(Arc::unwrap_or_clone).enumerate() {
+                if let Some(value) = slot {
+                    self.insert(base + offset as u64, value);
+                }
+            }
+            return true;
+        }
+        if id < self.end() {
+            return match self.slot_mut(id) {
+                Some(slot @ None) => {
+                    *slot = Some(value);
+                    self.len += 1;
+                    true
+                }
+                _ => false,
+            };
+        }
+        for _ in self.end()..id {
+            self.push(None);
+        }
+        self.push(Some(value));
+        self.len += 1;
+        true
+    }
+
+    fn push(&mut self, slot: Option<V>) {
+        match self.chunks.back_mut() {
+            Some(last) if last.len() < CHUNK => Arc::make_mut(last).push(slot),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(slot);
+                self.chunks.push_back(Arc::new(chunk));
+            }
+        }
+    }
+
+    /// Empties the slot of `id` and returns what it held; frees the oldest chunks once
+    /// all their slots are empty.
+    pub(crate) fn remove(&mut self, id: u64) -> Option<V> {
+        let removed = self.slot_mut(id)?.take()?;
+        self.len -= 1;
+        if self.len == 0 {
+            self.base = self.end();
+            self.chunks.clear();
+        } else {
+            while self
+                .chunks
+                .front()
+                .is_some_and(|chunk| chunk.len() == CHUNK && chunk.iter().all(Option::is_none))
+            {
+                self.chunks.pop_front();
+                self.base += CHUNK as u64;
+            }
+        }
+        Some(removed)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The rows as they are now; see [`RowMap::view`].
+    pub(crate) fn view(&self) -> LogView<V> {
+        LogView {
+            base: self.base,
+            chunks: self.chunks.iter().cloned().collect(),
+            len: self.len,
+        }
+    }
+}
+
+/// The rows of an [`AppendLog`] at one moment.
+pub(crate) struct LogView<V> {
+    base: u64,
+    chunks: Vec<Arc<Vec<Option<V>>>>,
+    len: usize,
+}
+
+impl<V> LogView<V> {
+    /// Every row with its number, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
+        let base = self.base;
+        self.chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter())
+            .enumerate()
+            .filter_map(move |(offset, slot)| slot.as_ref().map(|value| (base + offset as u64, value)))
+    }
+}
+
+/// A table's rows: keyed by primary key in a [`RowMap`], or by generated number in an
+/// [`AppendLog`] for a table without one. Positions are stable while a commit is
+/// applied: a [`RowMap`] position until an entry is removed, an [`AppendLog`] position
+/// (the row's number) always.
+pub(crate) enum Rows<V> {
+    Keyed(RowMap<V>),
+    Appended(AppendLog<V>),
+}
+
+impl<V: Clone> Rows<V> {
+    /// Empty rows for a table with (`keyed`) or without a primary key.
+    pub(crate) fn new(keyed: bool) -> Self {
+        match keyed {
+            true => Rows::Keyed(RowMap::default()),
+            false => Rows::Appended(AppendLog::default()),
+        }
+    }
+
+    /// The rows storage restored, in the form a table with (`keyed`) or without a
+    /// primary key keeps them.
+    pub(crate) fn restored(keyed: bool, map: RowMap<V>) -> Self {
+        if keyed {
+            return Rows::Keyed(map);
+        }
+        let mut rows: Vec<(u64, V)> = map
+            .into_entries()
+            .filter_map(|(key, value)| Some((key.generated_id()?, value)))
+            .collect();
+        rows.sort_unstable_by_key(|(id, _)| *id);
+        let mut log = AppendLog::default();
+        for (id, value) in rows {
+            log.insert(id, value);
+        }
+        Rows::Appended(log)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Rows::Keyed(map) => map.len(),
+            Rows::Appended(log) => log.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn get(&self, key: &Key) -> Option<&V> {
+        match self {
+            Rows::Keyed(map) => map.get(key),
+            Rows::Appended(log) => log.get(key.generated_id()?),
+        }
+    }
+
+    /// The position of `key`, if held.
+    pub(crate) fn get_index_of(&self, key: &Key) -> Option<usize> {
+        match self {
+            Rows::Keyed(map) => map.get_index_of(key),
+            Rows::Appended(log) => {
+                let id = key.generated_id()?;
+                log.get(id)?;
+                usize::try_from(id).ok()
+            }
+        }
+    }
+
+    /// Adds `key`, which is not held, with `value`; returns its position, or `None`
+    /// if these rows cannot hold such a key (a primary key in an append table).
+    pub(crate) fn insert_new(&mut self, key: Key, value: V) -> Option<usize> {
+        match self {
+            Rows::Keyed(map) => Some(map.insert_full(key, value).0),
+            Rows::Appended(log) => {
+                let id = key.generated_id()?;
+                let position = usize::try_from(id).ok()?;
+                log.insert(id, value).then_some(position)
+            }
+        }
+    }
+
+    /// The key and value at `position`.
+    pub(crate) fn get_index(&self, position: usize) -> Option<(Key, &V)> {
+        match self {
+            Rows::Keyed(map) => map.get_index(position).map(|(key, value)| (key.clone(), value)),
+            Rows::Appended(log) => {
+                let id = position as u64;
+                log.get(id).map(|value| (Key::generated(id), value))
+            }
+        }
+    }
+
+    pub(crate) fn get_index_mut(&mut self, position: usize) -> Option<&mut V> {
+        match self {
+            Rows::Keyed(map) => map.get_index_mut(position).map(|(_, value)| value),
+            Rows::Appended(log) => log.get_mut(position as u64),
+        }
+    }
+
+    /// Removes the entry at `position`. In a [`RowMap`] the last entry moves into its
+    /// place, so remove positions from the highest down.
+    pub(crate) fn remove_index(&mut self, position: usize) -> Option<V> {
+        match self {
+            Rows::Keyed(map) => map.swap_remove_index(position).map(|(_, value)| value),
+            Rows::Appended(log) => log.remove(position as u64),
+        }
+    }
+
+    /// The rows as they are now, unaffected by later changes; costs a reference count
+    /// per chunk.
+    pub(crate) fn view(&self) -> RowsView<V> {
+        match self {
+            Rows::Keyed(map) => RowsView::Keyed(map.view()),
+            Rows::Appended(log) => RowsView::Appended(log.view()),
+        }
+    }
+}
+
+/// [`Rows`] at one moment; see [`Rows::view`].
+pub(crate) enum RowsView<V> {
+    Keyed(RowView<V>),
+    Appended(LogView<V>),
+}
+
+impl<V> RowsView<V> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            RowsView::Keyed(view) => view.len(),
+            RowsView::Appended(view) => view.len,
+        }
+    }
+
+    /// Every entry with its key: a keyed table's in position order, an append
+    /// table's oldest first.
+    pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = (Key, &V)> + '_> {
+        match self {
+            RowsView::Keyed(view) => Box::new(view.iter().map(|(key, value)| (key.clone(), value))),
+            RowsView::Appended(view) => Box::new(view.iter().map(|(id, value)| (Key::generated(id), value))),
+        }
     }
 }
 
@@ -239,6 +544,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         /// Against a `BTreeMap`: every operation agrees, and every view keeps the
         /// entries it was taken with, whatever the map does afterwards.
         #[test]
@@ -257,7 +564,7 @@ mod tests {
                         prop_assert_eq!(map.swap_remove(&Key::from(k)), model.remove(&k));
                     }
                     Op::RemoveAt(at) => {
-                        if !map.is_empty() {
+                        if map.len() > 0 {
                             let at = at % map.len();
                             let (key, value) = map.swap_remove_index(at).expect("in range");
                             let key = key.values()[0].as_int().expect("int keys");
@@ -300,5 +607,111 @@ mod tests {
         assert_eq!(shared, 3);
         assert_eq!(view.iter().next().map(|(_, v)| *v), Some(0));
         assert_eq!(map.get(&Key::from(0)), Some(&-1));
+    }
+
+    #[derive(Debug, Clone)]
+    enum LogOp {
+        Append(u32),
+        /// Skip this many numbers before the next append, as deletions in the middle
+        /// of a restored table leave.
+        Skip(u8),
+        Remove(u64),
+        RemoveOldest,
+        View,
+        DropViews,
+    }
+
+    fn log_op() -> impl Strategy<Value = LogOp> {
+        prop_oneof![
+            6 => any::<u32>().prop_map(LogOp::Append),
+            1 => any::<u8>().prop_map(LogOp::Skip),
+            2 => (0..300u64).prop_map(LogOp::Remove),
+            3 => Just(LogOp::RemoveOldest),
+            1 => Just(LogOp::View),
+            1 => Just(LogOp::DropViews),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against a `BTreeMap` of number to value: appends, removals anywhere and of
+        /// the oldest, and views that keep what they were taken with; the log never
+        /// holds more chunks than its span of numbers needs.
+        #[test]
+        fn an_append_log_behaves_as_a_map_by_number(ops in proptest::collection::vec(log_op(), 0..600)) {
+            let mut log = AppendLog::default();
+            let mut model = BTreeMap::new();
+            let mut next = 1u64;
+            let mut views: Vec<(LogView<u32>, BTreeMap<u64, u32>)> = Vec::new();
+            for op in ops {
+                match op {
+                    LogOp::Append(v) => {
+                        prop_assert!(log.insert(next, v));
+                        prop_assert!(!log.insert(next, v), "a number held is refused");
+                        model.insert(next, v);
+                        next += 1;
+                    }
+                    LogOp::Skip(n) => next += u64::from(n),
+                    LogOp::Remove(id) => prop_assert_eq!(log.remove(id), model.remove(&id)),
+                    LogOp::RemoveOldest => {
+                        let oldest = model.keys().next().copied();
+                        if let Some(id) = oldest {
+                            prop_assert_eq!(log.remove(id), model.remove(&id));
+                        }
+                    }
+                    LogOp::View => views.push((log.view(), model.clone())),
+                    LogOp::DropViews => views.clear(),
+                }
+                prop_assert_eq!(log.len(), model.len());
+                let seen: BTreeMap<u64, u32> = log.view().iter().map(|(id, v)| (id, *v)).collect();
+                prop_assert_eq!(&seen, &model);
+                for (id, v) in &model {
+                    prop_assert_eq!(log.get(*id), Some(v));
+                }
+                if let Some(first) = model.keys().next() {
+                    // Empty chunks before the oldest row are freed (those after the
+                    // newest stay, to be followed by the next appends).
+                    let span = (next - first) as usize;
+                    prop_assert!(log.chunks.len() <= span.div_ceil(CHUNK) + 1, "empty chunks are freed");
+                } else {
+                    prop_assert!(log.chunks.is_empty());
+                }
+                for (view, expected) in &views {
+                    let seen: BTreeMap<u64, u32> = view.iter().map(|(id, v)| (id, *v)).collect();
+                    prop_assert_eq!(&seen, expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_append_log_takes_a_number_older_than_all_it_holds() {
+        let mut log = AppendLog::default();
+        assert!(log.insert(100, 'b'));
+        assert!(log.insert(101, 'c'));
+        assert!(log.insert(3, 'a'));
+        let all: Vec<(u64, char)> = log.view().iter().map(|(id, v)| (id, *v)).collect();
+        assert_eq!(all, [(3, 'a'), (100, 'b'), (101, 'c')]);
+    }
+
+    #[test]
+    fn restored_rows_of_an_append_table_are_ordered_by_number() {
+        let mut map = RowMap::default();
+        for id in [7u64, 3, 9, 4] {
+            map.insert(Key::generated(id), id as u32);
+        }
+        let rows = Rows::restored(false, map);
+        let Rows::Appended(log) = &rows else {
+            panic!("an append table keeps an append log")
+        };
+        let ids: Vec<u64> = log.view().iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [3, 4, 7, 9]);
+        assert_eq!(rows.get_index_of(&Key::generated(7)), Some(7));
+        assert_eq!(
+            rows.get_index_of(&Key::from(7)),
+            None,
+            "a primary key is never held"
+        );
     }
 }

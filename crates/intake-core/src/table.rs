@@ -16,10 +16,10 @@ use crate::change::{Change, ChangeBatch, Offsets, Time};
 /// a commit looks each key up once and then works by position; readers take a
 /// [view](RowMap::view) of the slots and copy rows out of it after releasing the lock,
 /// so a snapshot of a large table never holds up a commit.
-pub(crate) type Rows = RowMap<Slot>;
+pub(crate) type Rows = crate::rowmap::Rows<Slot>;
 use crate::lifecycle::{Lifecycle, lock, panic_message};
 use crate::row::{Key, Row};
-use crate::rowmap::{RowMap, RowView};
+use crate::rowmap::{RowMap, RowsView};
 use crate::schema::Schema;
 use crate::sink::Sink;
 use crate::source::BoxError;
@@ -294,13 +294,14 @@ impl Table {
         subscriber_capacity: usize,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
+        let keyed = !schema.primary_key().is_empty();
         Table {
             shared: Arc::new(TableShared {
                 name,
                 schema,
                 subscriber_capacity,
                 state: RwLock::new(TableState {
-                    rows: Rows::default(),
+                    rows: Rows::new(keyed),
                     applied: 0,
                     touched: Vec::new(),
                     generated: 0,
@@ -750,18 +751,19 @@ impl TableState {
             // Deleting a key that is not there changes nothing.
             (None, None) => return,
             (None, Some(_)) => {
-                self.rows
-                    .insert_full(
-                        key,
-                        Slot {
-                            row: None,
-                            touched_in: 0,
-                        },
-                    )
-                    .0
+                let empty = Slot {
+                    row: None,
+                    touched_in: 0,
+                };
+                // Only a primary key in an append table cannot be held, and no event
+                // of an append table carries one.
+                let Some(index) = self.rows.insert_new(key, empty) else {
+                    return;
+                };
+                index
             }
         };
-        let Some((_, slot)) = self.rows.get_index_mut(index) else {
+        let Some(slot) = self.rows.get_index_mut(index) else {
             return;
         };
         if slot.touched_in == applied {
@@ -777,14 +779,14 @@ impl TableState {
 /// A table's rows at one commit, taken under the lock by [`TableState::view`] and read
 /// without it.
 pub(crate) struct RowsAt {
-    rows: RowView<Slot>,
+    rows: RowsView<Slot>,
     time: Option<Time>,
     offsets: Offsets,
 }
 
 impl RowsAt {
     /// The rows; between commits every slot holds one.
-    fn rows(&self) -> impl Iterator<Item = (&Key, &Row)> {
+    fn rows(&self) -> impl Iterator<Item = (Key, &Row)> {
         self.rows
             .iter()
             .filter_map(|(key, slot)| slot.row.as_ref().map(|row| (key, row)))
@@ -792,7 +794,7 @@ impl RowsAt {
 
     fn copy_rows(&self) -> Vec<(Key, Row)> {
         let mut rows = Vec::with_capacity(self.rows.len());
-        rows.extend(self.rows().map(|(key, row)| (key.clone(), row.clone())));
+        rows.extend(self.rows().map(|(key, row)| (key, row.clone())));
         rows
     }
 
@@ -804,7 +806,7 @@ impl RowsAt {
         let changes = self
             .rows()
             .map(|(key, row)| Change {
-                key: key.clone(),
+                key,
                 row: row.clone(),
                 is_addition: true,
             })
@@ -825,7 +827,7 @@ impl SnapshotRows for RowsAt {
         self.rows.len()
     }
 
-    fn rows(&self) -> Box<dyn Iterator<Item = (&Key, &Row)> + '_> {
+    fn rows(&self) -> Box<dyn Iterator<Item = (Key, &Row)> + '_> {
         Box::new(RowsAt::rows(self))
     }
 }
@@ -921,34 +923,36 @@ impl TableShared {
             let Some((key, slot)) = state.rows.get_index(index) else {
                 continue;
             };
-            match (before, &slot.row) {
-                (Some(old), Some(new)) if old == *new => {}
-                (before, after) => {
-                    if let Some(old) = before {
-                        retractions.push(Change {
-                            key: key.clone(),
-                            row: old,
-                            is_addition: false,
-                        });
-                    }
-                    if let Some(new) = after {
-                        insertions.push(Change {
-                            key: key.clone(),
-                            row: new.clone(),
-                            is_addition: true,
-                        });
-                    }
-                }
-            }
             if slot.row.is_none() {
                 emptied.push(index);
             }
+            let retraction = |key, row| Change {
+                key,
+                row,
+                is_addition: false,
+            };
+            let insertion = |key, row| Change {
+                key,
+                row,
+                is_addition: true,
+            };
+            match (before, &slot.row) {
+                (Some(old), Some(new)) if old == *new => {}
+                (Some(old), Some(new)) => {
+                    retractions.push(retraction(key.clone(), old));
+                    insertions.push(insertion(key, new.clone()));
+                }
+                (Some(old), None) => retractions.push(retraction(key, old)),
+                (None, Some(new)) => insertions.push(insertion(key, new.clone())),
+                (None, None) => {}
+            }
         }
         // Removing from the highest position down keeps the lower positions valid:
-        // `swap_remove` only moves the last slot, which is removed first if emptied.
+        // a keyed table's removal moves only the last slot, which is removed first if
+        // emptied.
         emptied.sort_unstable_by(|a, b| b.cmp(a));
         for index in emptied {
-            state.rows.swap_remove_index(index);
+            state.rows.remove_index(index);
         }
         if retractions.is_empty() && insertions.is_empty() {
             return Applied {
@@ -986,7 +990,7 @@ impl TableShared {
 
     /// Fills the table with what storage restored, before its sources run, and gives
     /// the subscribers attached so far the restored rows as a snapshot batch.
-    pub(crate) fn restore(&self, store: TableStore, restored: Restored<Rows>) {
+    pub(crate) fn restore(&self, store: TableStore, restored: Restored<RowMap<Slot>>) {
         let mut state = self.write();
         let Restored {
             time,
@@ -994,7 +998,7 @@ impl TableShared {
             offsets,
             generated,
         } = restored;
-        state.rows = rows;
+        state.rows = Rows::restored(!self.schema.primary_key().is_empty(), rows);
         state.time = time;
         state.offsets = offsets;
         state.generated = generated;

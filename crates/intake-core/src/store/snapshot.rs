@@ -49,7 +49,7 @@ pub(crate) trait SnapshotRows: Send {
     /// The number of rows.
     fn count(&self) -> usize;
     /// Every row, with its key.
-    fn rows(&self) -> Box<dyn Iterator<Item = (&Key, &Row)> + '_>;
+    fn rows(&self) -> Box<dyn Iterator<Item = (Key, &Row)> + '_>;
 }
 
 impl std::fmt::Debug for dyn SnapshotRows {
@@ -63,8 +63,8 @@ impl SnapshotRows for Vec<(Key, Row)> {
         self.len()
     }
 
-    fn rows(&self) -> Box<dyn Iterator<Item = (&Key, &Row)> + '_> {
-        Box::new(self.iter().map(|(key, row)| (key, row)))
+    fn rows(&self) -> Box<dyn Iterator<Item = (Key, &Row)> + '_> {
+        Box::new(self.iter().map(|(key, row)| (key.clone(), row)))
     }
 }
 
@@ -126,7 +126,7 @@ impl SnapshotJob {
         let mut rows = Vec::with_capacity(CHUNK + 4096);
         let mut count = 0u64;
         for (key, row) in self.rows.rows() {
-            codec::put_keyed_row(&mut rows, &self.schema, key, row, 0);
+            codec::put_keyed_row(&mut rows, &self.schema, &key, row, 0);
             count += 1;
             if rows.len() >= CHUNK {
                 written += self.flush_rows(&mut out, &mut frame, &mut rows, &mut count, tmp)?;
