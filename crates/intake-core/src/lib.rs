@@ -66,6 +66,8 @@ mod pipeline;
 mod queue;
 mod reader;
 mod reconnect;
+#[cfg(test)]
+mod json_differential;
 mod row;
 mod rowmap;
 mod schema;
