@@ -14,6 +14,8 @@ use crate::row::Key;
 use crate::schema::{Column, Schema};
 use crate::value::{DataType, Timestamp, Value};
 
+mod flat;
+
 /// How a message's payload becomes a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -737,6 +739,8 @@ impl From<Format> for ParseOptions {
 #[derive(Debug, Clone)]
 pub(crate) struct Parser {
     schema: Schema,
+    /// Column lookup by field name for the fast path of JSON text.
+    fields: flat::FieldIndex,
     format: Format,
     /// See [`ParseOptions::lenient_numbers`]; typed sends pass it to `typed::read_row`.
     pub(crate) lenient_numbers: bool,
@@ -749,6 +753,7 @@ impl Parser {
             lenient_numbers,
         } = options.into();
         Parser {
+            fields: flat::FieldIndex::new(&schema),
             schema,
             format,
             lenient_numbers,
@@ -790,6 +795,17 @@ impl Parser {
     }
 
     fn parse_json_slice(&self, bytes: &[u8]) -> Result<Arc<[Value]>, ParseError> {
+        // Most messages are flat objects the fast path reads on its own; for anything
+        // else, and for every refusal, serde_json reads the message from the start.
+        if let Some(values) = flat::parse(&self.schema, &self.fields, self.lenient_numbers, bytes) {
+            return Ok(values);
+        }
+        self.parse_json_slice_with_serde(bytes)
+    }
+
+    /// The JSON reader without its fast path: what decides every message the fast path
+    /// does not read, and what the fast path is tested against.
+    fn parse_json_slice_with_serde(&self, bytes: &[u8]) -> Result<Arc<[Value]>, ParseError> {
         let failure = Cell::new(None);
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let seed = RowSeed {
