@@ -139,7 +139,10 @@ pub(super) fn parse(
     if scan.pos != bytes.len() {
         return None;
     }
-    complete_row(columns, values, &seen).ok()?;
+    // A message that set every column, none to null, is complete as it is.
+    if !seen.is_full(columns.len()) || values.iter().any(Value::is_null) {
+        complete_row(columns, values, &seen).ok()?;
+    }
     Some(row)
 }
 
@@ -176,20 +179,22 @@ impl<'a> Scan<'a> {
     }
 
     /// The rest of a string whose opening quote was read, when it has no escape and no
-    /// control character; `None` otherwise. Not checked for UTF-8.
+    /// control character, and whether it is ASCII; `None` otherwise. Not checked for
+    /// UTF-8.
     #[inline]
     fn plain_string(&mut self) -> Option<(&'a [u8], bool)> {
-        let start = self.pos;
-        let mut ascii = true;
-        loop {
-            let byte = self.next()?;
-            match byte {
-                b'"' => return Some((&self.bytes[start..self.pos - 1], ascii)),
-                b'\\' | 0..=0x1f => return None,
-                0x80.. => ascii = false,
-                _ => {}
-            }
+        let rest = self.bytes.get(self.pos..)?;
+        let mut high = 0_u8;
+        let end = rest.iter().position(|&byte| {
+            high |= byte;
+            byte == b'"' || byte == b'\\' || byte < 0x20
+        })?;
+        if rest[end] != b'"' {
+            return None;
         }
+        self.pos += end + 1;
+        // The closing quote itself is ASCII.
+        Some((&rest[..end], high < 0x80))
     }
 
     /// A field name (after its opening quote), as serde_json reads one: valid UTF-8.
@@ -237,15 +242,16 @@ impl<'a> Scan<'a> {
             digit @ b'1'..=b'9' => u64::from(digit - b'0'),
             _ => return None,
         };
-        let mut digits = 1;
-        while let Some(digit @ b'0'..=b'9') = self.peek() {
-            digits += 1;
-            if digits > 18 {
-                return None;
-            }
-            significand = significand * 10 + u64::from(digit - b'0');
-            self.pos += 1;
+        let rest = self.bytes.get(self.pos..)?;
+        let more = rest.iter().position(|byte| !byte.is_ascii_digit()).unwrap_or(rest.len());
+        // With the first, at most 18 digits: no overflow.
+        if more > 17 {
+            return None;
         }
+        for &digit in &rest[..more] {
+            significand = significand * 10 + u64::from(digit - b'0');
+        }
+        self.pos += more;
         match self.peek() {
             Some(b'.' | b'e' | b'E') => self.float(start).map(Number::F64),
             _ if !negative => Some(Number::U64(significand)),
@@ -294,12 +300,20 @@ impl<'a> Scan<'a> {
         let read: Result<Value, serde_json::Error> = match self.peek()? {
             b'"' => {
                 self.pos += 1;
-                seed.visit_str(self.text()?)
+                let text = self.text()?;
+                // What `visit_str` does for a string column, without its result type.
+                if seed.column.data_type() == DataType::String {
+                    return Some(Value::String(Arc::from(text)));
+                }
+                seed.visit_str(text)
             }
-            b'-' | b'0'..=b'9' => match self.number()? {
-                Number::U64(n) => seed.visit_u64(n),
-                Number::I64(n) => seed.visit_i64(n),
-                Number::F64(x) => seed.visit_f64(x),
+            b'-' | b'0'..=b'9' => match (self.number()?, seed.column.data_type()) {
+                // What `visit_u64` and `visit_i64` do for an int column.
+                (Number::U64(n), DataType::Int) => return i64::try_from(n).ok().map(Value::Int),
+                (Number::I64(n), DataType::Int) => return Some(Value::Int(n)),
+                (Number::U64(n), _) => seed.visit_u64(n),
+                (Number::I64(n), _) => seed.visit_i64(n),
+                (Number::F64(x), _) => seed.visit_f64(x),
             },
             b't' => {
                 self.pos += 1;
