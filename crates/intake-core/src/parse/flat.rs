@@ -35,6 +35,10 @@ use crate::value::{DataType, Value};
 pub(super) struct FieldIndex {
     /// Per column, in schema order: the name's length and first byte.
     heads: Vec<(usize, u8)>,
+    /// Per column, its name and the closing quote, as the field appears in JSON text,
+    /// when that is the name's only spelling without escapes (no quote, backslash or
+    /// control character in the name).
+    quoted: Vec<Option<Box<[u8]>>>,
 }
 
 /// Above this many columns, field names are looked up through the schema's hash map.
@@ -51,7 +55,24 @@ impl FieldIndex {
                     (name.len(), name.first().copied().unwrap_or(0))
                 })
                 .collect(),
+            quoted: schema
+                .columns()
+                .iter()
+                .map(|column| {
+                    let name = column.name().as_bytes();
+                    let plain = !name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                    plain.then(|| [name, b"\""].concat().into_boxed_slice())
+                })
+                .collect(),
         }
+    }
+
+    /// Whether the field name at the start of `rest` (after its opening quote) is
+    /// column `i`'s name, and if so, how many bytes it takes with its closing quote.
+    #[inline]
+    fn is_next(&self, i: usize, rest: &[u8]) -> Option<usize> {
+        let quoted = self.quoted.get(i)?.as_deref()?;
+        rest.starts_with(quoted).then_some(quoted.len())
     }
 
     /// The column named `name` (valid UTF-8: a column name is, and only a column name
@@ -101,22 +122,35 @@ pub(super) fn parse(
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
     scan.whitespace();
+    // Fields usually come in the order of the columns: the column after the last one
+    // read is tried first, by comparing its name with the text as it stands.
+    let mut next = 0;
     if !scan.eat(b'}') {
         loop {
             if !scan.eat(b'"') {
                 return None;
             }
-            let name = scan.name()?;
+            let column = match index.is_next(next, &bytes[scan.pos..]) {
+                Some(length) => {
+                    scan.pos += length;
+                    Some(next)
+                }
+                None => {
+                    let name = scan.name()?;
+                    index.find(columns, schema, name)
+                }
+            };
             scan.whitespace();
             if !scan.eat(b':') {
                 return None;
             }
             scan.whitespace();
-            match index.find(columns, schema, name) {
+            match column {
                 Some(i) => {
                     if !seen.insert(i) {
                         return None;
                     }
+                    next = i + 1;
                     let seed = ValueSeed {
                         column: &columns[i],
                         failure: &failure,
@@ -487,7 +521,7 @@ mod tests {
 
     const NAMES: &[&str] = &[
         "key", "name", "score", "note", "at", "extra", "ok", "blob", "i", "f", "unknown", "k", "nam", "names",
-        "ke\\u0079", "caf\u{e9}", "",
+        "ke\\u0079", "caf\u{e9}", "", "keys", "key\\\"", "value",
     ];
 
     const SPACES: &[&str] = &["", "", "", " ", "\n", "\t", "\r", "  ", "\u{a0}", "\u{c}"];
@@ -599,6 +633,30 @@ mod tests {
                 prop_assert_eq!(fast, n.unsigned_abs() < 1_000_000_000_000_000_000, "{}", message);
             }
         }
+    }
+
+    /// A column name that JSON text can only spell with escapes is never matched by
+    /// its raw bytes.
+    #[test]
+    fn names_with_quotes_and_backslashes_are_left_to_serde_json() {
+        let schema = Schema::new([
+            Column::new("a\"b", DataType::Int).nullable(),
+            Column::new("c\\d", DataType::Int).nullable(),
+            Column::new("a", DataType::Int).nullable(),
+        ])
+        .unwrap();
+        let parser = Parser::new(schema, Format::Json);
+        for message in [
+            r#"{"a\"b": 1, "c\\d": 2, "a": 3}"#,
+            r#"{"a": 3, "a\"b": 1}"#,
+            r#"{"a\"b": 1}"#,
+            r#"{"ab": 1, "a": 2}"#,
+            r#"{"a": 1, "c\\d": 2}"#,
+        ] {
+            agrees(&parser, message.as_bytes()).unwrap();
+        }
+        let values = parser.parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#).unwrap();
+        assert_eq!(&values[..], &[Value::Int(1), Value::Int(2), Value::Int(3)]);
     }
 
     #[test]
