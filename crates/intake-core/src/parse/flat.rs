@@ -180,6 +180,47 @@ pub(super) fn parse(
     Some(row)
 }
 
+/// Where the plain text of a string ends: the first quote, backslash or control
+/// character in `rest`, and whether the bytes before it are ASCII; `None` if there is
+/// none. Eight bytes at a time (the "has a byte below n" word tricks, exact for the
+/// first such byte), so that long strings cost a few instructions per word.
+#[inline]
+fn string_end(rest: &[u8]) -> Option<(usize, bool)> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// The high bit of each byte of `word` that is below `n` (n <= 0x80), exact up to
+    /// the first such byte counting from the least significant end.
+    const fn below(word: u64, n: u8) -> u64 {
+        word.wrapping_sub(ONES * n as u64) & !word & HIGHS
+    }
+    let mut high = 0_u64;
+    let mut chunks = rest.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        let found = below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20);
+        if found != 0 {
+            let at = (found.trailing_zeros() / 8) as usize;
+            // The bytes before the special one: the rest of the word is not text.
+            let before = if at == 0 { 0 } else { word & (u64::MAX >> (64 - 8 * at)) };
+            return Some((offset + at, (high | before) & HIGHS == 0));
+        }
+        high |= word;
+        offset += 8;
+    }
+    for (i, &byte) in chunks.remainder().iter().enumerate() {
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            return Some((offset + i, high & HIGHS == 0));
+        }
+        high |= u64::from(byte);
+    }
+    None
+}
+
 struct Scan<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -218,17 +259,12 @@ impl<'a> Scan<'a> {
     #[inline]
     fn plain_string(&mut self) -> Option<(&'a [u8], bool)> {
         let rest = self.bytes.get(self.pos..)?;
-        let mut high = 0_u8;
-        let end = rest.iter().position(|&byte| {
-            high |= byte;
-            byte == b'"' || byte == b'\\' || byte < 0x20
-        })?;
+        let (end, ascii) = string_end(rest)?;
         if rest[end] != b'"' {
             return None;
         }
         self.pos += end + 1;
-        // The closing quote itself is ASCII.
-        Some((&rest[..end], high < 0x80))
+        Some((&rest[..end], ascii))
     }
 
     /// A field name (after its opening quote), as serde_json reads one: valid UTF-8.
@@ -447,6 +483,8 @@ impl<'a> Scan<'a> {
     /// UTF-8 (serde_json's `ignore_str`).
     fn skip_string(&mut self) -> Option<()> {
         loop {
+            let (end, _) = string_end(self.bytes.get(self.pos..)?)?;
+            self.pos += end;
             match self.next()? {
                 b'"' => return Some(()),
                 b'\\' => match self.next()? {
@@ -632,6 +670,18 @@ mod tests {
                 let fast = agrees(parser, message.as_bytes())?;
                 prop_assert_eq!(fast, n.unsigned_abs() < 1_000_000_000_000_000_000, "{}", message);
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn string_ends_are_found_as_byte_by_byte(bytes in prop::collection::vec(
+            prop::sample::select(&[b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h', b'i', b'j', b'k', b'l', b'm', b'n', b'o', b'p', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']'][..]), 0..80)) {
+            let naive = bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .map(|end| (end, bytes[..end].is_ascii()));
+            prop_assert_eq!(string_end(&bytes), naive);
         }
     }
 
