@@ -132,7 +132,9 @@ fn main() -> anyhow::Result<()> {
     drop(runtime);
     let rss_intake = peak_rss_mib().unwrap_or(f64::NAN);
     if intake_only {
-        println!("W1 (intake only): {count} messages, {intake_rate:.0} msgs/s ({changes} changes delivered, {rows} rows)");
+        println!(
+            "W1 (intake only): {count} messages, {intake_rate:.0} msgs/s ({changes} changes delivered, {rows} rows)"
+        );
         return Ok(());
     }
 

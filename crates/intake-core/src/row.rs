@@ -468,13 +468,23 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for key in 0..1000 {
             for x in [0.0, -0.0, 1.5, f64::MIN_POSITIVE] {
-                assert!(seen.insert(fingerprint(&values(key, Value::Float(x)))), "{key} {x}");
+                assert!(
+                    seen.insert(fingerprint(&values(key, Value::Float(x)))),
+                    "{key} {x}"
+                );
             }
         }
-        assert_ne!(fingerprint(&[Value::Int(1), Value::Int(2)]), fingerprint(&[Value::Int(2), Value::Int(1)]));
+        assert_ne!(
+            fingerprint(&[Value::Int(1), Value::Int(2)]),
+            fingerprint(&[Value::Int(2), Value::Int(1)])
+        );
         assert_ne!(fingerprint(&[Value::Int(0)]), fingerprint(&[Value::Null]));
         assert_ne!(fingerprint(&[Value::from("a")]), fingerprint(&[Value::from("b")]));
-        let schema = Schema::new([Column::new("k", DataType::Int), Column::new("v", DataType::String)]).unwrap();
+        let schema = Schema::new([
+            Column::new("k", DataType::Int),
+            Column::new("v", DataType::String),
+        ])
+        .unwrap();
         let row = |v: &str| Row::new(&schema, vec![Value::Int(1), Value::from(v)]).unwrap();
         assert_eq!(row("x"), row("x"));
         assert_ne!(row("x"), row("y"));

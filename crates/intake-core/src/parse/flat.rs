@@ -85,12 +85,9 @@ impl FieldIndex {
                 .and_then(|name| schema.index_of(name));
         }
         let first = name.first().copied().unwrap_or(0);
-        self.heads
-            .iter()
-            .zip(columns)
-            .position(|(&(len, head), column)| {
-                len == name.len() && head == first && column.name().as_bytes() == name
-            })
+        self.heads.iter().zip(columns).position(|(&(len, head), column)| {
+            len == name.len() && head == first && column.name().as_bytes() == name
+        })
     }
 }
 
@@ -206,7 +203,11 @@ fn string_end(rest: &[u8]) -> Option<(usize, bool)> {
         if found != 0 {
             let at = (found.trailing_zeros() / 8) as usize;
             // The bytes before the special one: the rest of the word is not text.
-            let before = if at == 0 { 0 } else { word & (u64::MAX >> (64 - 8 * at)) };
+            let before = if at == 0 {
+                0
+            } else {
+                word & (u64::MAX >> (64 - 8 * at))
+            };
             return Some((offset + at, (high | before) & HIGHS == 0));
         }
         high |= word;
@@ -313,7 +314,10 @@ impl<'a> Scan<'a> {
             _ => return None,
         };
         let rest = self.bytes.get(self.pos..)?;
-        let more = rest.iter().position(|byte| !byte.is_ascii_digit()).unwrap_or(rest.len());
+        let more = rest
+            .iter()
+            .position(|byte| !byte.is_ascii_digit())
+            .unwrap_or(rest.len());
         // With the first, at most 18 digits: no overflow.
         if more > 17 {
             return None;
@@ -545,21 +549,106 @@ mod tests {
     /// Pieces of JSON that the fast path reads, that it leaves to serde_json, and that
     /// serde_json refuses: edge cases of every rule the fast path copies.
     const VALUES: &[&str] = &[
-        "0", "1", "-1", "-0", "00", "01", "-", "--1", "+1", "123456789012345678", "999999999999999999",
-        "1234567890123456789", "18446744073709551615", "18446744073709551616", "-9223372036854775808",
-        "-9223372036854775809", "1.5", "-0.0", "0.1", "1.", ".5", "1e5", "1E+5", "1e-5", "1e", "1e+",
-        "2.5e-3", "1e400", "-1e400", "1e-400", "-1e-400", "0e99999999999999999999", "1.7976931348623157e308",
-        "4.9e-324", "123456789012345678901234567890.5", "0.30000000000000004", "true", "false", "null", "tru",
-        "nul", "falsey", "nulll", "\"\"", "\"a\"", "\"AAPL\"", "\"manul\"", "\"caf\u{e9}\"", "\"\\u00e9\"",
-        "\"a\\nb\"", "\"\\q\"", "\"\\ud800\"", "\"a\tb\"", "\"\u{1}\"", "\"2024-01-01T00:00:00Z\"",
-        "\"2024-13-01T00:00:00Z\"", "\"12\"", "\"-0.5\"", "\" 1\"", "\"1e3\"", "\"x\"", "1700000000000",
-        "[]", "[1, 2]", "[104, 105]", "[256]", "[1,]", "[", "{}", "{\"a\": [1, {\"b\": null}]}",
-        "{\"a\" 1}", "{\"a\": 1,}", "{,}", "[[[[[]]]]]", "\"unterminated", "\"\\u12\"", "\"\\u12g4\"",
+        "0",
+        "1",
+        "-1",
+        "-0",
+        "00",
+        "01",
+        "-",
+        "--1",
+        "+1",
+        "123456789012345678",
+        "999999999999999999",
+        "1234567890123456789",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1.5",
+        "-0.0",
+        "0.1",
+        "1.",
+        ".5",
+        "1e5",
+        "1E+5",
+        "1e-5",
+        "1e",
+        "1e+",
+        "2.5e-3",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "-1e-400",
+        "0e99999999999999999999",
+        "1.7976931348623157e308",
+        "4.9e-324",
+        "123456789012345678901234567890.5",
+        "0.30000000000000004",
+        "true",
+        "false",
+        "null",
+        "tru",
+        "nul",
+        "falsey",
+        "nulll",
+        "\"\"",
+        "\"a\"",
+        "\"AAPL\"",
+        "\"manul\"",
+        "\"caf\u{e9}\"",
+        "\"\\u00e9\"",
+        "\"a\\nb\"",
+        "\"\\q\"",
+        "\"\\ud800\"",
+        "\"a\tb\"",
+        "\"\u{1}\"",
+        "\"2024-01-01T00:00:00Z\"",
+        "\"2024-13-01T00:00:00Z\"",
+        "\"12\"",
+        "\"-0.5\"",
+        "\" 1\"",
+        "\"1e3\"",
+        "\"x\"",
+        "1700000000000",
+        "[]",
+        "[1, 2]",
+        "[104, 105]",
+        "[256]",
+        "[1,]",
+        "[",
+        "{}",
+        "{\"a\": [1, {\"b\": null}]}",
+        "{\"a\" 1}",
+        "{\"a\": 1,}",
+        "{,}",
+        "[[[[[]]]]]",
+        "\"unterminated",
+        "\"\\u12\"",
+        "\"\\u12g4\"",
     ];
 
     const NAMES: &[&str] = &[
-        "key", "name", "score", "note", "at", "extra", "ok", "blob", "i", "f", "unknown", "k", "nam", "names",
-        "ke\\u0079", "caf\u{e9}", "", "keys", "key\\\"", "value",
+        "key",
+        "name",
+        "score",
+        "note",
+        "at",
+        "extra",
+        "ok",
+        "blob",
+        "i",
+        "f",
+        "unknown",
+        "k",
+        "nam",
+        "names",
+        "ke\\u0079",
+        "caf\u{e9}",
+        "",
+        "keys",
+        "key\\\"",
+        "value",
     ];
 
     const SPACES: &[&str] = &["", "", "", " ", "\n", "\t", "\r", "  ", "\u{a0}", "\u{c}"];
@@ -629,7 +718,13 @@ mod tests {
         if let Some(fast) = &fast {
             match &serde {
                 Ok(values) => prop_assert_eq!(fast, values, "{}", text),
-                Err(error) => prop_assert!(false, "fast path read {} as {:?}; serde_json: {}", text, fast, error),
+                Err(error) => prop_assert!(
+                    false,
+                    "fast path read {} as {:?}; serde_json: {}",
+                    text,
+                    fast,
+                    error
+                ),
             }
         }
         // The whole reader is the serde_json path's outcome.
@@ -705,7 +800,9 @@ mod tests {
         ] {
             agrees(&parser, message.as_bytes()).unwrap();
         }
-        let values = parser.parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#).unwrap();
+        let values = parser
+            .parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#)
+            .unwrap();
         assert_eq!(&values[..], &[Value::Int(1), Value::Int(2), Value::Int(3)]);
     }
 
