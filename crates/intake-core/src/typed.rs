@@ -199,6 +199,9 @@ struct RowBuilder<'a> {
     seen: Seen,
     /// The column of the map key just given (`None` for a field the schema lacks).
     key: Option<Option<usize>>,
+    /// The column after the last one set: a derived struct's fields usually come in
+    /// the order of its columns, so this is checked before the schema is searched.
+    next: usize,
 }
 
 impl<'a> RowBuilder<'a> {
@@ -210,12 +213,23 @@ impl<'a> RowBuilder<'a> {
             row: empty_row(columns),
             seen: Seen::new(columns),
             key: None,
+            next: 0,
+        }
+    }
+
+    /// The column named `name`, trying the one after the last set first.
+    #[inline]
+    fn column_named(&self, name: &str) -> Option<usize> {
+        match self.schema.columns().get(self.next) {
+            Some(column) if column.name() == name => Some(self.next),
+            _ => self.schema.index_of(name),
         }
     }
 
     fn set<T: Serialize + ?Sized>(&mut self, column: Option<usize>, value: &T) -> Result<(), Error> {
         // A field the schema lacks is ignored, as in JSON.
         let Some(i) = column else { return Ok(()) };
+        self.next = i + 1;
         let column = &self.schema.columns()[i];
         if !self.seen.insert(i) {
             return Err(Error(ParseError::DuplicateField {
@@ -237,7 +251,11 @@ impl<'a> RowBuilder<'a> {
         let Some(values) = Arc::get_mut(&mut self.row) else {
             return Err(ser::Error::custom("internal error: a new row was shared"));
         };
-        complete_row(self.schema.columns(), values, &self.seen).map_err(Error)?;
+        // A value that set every column, none to null, is complete as it is.
+        let columns = self.schema.columns();
+        if !self.seen.is_full(columns.len()) || values.iter().any(Value::is_null) {
+            complete_row(columns, values, &self.seen).map_err(Error)?;
+        }
         Ok(self.row)
     }
 }
@@ -247,7 +265,7 @@ impl ser::SerializeStruct for RowBuilder<'_> {
     type Error = Error;
 
     fn serialize_field<T: Serialize + ?Sized>(&mut self, name: &'static str, value: &T) -> Result<(), Error> {
-        self.set(self.schema.index_of(name), value)
+        self.set(self.column_named(name), value)
     }
 
     fn end(self) -> Result<Arc<[Value]>, Error> {
@@ -261,7 +279,7 @@ impl ser::SerializeMap for RowBuilder<'_> {
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
         let name = key.serialize(KeySerializer)?;
-        self.key = Some(self.schema.index_of(&name));
+        self.key = Some(self.column_named(&name));
         Ok(())
     }
 
@@ -357,7 +375,17 @@ impl<'a> ser::Serializer for ValueSerializer<'a> {
     primitive!(serialize_i8, i8, |seed, v| seed.visit_i64(i64::from(v)));
     primitive!(serialize_i16, i16, |seed, v| seed.visit_i64(i64::from(v)));
     primitive!(serialize_i32, i32, |seed, v| seed.visit_i64(i64::from(v)));
-    primitive!(serialize_i64, i64, |seed, v| seed.visit_i64(v));
+
+    fn serialize_i64(self, v: i64) -> Result<Value, Error> {
+        match self.column.data_type() {
+            // What the reader's conversion does for an int column, without its result
+            // type and failure cell.
+            DataType::Int => Ok(Value::Int(v)),
+            DataType::Json => self.json(&v),
+            _ => convert(self.column, self.lenient_numbers, |seed| seed.visit_i64(v)),
+        }
+    }
+
     primitive!(serialize_u8, u8, |seed, v| seed.visit_u64(u64::from(v)));
     primitive!(serialize_u16, u16, |seed, v| seed.visit_u64(u64::from(v)));
     primitive!(serialize_u32, u32, |seed, v| seed.visit_u64(u64::from(v)));

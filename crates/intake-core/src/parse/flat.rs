@@ -1,0 +1,833 @@
+//! The fast path of the JSON reader: one flat object of scalars, read by a scanner of
+//! its own instead of serde_json's generic machinery.
+//!
+//! Most messages are a single object whose columns hold numbers, strings without
+//! escapes, booleans and nulls. For those, serde_json's `Deserializer` spends more
+//! instructions in its visitor plumbing than in reading the bytes, so this module reads
+//! them directly. It is only ever an optimisation: it gives an answer only for input it
+//! fully understands and that makes a valid row, and otherwise says "fall back", after
+//! which the serde_json path reads the message from the start and decides (including
+//! every error and its position). So for any input it either agrees with the serde_json
+//! path exactly or is not used; the property tests in `parse.rs` check that.
+//!
+//! What it reads as serde_json does (`serde_json/src/de.rs`, `read.rs` of 1.0.x):
+//! whitespace is space, tab, line feed and carriage return; a field name is a string
+//! (escapes and invalid UTF-8 make it fall back); column values go through the same
+//! conversions (`ValueSeed`'s visitor methods) with the same numbers serde_json would
+//! produce (`-0` is the float `-0.0`; integers of more than 18 digits, escaped strings,
+//! arrays, objects and JSON columns fall back); the values of fields the schema lacks
+//! are skipped with serde_json's `ignore_value` rules (escapes checked but not decoded,
+//! strings not checked for UTF-8, no depth limit; here nesting beyond 64 levels falls
+//! back).
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use serde::de::Visitor;
+
+use super::{Seen, ValueSeed, complete_row, empty_row};
+use crate::schema::{Column, Schema};
+use crate::value::{DataType, Value};
+
+/// Column lookup by field name, precomputed per reader: the name's length and first
+/// byte settle almost every comparison before the bytes are compared.
+#[derive(Debug, Clone)]
+pub(super) struct FieldIndex {
+    /// Per column, in schema order: the name's length and first byte.
+    heads: Vec<(usize, u8)>,
+    /// Per column, its name and the closing quote, as the field appears in JSON text,
+    /// when that is the name's only spelling without escapes (no quote, backslash or
+    /// control character in the name).
+    quoted: Vec<Option<Box<[u8]>>>,
+}
+
+/// Above this many columns, field names are looked up through the schema's hash map.
+const SCAN_LIMIT: usize = 16;
+
+impl FieldIndex {
+    pub(super) fn new(schema: &Schema) -> Self {
+        FieldIndex {
+            heads: schema
+                .columns()
+                .iter()
+                .map(|column| {
+                    let name = column.name().as_bytes();
+                    (name.len(), name.first().copied().unwrap_or(0))
+                })
+                .collect(),
+            quoted: schema
+                .columns()
+                .iter()
+                .map(|column| {
+                    let name = column.name().as_bytes();
+                    let plain = !name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                    plain.then(|| [name, b"\""].concat().into_boxed_slice())
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the field name at the start of `rest` (after its opening quote) is
+    /// column `i`'s name, and if so, how many bytes it takes with its closing quote.
+    #[inline]
+    fn is_next(&self, i: usize, rest: &[u8]) -> Option<usize> {
+        let quoted = self.quoted.get(i)?.as_deref()?;
+        rest.starts_with(quoted).then_some(quoted.len())
+    }
+
+    /// The column named `name` (valid UTF-8: a column name is, and only a column name
+    /// can match).
+    #[inline]
+    fn find(&self, columns: &[Column], schema: &Schema, name: &[u8]) -> Option<usize> {
+        if self.heads.len() > SCAN_LIMIT {
+            return std::str::from_utf8(name)
+                .ok()
+                .and_then(|name| schema.index_of(name));
+        }
+        let first = name.first().copied().unwrap_or(0);
+        self.heads.iter().zip(columns).position(|(&(len, head), column)| {
+            len == name.len() && head == first && column.name().as_bytes() == name
+        })
+    }
+}
+
+/// A number as serde_json hands it to a visitor.
+enum Number {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+/// Reads `bytes` as one flat JSON object into a row of `schema`; `None` when the
+/// message is anything else or is refused, for the serde_json path to read.
+#[inline]
+pub(super) fn parse(
+    schema: &Schema,
+    index: &FieldIndex,
+    lenient_numbers: bool,
+    bytes: &[u8],
+) -> Option<Arc<[Value]>> {
+    let columns = schema.columns();
+    let mut scan = Scan { bytes, pos: 0 };
+    scan.whitespace();
+    if !scan.eat(b'{') {
+        return None;
+    }
+    let mut row = empty_row(columns.len());
+    let values = Arc::get_mut(&mut row)?;
+    let mut seen = Seen::new(columns.len());
+    // Set by a refused value; never read, as the serde_json path then reports.
+    let failure = Cell::new(None);
+    scan.whitespace();
+    // Fields usually come in the order of the columns: the column after the last one
+    // read is tried first, by comparing its name with the text as it stands.
+    let mut next = 0;
+    if !scan.eat(b'}') {
+        loop {
+            if !scan.eat(b'"') {
+                return None;
+            }
+            let column = match index.is_next(next, &bytes[scan.pos..]) {
+                Some(length) => {
+                    scan.pos += length;
+                    Some(next)
+                }
+                None => {
+                    let name = scan.name()?;
+                    index.find(columns, schema, name)
+                }
+            };
+            scan.whitespace();
+            if !scan.eat(b':') {
+                return None;
+            }
+            scan.whitespace();
+            match column {
+                Some(i) => {
+                    if !seen.insert(i) {
+                        return None;
+                    }
+                    next = i + 1;
+                    let seed = ValueSeed {
+                        column: &columns[i],
+                        failure: &failure,
+                        lenient_numbers,
+                    };
+                    values[i] = scan.value(seed)?;
+                }
+                None => scan.skip_value()?,
+            }
+            scan.whitespace();
+            match scan.next()? {
+                b',' => scan.whitespace(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    // Only whitespace may follow the object.
+    scan.whitespace();
+    if scan.pos != bytes.len() {
+        return None;
+    }
+    // A message that set every column, none to null, is complete as it is.
+    if !seen.is_full(columns.len()) || values.iter().any(Value::is_null) {
+        complete_row(columns, values, &seen).ok()?;
+    }
+    Some(row)
+}
+
+/// Where the plain text of a string ends: the first quote, backslash or control
+/// character in `rest`, and whether the bytes before it are ASCII; `None` if there is
+/// none. Eight bytes at a time (the "has a byte below n" word tricks, exact for the
+/// first such byte), so that long strings cost a few instructions per word.
+#[inline]
+fn string_end(rest: &[u8]) -> Option<(usize, bool)> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// The high bit of each byte of `word` that is below `n` (n <= 0x80), exact up to
+    /// the first such byte counting from the least significant end.
+    const fn below(word: u64, n: u8) -> u64 {
+        word.wrapping_sub(ONES * n as u64) & !word & HIGHS
+    }
+    let mut high = 0_u64;
+    let mut chunks = rest.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(bytes);
+        let found = below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20);
+        if found != 0 {
+            let at = (found.trailing_zeros() / 8) as usize;
+            // The bytes before the special one: the rest of the word is not text.
+            let before = if at == 0 {
+                0
+            } else {
+                word & (u64::MAX >> (64 - 8 * at))
+            };
+            return Some((offset + at, (high | before) & HIGHS == 0));
+        }
+        high |= word;
+        offset += 8;
+    }
+    for (i, &byte) in chunks.remainder().iter().enumerate() {
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            return Some((offset + i, high & HIGHS == 0));
+        }
+        high |= u64::from(byte);
+    }
+    None
+}
+
+struct Scan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.pos += 1;
+        Some(byte)
+    }
+
+    #[inline]
+    fn eat(&mut self, byte: u8) -> bool {
+        let found = self.peek() == Some(byte);
+        self.pos += usize::from(found);
+        found
+    }
+
+    #[inline]
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// The rest of a string whose opening quote was read, when it has no escape and no
+    /// control character, and whether it is ASCII; `None` otherwise. Not checked for
+    /// UTF-8.
+    #[inline]
+    fn plain_string(&mut self) -> Option<(&'a [u8], bool)> {
+        let rest = self.bytes.get(self.pos..)?;
+        let (end, ascii) = string_end(rest)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        self.pos += end + 1;
+        Some((&rest[..end], ascii))
+    }
+
+    /// A field name (after its opening quote), as serde_json reads one: valid UTF-8.
+    #[inline]
+    fn name(&mut self) -> Option<&'a [u8]> {
+        let (name, ascii) = self.plain_string()?;
+        if !ascii {
+            std::str::from_utf8(name).ok()?;
+        }
+        Some(name)
+    }
+
+    /// A string value (after its opening quote), as serde_json reads one: valid UTF-8.
+    #[inline]
+    fn text(&mut self) -> Option<&'a str> {
+        let (text, _) = self.plain_string()?;
+        std::str::from_utf8(text).ok()
+    }
+
+    /// Reads a literal whose first byte was read.
+    #[inline]
+    fn literal(&mut self, rest: &[u8]) -> Option<()> {
+        let end = self.pos.checked_add(rest.len())?;
+        if self.bytes.get(self.pos..end)? == rest {
+            self.pos = end;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A number, as serde_json's `parse_any_number` reads it, or `None` for one it reads
+    /// the long way (more than 18 integer digits) or refuses.
+    #[inline]
+    fn number(&mut self) -> Option<Number> {
+        let start = self.pos;
+        let negative = self.eat(b'-');
+        let mut significand: u64 = match self.next()? {
+            b'0' => {
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return None;
+                }
+                0
+            }
+            digit @ b'1'..=b'9' => u64::from(digit - b'0'),
+            _ => return None,
+        };
+        let rest = self.bytes.get(self.pos..)?;
+        let more = rest
+            .iter()
+            .position(|byte| !byte.is_ascii_digit())
+            .unwrap_or(rest.len());
+        // With the first, at most 18 digits: no overflow.
+        if more > 17 {
+            return None;
+        }
+        for &digit in &rest[..more] {
+            significand = significand * 10 + u64::from(digit - b'0');
+        }
+        self.pos += more;
+        match self.peek() {
+            Some(b'.' | b'e' | b'E') => self.float(start).map(Number::F64),
+            _ if !negative => Some(Number::U64(significand)),
+            // At most 18 digits: the negation cannot overflow.
+            #[allow(clippy::cast_possible_wrap)]
+            _ if significand != 0 => Some(Number::I64(-(significand as i64))),
+            // serde_json reads `-0` as the float -0.0.
+            _ => Some(Number::F64(-0.0)),
+        }
+    }
+
+    /// The fraction and exponent of a number that began at `start`, read with
+    /// serde_json's grammar and converted with correct rounding, as serde_json's
+    /// `float_roundtrip` does; an infinite result (serde_json: out of range) falls back.
+    fn float(&mut self, start: usize) -> Option<f64> {
+        if self.eat(b'.') {
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            self.digits()?;
+        }
+        let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
+        let value: f64 = text.parse().ok()?;
+        value.is_finite().then_some(value)
+    }
+
+    /// At least one digit.
+    fn digits(&mut self) -> Option<()> {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        (self.pos > start).then_some(())
+    }
+
+    /// A column's value, through the conversions of the serde_json path.
+    #[inline]
+    fn value(&mut self, seed: ValueSeed<'_>) -> Option<Value> {
+        if seed.column.data_type() == DataType::Json {
+            return None;
+        }
+        let read: Result<Value, serde_json::Error> = match self.peek()? {
+            b'"' => {
+                self.pos += 1;
+                let text = self.text()?;
+                // What `visit_str` does for a string column, without its result type.
+                if seed.column.data_type() == DataType::String {
+                    return Some(Value::String(Arc::from(text)));
+                }
+                seed.visit_str(text)
+            }
+            b'-' | b'0'..=b'9' => match (self.number()?, seed.column.data_type()) {
+                // What `visit_u64` and `visit_i64` do for an int column.
+                (Number::U64(n), DataType::Int) => return i64::try_from(n).ok().map(Value::Int),
+                (Number::I64(n), DataType::Int) => return Some(Value::Int(n)),
+                (Number::U64(n), _) => seed.visit_u64(n),
+                (Number::I64(n), _) => seed.visit_i64(n),
+                (Number::F64(x), _) => seed.visit_f64(x),
+            },
+            b't' => {
+                self.pos += 1;
+                self.literal(b"rue")?;
+                seed.visit_bool(true)
+            }
+            b'f' => {
+                self.pos += 1;
+                self.literal(b"alse")?;
+                seed.visit_bool(false)
+            }
+            b'n' => {
+                self.pos += 1;
+                self.literal(b"ull")?;
+                seed.visit_unit()
+            }
+            _ => return None,
+        };
+        read.ok()
+    }
+
+    /// Skips the value of a field the schema lacks, as serde_json's `ignore_value`
+    /// does; `None` for what it would refuse, and for nesting beyond 64 levels.
+    fn skip_value(&mut self) -> Option<()> {
+        // One bit per open container: set for an object, clear for an array.
+        let mut objects: u64 = 0;
+        let mut depth = 0_u32;
+        loop {
+            // A value.
+            match self.next()? {
+                b'"' => self.skip_string()?,
+                b'-' | b'0'..=b'9' => {
+                    self.pos -= 1;
+                    self.number_text()?;
+                }
+                b't' => self.literal(b"rue")?,
+                b'f' => self.literal(b"alse")?,
+                b'n' => self.literal(b"ull")?,
+                open @ (b'[' | b'{') => {
+                    if depth == 64 {
+                        return None;
+                    }
+                    let is_object = open == b'{';
+                    objects = (objects << 1) | u64::from(is_object);
+                    depth += 1;
+                    self.whitespace();
+                    let close = if is_object { b'}' } else { b']' };
+                    if !self.eat(close) {
+                        if is_object {
+                            self.member_name()?;
+                        }
+                        self.whitespace();
+                        continue;
+                    }
+                    objects >>= 1;
+                    depth -= 1;
+                }
+                _ => return None,
+            }
+            // After a value: close containers, or go on to the next element.
+            loop {
+                if depth == 0 {
+                    return Some(());
+                }
+                self.whitespace();
+                let in_object = objects & 1 == 1;
+                match self.next()? {
+                    b',' => {
+                        self.whitespace();
+                        if in_object {
+                            self.member_name()?;
+                        }
+                        self.whitespace();
+                        break;
+                    }
+                    b'}' if in_object => {}
+                    b']' if !in_object => {}
+                    _ => return None,
+                }
+                objects >>= 1;
+                depth -= 1;
+            }
+        }
+    }
+
+    /// `"name"` and the colon after it, inside a skipped object.
+    fn member_name(&mut self) -> Option<()> {
+        if !self.eat(b'"') {
+            return None;
+        }
+        self.skip_string()?;
+        self.whitespace();
+        self.eat(b':').then_some(())
+    }
+
+    /// The rest of a skipped string: escapes must be valid, the bytes need not be
+    /// UTF-8 (serde_json's `ignore_str`).
+    fn skip_string(&mut self) -> Option<()> {
+        loop {
+            let (end, _) = string_end(self.bytes.get(self.pos..)?)?;
+            self.pos += end;
+            match self.next()? {
+                b'"' => return Some(()),
+                b'\\' => match self.next()? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    b'u' => {
+                        for _ in 0..4 {
+                            if !self.next()?.is_ascii_hexdigit() {
+                                return None;
+                            }
+                        }
+                    }
+                    _ => return None,
+                },
+                0..=0x1f => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// A skipped number, as serde_json's `ignore_integer` reads it (any length).
+    fn number_text(&mut self) -> Option<()> {
+        self.eat(b'-');
+        match self.next()? {
+            b'0' => {
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return None;
+                }
+            }
+            b'1'..=b'9' => {
+                while let Some(b'0'..=b'9') = self.peek() {
+                    self.pos += 1;
+                }
+            }
+            _ => return None,
+        }
+        if self.eat(b'.') {
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            self.digits()?;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::parse::{Format, ParseOptions, Parser, Payload};
+
+    /// Pieces of JSON that the fast path reads, that it leaves to serde_json, and that
+    /// serde_json refuses: edge cases of every rule the fast path copies.
+    const VALUES: &[&str] = &[
+        "0",
+        "1",
+        "-1",
+        "-0",
+        "00",
+        "01",
+        "-",
+        "--1",
+        "+1",
+        "123456789012345678",
+        "999999999999999999",
+        "1234567890123456789",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "1.5",
+        "-0.0",
+        "0.1",
+        "1.",
+        ".5",
+        "1e5",
+        "1E+5",
+        "1e-5",
+        "1e",
+        "1e+",
+        "2.5e-3",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "-1e-400",
+        "0e99999999999999999999",
+        "1.7976931348623157e308",
+        "4.9e-324",
+        "123456789012345678901234567890.5",
+        "0.30000000000000004",
+        "true",
+        "false",
+        "null",
+        "tru",
+        "nul",
+        "falsey",
+        "nulll",
+        "\"\"",
+        "\"a\"",
+        "\"AAPL\"",
+        "\"manul\"",
+        "\"caf\u{e9}\"",
+        "\"\\u00e9\"",
+        "\"a\\nb\"",
+        "\"\\q\"",
+        "\"\\ud800\"",
+        "\"a\tb\"",
+        "\"\u{1}\"",
+        "\"2024-01-01T00:00:00Z\"",
+        "\"2024-13-01T00:00:00Z\"",
+        "\"12\"",
+        "\"-0.5\"",
+        "\" 1\"",
+        "\"1e3\"",
+        "\"x\"",
+        "1700000000000",
+        "[]",
+        "[1, 2]",
+        "[104, 105]",
+        "[256]",
+        "[1,]",
+        "[",
+        "{}",
+        "{\"a\": [1, {\"b\": null}]}",
+        "{\"a\" 1}",
+        "{\"a\": 1,}",
+        "{,}",
+        "[[[[[]]]]]",
+        "\"unterminated",
+        "\"\\u12\"",
+        "\"\\u12g4\"",
+    ];
+
+    const NAMES: &[&str] = &[
+        "key",
+        "name",
+        "score",
+        "note",
+        "at",
+        "extra",
+        "ok",
+        "blob",
+        "i",
+        "f",
+        "unknown",
+        "k",
+        "nam",
+        "names",
+        "ke\\u0079",
+        "caf\u{e9}",
+        "",
+        "keys",
+        "key\\\"",
+        "value",
+    ];
+
+    const SPACES: &[&str] = &["", "", "", " ", "\n", "\t", "\r", "  ", "\u{a0}", "\u{c}"];
+
+    prop_compose! {
+        fn member()(name in prop::sample::select(NAMES), value in prop::sample::select(VALUES),
+                    a in prop::sample::select(SPACES), b in prop::sample::select(SPACES),
+                    c in prop::sample::select(SPACES)) -> String {
+            format!("{a}\"{name}\"{b}:{c}{value}")
+        }
+    }
+
+    prop_compose! {
+        /// An object of random members, sometimes damaged: a byte removed, replaced or
+        /// inserted, or text after it.
+        fn message()(members in prop::collection::vec(member(), 0..6),
+                     separators in prop::collection::vec(prop::sample::select(&[",", ",", ",", ", ", ",,", ""][..]), 6),
+                     damage in 0_usize..8, at in any::<prop::sample::Index>(),
+                     byte in prop::sample::select(&[b'{', b'}', b'[', b']', b',', b':', b'"', b'\\', b' ', b'0', b'x', 0xff][..]),
+                     tail in prop::sample::select(&["", "", " ", "\n", "x", "{}", ","][..])) -> Vec<u8> {
+            let mut text = String::from("{");
+            for (i, member) in members.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(separators[i]);
+                }
+                text.push_str(member);
+            }
+            text.push('}');
+            text.push_str(tail);
+            let mut bytes = text.into_bytes();
+            let at = at.index(bytes.len() + 1);
+            match damage {
+                0 if at < bytes.len() => { bytes.remove(at); }
+                1 if at < bytes.len() => bytes[at] = byte,
+                2 => bytes.insert(at, byte),
+                _ => {}
+            }
+            bytes
+        }
+    }
+
+    fn parsers() -> Vec<Parser> {
+        let numbers = Schema::new([
+            Column::new("i", DataType::Int).nullable(),
+            Column::new("f", DataType::Float).nullable(),
+            Column::new("key", DataType::Int).default(-1),
+        ])
+        .unwrap();
+        let mut parsers = Vec::new();
+        for schema in [crate::parse::tests::schema(), numbers] {
+            for lenient_numbers in [false, true] {
+                let options = ParseOptions {
+                    format: Format::Json,
+                    lenient_numbers,
+                };
+                parsers.push(Parser::new(schema.clone(), options));
+            }
+        }
+        parsers
+    }
+
+    /// Whatever the fast path reads, serde_json reads the same way.
+    fn agrees(parser: &Parser, bytes: &[u8]) -> Result<bool, TestCaseError> {
+        let fast = parse(&parser.schema, &parser.fields, parser.lenient_numbers, bytes);
+        let serde = parser.parse_json_slice_with_serde(bytes);
+        let text = String::from_utf8_lossy(bytes);
+        if let Some(fast) = &fast {
+            match &serde {
+                Ok(values) => prop_assert_eq!(fast, values, "{}", text),
+                Err(error) => prop_assert!(
+                    false,
+                    "fast path read {} as {:?}; serde_json: {}",
+                    text,
+                    fast,
+                    error
+                ),
+            }
+        }
+        // The whole reader is the serde_json path's outcome.
+        let whole = parser.parse(&Payload::Bytes(Bytes::copy_from_slice(bytes)));
+        prop_assert_eq!(&whole, &serde, "{}", text);
+        Ok(fast.is_some())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_json(bytes in message()) {
+            for parser in parsers() {
+                agrees(&parser, &bytes)?;
+            }
+        }
+
+        #[test]
+        fn floats_are_read_as_serde_json_reads_them(bits in any::<u64>(), digits in 1_usize..25) {
+            let x = f64::from_bits(bits);
+            prop_assume!(x.is_finite());
+            let parser = &parsers()[2];
+            // Written plainly, a large float has more than 18 integer digits, which
+            // the fast path leaves to serde_json.
+            agrees(parser, format!(r#"{{"f": {x}}}"#).as_bytes())?;
+            for text in [format!("{x:e}"), format!("{x:.digits$e}"), format!("{x:E}")] {
+                let message = format!(r#"{{"f": {text}}}"#);
+                prop_assert!(agrees(parser, message.as_bytes())?, "not read by the fast path: {}", message);
+            }
+        }
+
+        #[test]
+        fn integers_are_read_as_serde_json_reads_them(n in any::<i64>(), shift in 0_u32..64) {
+            let parser = &parsers()[2];
+            for n in [n, n >> shift] {
+                let message = format!(r#"{{"i": {n}, "f": {n}}}"#);
+                let fast = agrees(parser, message.as_bytes())?;
+                prop_assert_eq!(fast, n.unsigned_abs() < 1_000_000_000_000_000_000, "{}", message);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn string_ends_are_found_as_byte_by_byte(bytes in prop::collection::vec(
+            prop::sample::select(&[b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h', b'i', b'j', b'k', b'l', b'm', b'n', b'o', b'p', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']'][..]), 0..80)) {
+            let naive = bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .map(|end| (end, bytes[..end].is_ascii()));
+            prop_assert_eq!(string_end(&bytes), naive);
+        }
+    }
+
+    /// A column name that JSON text can only spell with escapes is never matched by
+    /// its raw bytes.
+    #[test]
+    fn names_with_quotes_and_backslashes_are_left_to_serde_json() {
+        let schema = Schema::new([
+            Column::new("a\"b", DataType::Int).nullable(),
+            Column::new("c\\d", DataType::Int).nullable(),
+            Column::new("a", DataType::Int).nullable(),
+        ])
+        .unwrap();
+        let parser = Parser::new(schema, Format::Json);
+        for message in [
+            r#"{"a\"b": 1, "c\\d": 2, "a": 3}"#,
+            r#"{"a": 3, "a\"b": 1}"#,
+            r#"{"a\"b": 1}"#,
+            r#"{"ab": 1, "a": 2}"#,
+            r#"{"a": 1, "c\\d": 2}"#,
+        ] {
+            agrees(&parser, message.as_bytes()).unwrap();
+        }
+        let values = parser
+            .parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#)
+            .unwrap();
+        assert_eq!(&values[..], &[Value::Int(1), Value::Int(2), Value::Int(3)]);
+    }
+
+    #[test]
+    fn common_messages_take_the_fast_path() {
+        let parser = &parsers()[0];
+        for message in [
+            r#"{"key": 1, "name": "manul"}"#,
+            r#" {"name":"a","key":-7,"score":2.5e3,"note":null,"ok":false,"unknown":{"a":[1,"\u00e9",{}]}} "#,
+            r#"{"key": 1, "name": "café", "at": "2024-01-01T00:00:00Z", "blob": "hi"}"#,
+            "{\"key\": 1, \"name\": \"caf\u{e9}\", \"at\": 1700000000000}\n",
+        ] {
+            assert!(agrees(parser, message.as_bytes()).unwrap(), "{message}");
+        }
+        // Left to serde_json: an escape in a column's string, a JSON column, a
+        // duplicate field, a refusal.
+        for message in [
+            r#"{"key": 1, "name": "a\nb"}"#,
+            r#"{"key": 1, "name": "caf\u00e9"}"#,
+            r#"{"key": 1, "name": "a", "extra": 1}"#,
+            r#"{"key": 1, "key": 2, "name": "a"}"#,
+            r#"{"key": 1.5, "name": "a"}"#,
+            r#"{"key": 1}"#,
+        ] {
+            assert!(!agrees(parser, message.as_bytes()).unwrap(), "{message}");
+        }
+    }
+}
