@@ -130,7 +130,11 @@ async fn run(mode: Mode, count: u64) -> anyhow::Result<Measured> {
         Mode::Retain => RETAIN.min(count as usize),
         Mode::Plain => count as usize,
     };
-    anyhow::ensure!(table.len() == expected, "{} rows, expected {expected}", table.len());
+    anyhow::ensure!(
+        table.len() == expected,
+        "{} rows, expected {expected}",
+        table.len()
+    );
     Ok(Measured {
         rate: count as f64 / elapsed,
         changes: changes.load(Ordering::Relaxed),

@@ -364,12 +364,16 @@ impl Table {
         &self.shared.schema
     }
 
-    /// The row under `key`, if there is one.
+    /// The row under `key`, if there is one. Always `None` for a table whose reader
+    /// keeps no rows ([`Reader::keep_rows(false)`](crate::Reader::keep_rows)), and for
+    /// rows that left under a [retention bound](crate::Reader::retain_last).
     pub fn get(&self, key: &Key) -> Option<Row> {
         self.shared.read().rows.get(key).and_then(|slot| slot.row.clone())
     }
 
-    /// The number of rows.
+    /// The number of rows: at most the [`retain_last`](crate::Reader::retain_last)
+    /// bound after every commit, and always 0 for a table that keeps no rows
+    /// ([`Reader::keep_rows(false)`](crate::Reader::keep_rows)).
     pub fn len(&self) -> usize {
         self.shared.read().rows.len()
     }

@@ -505,3 +505,38 @@ fn refused_combinations_say_why() {
     let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
     let _ = pipeline.read("logs", idle(), Reader::raw().retain_last(5));
 }
+
+/// The same on the multi-threaded runtime, with commits large enough to be applied
+/// under `block_in_place`: every stream folds to the table, which holds exactly the
+/// newest rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_commits_on_the_multi_threaded_runtime_fold_to_the_table() {
+    const LIMIT: usize = 1_000;
+    let source = source_fn(|ctx: SourceContext| async move {
+        let mut next = 1u64;
+        for commit in 0..40u64 {
+            let count = 1 + (commit * 211) % 997;
+            send(&ctx, next..next + count).await?;
+            next += count;
+        }
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("logs", source, Reader::json(lines()).retain_last(LIMIT));
+    let mut stream = table.changes();
+    let folding = tokio::spawn(async move {
+        let mut model = BTreeMap::new();
+        while let Some(batch) = stream.next().await {
+            fold(&mut model, &batch);
+            assert!(model.len() <= LIMIT);
+        }
+        model
+    });
+    pipeline.run().await.unwrap();
+    let model = folding.await.unwrap();
+    assert_eq!(model, table_rows(&table));
+    assert_eq!(table.len(), LIMIT);
+    let last = model.keys().filter_map(Key::generated_id).max().unwrap();
+    let first = model.keys().filter_map(Key::generated_id).min().unwrap();
+    assert_eq!(last - first + 1, LIMIT as u64, "the newest rows, without gaps");
+}
