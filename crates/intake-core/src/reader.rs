@@ -346,7 +346,10 @@ impl Reader {
     /// the expired rows itself, at most the reader's
     /// [`autocommit_duration`](Self::autocommit_duration) (and at most one second)
     /// later, so that under a steady flow expiry rides along with the commits that
-    /// happen anyway instead of doubling them. Removed rows are retracted in the
+    /// happen anyway instead of doubling them. So that the table keeps about 1,024
+    /// timestamps at most however often it commits, rows of commits less than
+    /// `ttl / 1024` apart share the later commit's time: they may stay that much
+    /// longer, never less than `ttl`. Removed rows are retracted in the
     /// commit's [`ChangeBatch`](crate::ChangeBatch) exactly as with
     /// [`retain_last`](Self::retain_last), and stored with persistence. Ages run on
     /// Tokio's clock (so `tokio::time::pause()` drives them in tests). Storage keeps no

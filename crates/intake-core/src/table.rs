@@ -78,9 +78,28 @@ pub(crate) struct TableShared {
 struct Retained {
     /// The lowest generated key that may still be in the table.
     oldest: u64,
-    /// For a time to live: per commit that appended rows, its last generated key and
-    /// when it was applied. One entry per commit, not per row.
-    arrivals: VecDeque<(u64, tokio::time::Instant)>,
+    /// For a time to live: when rows arrived, oldest first. One entry per commit that
+    /// appended rows, not per row, and commits closer together than a 1,024th of the
+    /// time to live share one, so that it holds about 1,024 entries at most however
+    /// often the table commits.
+    arrivals: VecDeque<Arrival>,
+}
+
+/// Rows that arrived together, for a time to live.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// The last generated key among them (they follow the previous arrival's).
+    last: u64,
+    /// When the last of them arrived: their age counts from here.
+    at: tokio::time::Instant,
+    /// When the first of them arrived.
+    opened: tokio::time::Instant,
+}
+
+impl Arrival {
+    fn new(last: u64, at: tokio::time::Instant) -> Self {
+        Arrival { last, at, opened: at }
+    }
 }
 
 /// The offsets of a table's last durable commit: stored (and synced) with
@@ -1013,9 +1032,17 @@ impl TableShared {
         if let Some(ttl) = self.retention.ttl {
             let now = tokio::time::Instant::now();
             if state.generated > generated_before {
-                arrivals.push_back((state.generated, now));
+                // Sharing the later time, the earlier rows leave a little late, never
+                // early.
+                match arrivals.back_mut() {
+                    Some(back) if now.duration_since(back.opened) < ttl / 1024 => {
+                        back.last = state.generated;
+                        back.at = now;
+                    }
+                    _ => arrivals.push_back(Arrival::new(state.generated, now)),
+                }
             }
-            while let Some(&(last, at)) = arrivals.front() {
+            while let Some(&Arrival { last, at, .. }) = arrivals.front() {
                 if at.checked_add(ttl).is_none_or(|expires| expires > now) {
                     break;
                 }
@@ -1031,7 +1058,7 @@ impl TableShared {
                 live -= usize::from(state.remove_generated(*oldest));
                 *oldest += 1;
             }
-            while arrivals.front().is_some_and(|&(last, _)| last < *oldest) {
+            while arrivals.front().is_some_and(|a| a.last < *oldest) {
                 arrivals.pop_front();
             }
         }
@@ -1052,7 +1079,7 @@ impl TableShared {
             }
         }
         let ttl = self.retention.ttl?;
-        let (_, at) = *lock(&self.retained).arrivals.front()?;
+        let at = lock(&self.retained).arrivals.front()?.at;
         at.checked_add(ttl)?.checked_add(self.expiry_grace)
     }
 
@@ -1075,7 +1102,7 @@ impl TableShared {
         if self.retention.ttl.is_some() && !state.rows.is_empty() {
             retained
                 .arrivals
-                .push_back((state.generated, tokio::time::Instant::now()));
+                .push_back(Arrival::new(state.generated, tokio::time::Instant::now()));
         }
     }
 

@@ -540,3 +540,42 @@ async fn large_commits_on_the_multi_threaded_runtime_fold_to_the_table() {
     let first = model.keys().filter_map(Key::generated_id).min().unwrap();
     assert_eq!(last - first + 1, LIMIT as u64, "the newest rows, without gaps");
 }
+
+/// Commits less than `ttl / 1024` apart share one arrival time, the later one, so
+/// that the table keeps few timestamps: their rows leave together, never early.
+#[tokio::test(start_paused = true)]
+async fn close_commits_share_an_arrival_time() {
+    let start = Instant::now();
+    let source = source_fn(|ctx: SourceContext| async move {
+        for id in 1..=5u64 {
+            send(&ctx, [id]).await?;
+            let pause = if id == 3 { 200 } else { 4 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        Ok(())
+    });
+    let mut pipeline = Pipeline::new();
+    // A 1,024th of the time to live is 10 ms.
+    let reader = Reader::json(lines()).retain_for(Duration::from_millis(10_240));
+    let table = pipeline.read("logs", source, reader);
+    let mut changes = table.changes();
+    let running = tokio::spawn(pipeline.run());
+    let mut retractions = Vec::new();
+    while let Some(batch) = changes.next().await {
+        if batch.retractions().count() > 0 {
+            retractions.push((start.elapsed(), keys(&batch).0));
+        }
+    }
+    running.await.unwrap().unwrap();
+    let ms = Duration::from_millis;
+    assert_eq!(
+        retractions,
+        [
+            // Rows of 0, 4 and 8 ms carry 8 ms (and leave a grace of 100 ms after
+            // their deadline, without input); those of 208 and 212 ms carry 212 ms.
+            (ms(8 + 10_240 + 100), vec![1, 2, 3]),
+            (ms(212 + 10_240 + 100), vec![4, 5]),
+        ]
+    );
+}
