@@ -18,7 +18,12 @@ use crate::telemetry::{EXPORT_EVERY, TableMetrics};
 /// Runs until every source of the table has finished and their last events are
 /// committed and delivered, then ends the table. The queue decides when a commit is
 /// due: autocommit duration since its first event, `max_batch_size` events, an explicit
-/// commit, or the end of every source.
+/// commit, or the end of every source. A table with a time to live also commits when
+/// its oldest rows have expired and no other commit came to remove them.
+///
+/// Expiry has a timer of its own, armed for the oldest rows' deadline (plus the
+/// table's grace), rather than riding on the metrics tick: the tick's second would be
+/// coarser than many a time to live, and the timer costs nothing when no row is due.
 pub(crate) async fn drive(
     table: Arc<TableShared>,
     queue: Arc<Queue>,
@@ -33,37 +38,50 @@ pub(crate) async fn drive(
     export.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let sync_due = recorder.as_ref().and_then(Recorder::sync_due);
-        let next = tokio::select! {
-            next = queue.next_commit() => next,
-            _ = export.tick() => {
-                export_metrics(&table, &metrics);
-                continue;
-            }
-            () = sleep_until(sync_due) => {
-                if let Some(r) = recorder.as_mut() {
-                    r.sync_now(&table, &lifecycle).await;
-                    if r.failed {
-                        recorder = None;
-                        delivering = false;
-                    }
+        let retention_due = table.retention_due();
+        // Rows already due leave before anything else, even if the sources have ended
+        // (a table restored over its bound is cut before it closes).
+        let next = if retention_due.is_some_and(|due| due <= Instant::now()) {
+            Some(Step::Retire)
+        } else {
+            tokio::select! {
+                next = queue.next_commit() => next.map(Step::Commit),
+                () = sleep_until(retention_due) => Some(Step::Retire),
+                _ = export.tick() => {
+                    export_metrics(&table, &metrics);
+                    continue;
                 }
-                continue;
+                () = sleep_until(sync_due) => {
+                    if let Some(r) = recorder.as_mut() {
+                        r.sync_now(&table, &lifecycle).await;
+                        if r.failed {
+                            recorder = None;
+                            delivering = false;
+                        }
+                    }
+                    continue;
+                }
             }
         };
-        let Some(Commit {
-            mut events,
-            first_at,
-            waiting,
-        }) = next
-        else {
-            break;
+        let (applied, first_at) = match next {
+            None => break,
+            Some(Step::Commit(Commit {
+                mut events,
+                first_at,
+                waiting,
+            })) => {
+                table
+                    .counters()
+                    .queue_depth
+                    .store(waiting as u64, Ordering::Relaxed);
+                let applied = compute_heavy(events.len(), || table.apply(&mut events));
+                queue.recycle(events);
+                (applied, first_at)
+            }
+            // A commit of no events: it removes the rows whose time is up.
+            // It may remove many rows, so it is treated as a large commit.
+            Some(Step::Retire) => (compute_heavy(HEAVY_COMMIT, || table.apply(&mut Vec::new())), None),
         };
-        table
-            .counters()
-            .queue_depth
-            .store(waiting as u64, Ordering::Relaxed);
-        let applied = compute_heavy(events.len(), || table.apply(&mut events));
-        queue.recycle(events);
         let persistent = recorder.is_some();
         if let Some(r) = recorder.as_mut() {
             r.record(&table, &applied, &lifecycle).await;
@@ -95,6 +113,14 @@ pub(crate) async fn drive(
         r.finish(&table, &lifecycle).await;
     }
     table.close();
+}
+
+/// What the driver does next.
+enum Step {
+    /// Apply a commit the queue made due.
+    Commit(Commit),
+    /// Commit the removal of rows that left under the table's retention bounds.
+    Retire,
 }
 
 /// Copies the table's figures (and its sources') to the `metrics` facade.

@@ -127,7 +127,17 @@ impl Pipeline {
     /// `run` fails with [`Error::Persistence`] if a table's storage cannot be opened
     /// (another process holds it, a file is corrupt, the schema changed), naming the
     /// table and the file.
+    ///
+    /// # Panics
+    ///
+    /// If a table of the pipeline keeps no rows ([`Reader::keep_rows(false)`](crate::Reader::keep_rows)):
+    /// storage could neither restore it nor replay its commits to a sink. Read such a
+    /// table in a pipeline of its own, resumed with [`resume_from`](Self::resume_from).
+    #[track_caller]
     pub fn persist(mut self, persistence: Persistence) -> Self {
+        if let Some(input) = self.inputs.iter().find(|i| !i.reader.retention.keep_rows) {
+            refuse_persistence(&input.name);
+        }
         self.persistence = Some(persistence);
         self
     }
@@ -185,6 +195,12 @@ impl Pipeline {
     /// Reads `source` into a new table named `name`, as `reader` says.
     ///
     /// The table exists at once and fills when the pipeline runs.
+    ///
+    /// # Panics
+    ///
+    /// If `reader` keeps no rows ([`Reader::keep_rows(false)`](crate::Reader::keep_rows))
+    /// and the pipeline has [persistence](Self::persist).
+    #[track_caller]
     pub fn read(&mut self, name: impl Into<String>, source: impl Source, reader: Reader) -> Table {
         self.add_input(name.into(), Feed::Source(Box::new(source)), reader)
     }
@@ -204,7 +220,8 @@ impl Pipeline {
     ///
     /// If `reader` has an offset set with [`Reader::resume_from`]: one offset cannot
     /// resume several partitions; give the batch's offsets to
-    /// [`Pipeline::resume_from`](Self::resume_from) instead.
+    /// [`Pipeline::resume_from`](Self::resume_from) instead. As [`read`](Self::read)
+    /// for a reader that keeps no rows.
     #[track_caller]
     pub fn read_partitioned(
         &mut self,
@@ -263,13 +280,21 @@ impl Pipeline {
         self
     }
 
+    #[track_caller]
     fn add_input(&mut self, name: String, source: Feed, reader: Reader) -> Table {
+        if self.persistence.is_some() && !reader.retention.keep_rows {
+            refuse_persistence(&name);
+        }
         let name: Arc<str> = Arc::from(name);
+        // Expired rows wait at most this long for a commit that happens anyway.
+        let expiry_grace = reader.autocommit_duration.min(Duration::from_secs(1));
         let table = Table::new(
             name.clone(),
             reader.schema.clone(),
             reader.subscriber_capacity,
             self.lifecycle.clone(),
+            reader.retention,
+            expiry_grace,
         );
         self.inputs.push(Input {
             name,
@@ -427,6 +452,14 @@ impl Pipeline {
         }
         run.await
     }
+}
+
+/// Refuses a table that keeps no rows in a persistent pipeline.
+#[track_caller]
+fn refuse_persistence(table: &str) -> ! {
+    panic!(
+        "table `{table}` keeps no rows (Reader::keep_rows(false)), which persistence cannot restore, nor replay to a sink: read it in a pipeline without Pipeline::persist, and resume its sources with Pipeline::resume_from and the offsets of the last batch your output recorded"
+    )
 }
 
 /// The largest capacity a Tokio channel accepts.

@@ -57,6 +57,34 @@ pub struct Reader {
     pub(crate) error_policy: ErrorPolicy,
     pub(crate) resume: Option<serde_json::Value>,
     pub(crate) persistent_id: Option<String>,
+    pub(crate) retention: Retention,
+}
+
+/// What a table keeps of its rows: everything (the default), the most recent rows
+/// within a count and/or an age, or nothing at all. Set through
+/// [`Reader::retain_last`], [`Reader::retain_for`] and [`Reader::keep_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// At most this many rows, the most recent ones.
+    pub(crate) last: Option<usize>,
+    /// Rows leave once they have been in the table this long.
+    pub(crate) ttl: Option<Duration>,
+    /// Whether rows are kept at all; without, commits only pass through.
+    pub(crate) keep_rows: bool,
+}
+
+impl Retention {
+    /// Keeps every row.
+    pub(crate) const ALL: Retention = Retention {
+        last: None,
+        ttl: None,
+        keep_rows: true,
+    };
+
+    /// Whether rows ever leave the table other than by a source's delete.
+    pub(crate) fn is_bounded(&self) -> bool {
+        self.last.is_some() || self.ttl.is_some()
+    }
 }
 
 impl Reader {
@@ -109,6 +137,7 @@ impl Reader {
             error_policy: ErrorPolicy::default(),
             resume: None,
             persistent_id: None,
+            retention: Retention::ALL,
         }
     }
 
@@ -254,6 +283,153 @@ impl Reader {
     pub fn lenient_numbers(mut self, lenient: bool) -> Self {
         self.format.lenient_numbers = lenient;
         self
+    }
+
+    /// Keeps only the `rows` most recent rows of a table without a primary key (an
+    /// append table, such as log lines), so that its memory stays bounded however long
+    /// it runs. Default: every row is kept.
+    ///
+    /// A commit that takes the table over `rows` also removes its oldest rows (by
+    /// arrival: the order of their generated keys), and the commit's
+    /// [`ChangeBatch`](crate::ChangeBatch) retracts them, oldest first, like any other
+    /// change: subscribers, sinks and [`changes`](crate::Table::changes) streams see
+    /// them leave, folding every batch still gives the table, and with
+    /// [persistence](crate::Pipeline::persist) the retractions are stored, so a restart
+    /// restores the same bounded table. A row appended and pushed out within one commit
+    /// is consolidated away: it appears in no batch. After every commit,
+    /// [`Table::len`](crate::Table::len) is at most `rows`.
+    ///
+    /// Combines with [`retain_for`](Self::retain_for): a row leaves at whichever
+    /// bound it meets first. A table restored with more rows than `rows` (it was
+    /// stored under a larger bound) is cut down in a commit of its own as the pipeline
+    /// starts.
+    ///
+    /// # Panics
+    ///
+    /// If `rows` is zero (use [`keep_rows(false)`](Self::keep_rows) to keep none), if
+    /// the schema has a primary key (a keyed table holds one row per key: bound it by
+    /// deleting keys from the source), or after `keep_rows(false)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use intake_core::Reader;
+    ///
+    /// // The last 100,000 log lines, none older than an hour.
+    /// let reader = Reader::raw()
+    ///     .retain_last(100_000)
+    ///     .retain_for(Duration::from_secs(3600));
+    /// # let _ = reader;
+    /// ```
+    #[track_caller]
+    pub fn retain_last(mut self, rows: usize) -> Self {
+        assert!(
+            rows > 0,
+            "retain_last must keep at least 1 row; to keep none, use keep_rows(false)"
+        );
+        self.refuse_keyed("retain_last");
+        assert!(
+            self.retention.keep_rows,
+            "retain_last has no effect on a reader with keep_rows(false): it keeps no rows"
+        );
+        self.retention.last = Some(rows);
+        self
+    }
+
+    /// Removes each row of a table without a primary key once it has been in the
+    /// table for `ttl` (a time to live), even when no new messages arrive. Default:
+    /// rows stay.
+    ///
+    /// A row's age counts from the commit that added it. It is removed by the first
+    /// commit at least `ttl` after that; when no commit comes, the table makes one for
+    /// the expired rows itself, at most the reader's
+    /// [`autocommit_duration`](Self::autocommit_duration) (and at most one second)
+    /// later, so that under a steady flow expiry rides along with the commits that
+    /// happen anyway instead of doubling them. So that the table keeps about 1,024
+    /// timestamps at most however often it commits, rows of commits less than
+    /// `ttl / 1024` apart share the later commit's time: they may stay that much
+    /// longer, never less than `ttl`. Removed rows are retracted in the
+    /// commit's [`ChangeBatch`](crate::ChangeBatch) exactly as with
+    /// [`retain_last`](Self::retain_last), and stored with persistence. Ages run on
+    /// Tokio's clock (so `tokio::time::pause()` drives them in tests). Storage keeps no
+    /// wall-clock times: rows restored from it count as added when the pipeline
+    /// starts, so they may stay up to `ttl` longer than without the restart. Once the
+    /// pipeline has ended, its tables are final and rows no longer expire.
+    ///
+    /// # Panics
+    ///
+    /// If `ttl` is zero, if the schema has a primary key (see
+    /// [`retain_last`](Self::retain_last)), or after `keep_rows(false)`.
+    #[track_caller]
+    pub fn retain_for(mut self, ttl: Duration) -> Self {
+        assert!(
+            !ttl.is_zero(),
+            "retain_for must be positive; to keep no rows, use keep_rows(false)"
+        );
+        self.refuse_keyed("retain_for");
+        assert!(
+            self.retention.keep_rows,
+            "retain_for has no effect on a reader with keep_rows(false): it keeps no rows"
+        );
+        self.retention.ttl = Some(ttl);
+        self
+    }
+
+    /// Whether the table keeps its rows. Default: `true`. With `false`, a table
+    /// without a primary key only passes its commits on: every appended row reaches
+    /// subscribers, sinks and [`changes`](crate::Table::changes) streams as an
+    /// insertion, under its generated key, and is then forgotten, so memory does not
+    /// grow with the rows (the log tailer's mode: ship lines on, keep none).
+    ///
+    /// The table then reads as empty at all times: [`Table::get`](crate::Table::get)
+    /// returns `None`, [`len`](crate::Table::len) and the
+    /// [`stats`](crate::Table::stats)' `rows` are 0, [`snapshot`](crate::Table::snapshot)
+    /// has no rows, and a [`changes`](crate::Table::changes) stream attached late gets
+    /// no snapshot batch, only the commits after it. No batch holds a retraction: rows
+    /// never leave, because they were never kept. Commits, times, offsets and the
+    /// counters (`messages`, `commits`, `changes`) work as usual.
+    ///
+    /// # Panics
+    ///
+    /// With `false`: if the schema has a primary key (an upsert must retract the row
+    /// it replaces, so a keyed table has to keep its rows), or after
+    /// [`retain_last`](Self::retain_last) or [`retain_for`](Self::retain_for).
+    /// [`Pipeline::read`](crate::Pipeline::read) and
+    /// [`Pipeline::persist`](crate::Pipeline::persist) refuse a reader that keeps no
+    /// rows in a persistent pipeline: storage restores a table from its rows, and a
+    /// sink behind the table replays commits from storage, so neither could be done
+    /// right. Resume such a pipeline's sources with
+    /// [`Pipeline::resume_from`](crate::Pipeline::resume_from) and the
+    /// [offsets](crate::ChangeBatch::offsets) of the last batch your output recorded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use intake_core::Reader;
+    ///
+    /// let reader = Reader::raw().keep_rows(false);
+    /// # let _ = reader;
+    /// ```
+    #[track_caller]
+    pub fn keep_rows(mut self, keep: bool) -> Self {
+        if !keep {
+            self.refuse_keyed("keep_rows(false)");
+            assert!(
+                !self.retention.is_bounded(),
+                "keep_rows(false) cannot be combined with retain_last or retain_for: a table that keeps no rows has none to retain"
+            );
+        }
+        self.retention.keep_rows = keep;
+        self
+    }
+
+    #[track_caller]
+    fn refuse_keyed(&self, setting: &str) {
+        assert!(
+            self.schema.primary_key().is_empty(),
+            "{setting} applies only to tables without a primary key (append tables), but the schema has one: a keyed table holds one row per key, and an upsert must retract the row it replaces; bound a keyed table by deleting keys from its source"
+        );
     }
 
     /// The schema rows are parsed into.

@@ -1,5 +1,6 @@
 //! Live keyed tables, their commits and their subscribers.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use crate::change::{Change, ChangeBatch, Offsets, Time};
 /// so a snapshot of a large table never holds up a commit.
 pub(crate) type Rows = crate::rowmap::Rows<Slot>;
 use crate::lifecycle::{Lifecycle, lock, panic_message};
+use crate::reader::Retention;
 use crate::row::{Key, Row};
 use crate::rowmap::{RowMap, RowsView};
 use crate::schema::Schema;
@@ -59,6 +61,48 @@ pub(crate) struct TableShared {
     /// The sources' offsets as of the last durable commit, for
     /// [`SourceContext::durable_offset`](crate::SourceContext::durable_offset).
     durable_offsets: watch::Sender<DurableOffsets>,
+    /// What the table keeps of its rows.
+    retention: Retention,
+    /// How long after a row's time to live the table makes a commit of its own to
+    /// remove it, when no other commit came first.
+    expiry_grace: std::time::Duration,
+    /// Which rows leave next under `retention`. Locked only by the commit driver's
+    /// task, and only while it holds the state's write lock.
+    retained: Mutex<Retained>,
+}
+
+/// Where a bounded append table's oldest rows are.
+///
+/// Rows of an append table leave only through retention (sources cannot delete
+/// generated keys), oldest first, so the live rows are the generated keys from
+/// `oldest` up to the last one handed out. The map's positions cannot tell age:
+/// removing a row moves the last slot into its place.
+#[derive(Debug, Default)]
+struct Retained {
+    /// The lowest generated key that may still be in the table.
+    oldest: u64,
+    /// For a time to live: when rows arrived, oldest first. One entry per commit that
+    /// appended rows, not per row, and commits closer together than a 1,024th of the
+    /// time to live share one, so that it holds about 1,024 entries at most however
+    /// often the table commits.
+    arrivals: VecDeque<Arrival>,
+}
+
+/// Rows that arrived together, for a time to live.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// The last generated key among them (they follow the previous arrival's).
+    last: u64,
+    /// When the last of them arrived: their age counts from here.
+    at: tokio::time::Instant,
+    /// When the first of them arrived.
+    opened: tokio::time::Instant,
+}
+
+impl Arrival {
+    fn new(last: u64, at: tokio::time::Instant) -> Self {
+        Arrival { last, at, opened: at }
+    }
 }
 
 /// The offsets of a table's last durable commit: stored (and synced) with
@@ -293,6 +337,8 @@ impl Table {
         schema: Schema,
         subscriber_capacity: usize,
         lifecycle: Arc<Lifecycle>,
+        retention: Retention,
+        expiry_grace: std::time::Duration,
     ) -> Self {
         let keyed = !schema.primary_key().is_empty();
         Table {
@@ -317,6 +363,12 @@ impl Table {
                 durable_offsets: watch::Sender::new(DurableOffsets::default()),
                 store: Mutex::new(None),
                 sink_positions: Mutex::new(Vec::new()),
+                retention,
+                expiry_grace,
+                retained: Mutex::new(Retained {
+                    oldest: 1,
+                    arrivals: VecDeque::new(),
+                }),
             }),
         }
     }
@@ -335,12 +387,16 @@ impl Table {
         &self.shared.schema
     }
 
-    /// The row under `key`, if there is one.
+    /// The row under `key`, if there is one. Always `None` for a table whose reader
+    /// keeps no rows ([`Reader::keep_rows(false)`](crate::Reader::keep_rows)), and for
+    /// rows that left under a [retention bound](crate::Reader::retain_last).
     pub fn get(&self, key: &Key) -> Option<Row> {
         self.shared.read().rows.get(key).and_then(|slot| slot.row.clone())
     }
 
-    /// The number of rows.
+    /// The number of rows: at most the [`retain_last`](crate::Reader::retain_last)
+    /// bound after every commit, and always 0 for a table that keeps no rows
+    /// ([`Reader::keep_rows(false)`](crate::Reader::keep_rows)).
     pub fn len(&self) -> usize {
         self.shared.read().rows.len()
     }
@@ -832,6 +888,19 @@ impl SnapshotRows for RowsAt {
     }
 }
 
+impl TableState {
+    /// Removes the row under generated key `id` as part of the current commit;
+    /// whether there was one.
+    fn remove_generated(&mut self, id: u64) -> bool {
+        let key = Key::generated(id);
+        let present = self.rows.get_index_of(&key).is_some();
+        if present {
+            self.set(key, None);
+        }
+        present
+    }
+}
+
 impl TableShared {
     fn read(&self) -> RwLockReadGuard<'_, TableState> {
         // A panic while holding the lock cannot leave the map half-updated in a way
@@ -892,18 +961,35 @@ impl TableShared {
     /// Applies a commit's events to the rows, consolidating them per key. Returns the
     /// commit's changes and the subscribers to deliver them to, or `None` if it changed
     /// nothing.
+    ///
+    /// With [retention](crate::Reader::retain_last), the commit also removes the rows
+    /// its bounds push out (an empty `events` makes a commit of nothing else); with
+    /// [`keep_rows(false)`](crate::Reader::keep_rows), appended rows become insertions
+    /// without entering the table.
     pub(crate) fn apply(&self, events: &mut Vec<Event>) -> Applied {
         let mut guard = self.write();
         let state = &mut *guard;
         state.applied += 1;
         let mut messages = 0;
         let mut offsets_moved = false;
+        let keep_rows = self.retention.keep_rows;
+        let generated_before = state.generated;
+        // Rows of a table that keeps none: they go straight to the batch.
+        let mut passed = Vec::new();
         for event in events.drain(..) {
             match event {
                 Event::Upsert(key, row) => state.set(key, Some(row)),
                 Event::Append(row) => {
                     state.generated += 1;
-                    state.set(Key::generated(state.generated), Some(row));
+                    let key = Key::generated(state.generated);
+                    match keep_rows {
+                        true => state.set(key, Some(row)),
+                        false => passed.push(Change {
+                            key,
+                            row,
+                            is_addition: true,
+                        }),
+                    }
                 }
                 Event::Delete(key) => state.set(key, None),
                 Event::Commit => continue,
@@ -916,8 +1002,15 @@ impl TableShared {
             messages += 1;
         }
         self.stats.messages.fetch_add(messages, Ordering::Relaxed);
+        if self.retention.is_bounded() {
+            self.retire(state, generated_before);
+        }
         let mut retractions = Vec::new();
-        let mut insertions = Vec::with_capacity(state.touched.len());
+        let mut insertions = if passed.is_empty() {
+            Vec::with_capacity(state.touched.len())
+        } else {
+            passed
+        };
         let mut emptied = Vec::new();
         for (index, before) in state.touched.drain(..) {
             let Some((key, slot)) = state.rows.get_index(index) else {
@@ -977,6 +1070,92 @@ impl TableShared {
         }
     }
 
+    /// Removes, as part of the commit being applied, the rows the retention bounds
+    /// push out: first those past their time to live, then the oldest beyond the
+    /// count. `generated_before` is the last generated key before this commit.
+    fn retire(&self, state: &mut TableState, generated_before: u64) {
+        let mut retained = lock(&self.retained);
+        let Retained { oldest, arrivals } = &mut *retained;
+        // Every slot is a live row here: append tables have no deletes, and nothing
+        // has been retired yet in this commit.
+        let mut live = state.rows.len();
+        if let Some(ttl) = self.retention.ttl {
+            let now = tokio::time::Instant::now();
+            if state.generated > generated_before {
+                // Sharing the later time, the earlier rows leave a little late, never
+                // early.
+                match arrivals.back_mut() {
+                    Some(back) if now.duration_since(back.opened) < ttl / 1024 => {
+                        back.last = state.generated;
+                        back.at = now;
+                    }
+                    _ => arrivals.push_back(Arrival::new(state.generated, now)),
+                }
+            }
+            while let Some(&Arrival { last, at, .. }) = arrivals.front() {
+                if at.checked_add(ttl).is_none_or(|expires| expires > now) {
+                    break;
+                }
+                while *oldest <= last {
+                    live -= usize::from(state.remove_generated(*oldest));
+                    *oldest += 1;
+                }
+                arrivals.pop_front();
+            }
+        }
+        if let Some(limit) = self.retention.last {
+            while live > limit && *oldest <= state.generated {
+                live -= usize::from(state.remove_generated(*oldest));
+                *oldest += 1;
+            }
+            while arrivals.front().is_some_and(|a| a.last < *oldest) {
+                arrivals.pop_front();
+            }
+        }
+    }
+
+    /// When the table must make a commit of its own to remove rows under its
+    /// retention bounds, or `None` while no row is due to leave.
+    pub(crate) fn retention_due(&self) -> Option<tokio::time::Instant> {
+        if !self.retention.is_bounded() {
+            return None;
+        }
+        // Only a table restored under a larger bound can be over its count. (Checking
+        // that rows remain to retire keeps a miscount from spinning the driver.)
+        if let Some(limit) = self.retention.last {
+            let state = self.read();
+            if state.rows.len() > limit && lock(&self.retained).oldest <= state.generated {
+                return Some(tokio::time::Instant::now());
+            }
+        }
+        let ttl = self.retention.ttl?;
+        let at = lock(&self.retained).arrivals.front()?.at;
+        at.checked_add(ttl)?.checked_add(self.expiry_grace)
+    }
+
+    /// Sets up retention for rows restored from storage: the oldest is the lowest
+    /// generated key among them, and they count as added now (storage keeps no
+    /// wall-clock times).
+    fn restore_retention(&self, state: &TableState) {
+        if !self.retention.is_bounded() {
+            return;
+        }
+        let oldest = state
+            .rows
+            .iter()
+            .filter_map(|(key, _)| key.generated_id())
+            .min()
+            .unwrap_or(state.generated + 1);
+        let mut retained = lock(&self.retained);
+        retained.oldest = oldest;
+        retained.arrivals.clear();
+        if self.retention.ttl.is_some() && !state.rows.is_empty() {
+            retained
+                .arrivals
+                .push_back(Arrival::new(state.generated, tokio::time::Instant::now()));
+        }
+    }
+
     /// The table's time, offsets and generated-key counter, as a commit record needs.
     pub(crate) fn position(&self) -> (Option<Time>, Offsets, u64) {
         let state = self.read();
@@ -1002,6 +1181,7 @@ impl TableShared {
         state.time = time;
         state.offsets = offsets;
         state.generated = generated;
+        self.restore_retention(&state);
         // Only subscribers attached before the pipeline ran need the rows as a batch.
         let batch = match state.subscribers.is_empty() {
             true => None,
