@@ -329,6 +329,13 @@ impl<V: Clone> AppendLog<V> {
         self.len
     }
 
+    /// The number of the oldest row held.
+    pub(crate) fn first(&self) -> Option<u64> {
+        // Empty chunks in front are freed, so this looks at fewer than two chunks.
+        let offset = self.chunks.iter().flat_map(|chunk| chunk.iter()).position(Option::is_some)?;
+        Some(self.base + offset as u64)
+    }
+
     /// The rows as they are now; see [`RowMap::view`].
     pub(crate) fn view(&self) -> LogView<V> {
         LogView {
@@ -403,6 +410,15 @@ impl<V: Clone> Rows<V> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The generated number of the oldest row of an append table, or `None` for a
+    /// keyed table or an empty one.
+    pub(crate) fn oldest_generated(&self) -> Option<u64> {
+        match self {
+            Rows::Keyed(_) => None,
+            Rows::Appended(log) => log.first(),
+        }
     }
 
     pub(crate) fn get(&self, key: &Key) -> Option<&V> {
@@ -664,6 +680,7 @@ mod tests {
                     LogOp::DropViews => views.clear(),
                 }
                 prop_assert_eq!(log.len(), model.len());
+                prop_assert_eq!(log.first(), model.keys().next().copied());
                 let seen: BTreeMap<u64, u32> = log.view().iter().map(|(id, v)| (id, *v)).collect();
                 prop_assert_eq!(&seen, &model);
                 for (id, v) in &model {

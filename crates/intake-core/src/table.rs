@@ -1140,12 +1140,7 @@ impl TableShared {
         if !self.retention.is_bounded() {
             return;
         }
-        let oldest = state
-            .rows
-            .iter()
-            .filter_map(|(key, _)| key.generated_id())
-            .min()
-            .unwrap_or(state.generated + 1);
+        let oldest = state.rows.oldest_generated().unwrap_or(state.generated + 1);
         let mut retained = lock(&self.retained);
         retained.oldest = oldest;
         retained.arrivals.clear();
