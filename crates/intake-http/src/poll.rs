@@ -1,5 +1,6 @@
 //! The polling source: requests URLs on an interval and sends their records.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -593,6 +594,8 @@ impl PollSource {
     ) -> Result<Outcome, BoxError> {
         let mut pages = 0;
         let mut hint = None;
+        // The pages read in this poll: a `Link: next` back to one of them is a cycle.
+        let mut visited: HashSet<Url> = HashSet::new();
         loop {
             let (url, first) = match &target.state.next_page {
                 Some(next) => match Url::parse(next) {
@@ -650,6 +653,10 @@ impl PollSource {
             }
             if status == StatusCode::NOT_MODIFIED {
                 PollStats::add(&self.stats.0.not_modified, 1);
+                // A 304 to a later page (asked without validators) ends the poll too:
+                // the next one starts again at the first page rather than asking
+                // this page again forever.
+                target.state.next_page = None;
                 return Ok(Outcome::Done(hint));
             }
             if !status.is_success() {
@@ -707,13 +714,23 @@ impl PollSource {
                 }
             }
             PollStats::add(&self.stats.0.records, count as u64);
+            let split_bad = split.bad.is_some();
             if let Some((raw, reason)) = split.bad {
                 let at = Location::http(url.as_str(), page_number, None);
                 if let Err(error) = ctx.reject_at(raw, reason, at).await {
                     return sent_error(error);
                 }
             }
-            if first {
+            visited.insert(url.clone());
+            visited.insert(effective_url.clone());
+            if first && split_bad {
+                // The body was not read whole (cut short where the server closed the
+                // connection, or broken): its validators would make the next poll a
+                // 304 and the records after the break would never be read.
+                target.state.validated_url = None;
+                target.state.etag = None;
+                target.state.last_modified = None;
+            } else if first {
                 let etag = header_text(&headers, &ETAG);
                 let last_modified = header_text(&headers, &LAST_MODIFIED);
                 target.state.validated_url =
@@ -732,7 +749,19 @@ impl PollSource {
             let more = match &self.pagination.0 {
                 PaginationKind::None => false,
                 PaginationKind::Link => {
-                    target.state.next_page = page.link("next").map(String::from);
+                    let next = page.link("next");
+                    target.state.next_page = match next {
+                        Some(next) if visited.contains(&next) => {
+                            tracing::warn!(
+                                source = ctx.name(),
+                                url = %effective_url,
+                                next = %next,
+                                "the next page links back to a page this poll already read; the poll ends here"
+                            );
+                            None
+                        }
+                        next => next.map(String::from),
+                    };
                     target.state.next_page.is_some()
                 }
                 PaginationKind::Cursor { cursor, .. } => match cursor(&page) {
@@ -933,7 +962,9 @@ impl Source for PollSource {
                         }
                         .into());
                     };
-                    let delay = retry_after.unwrap_or(delay);
+                    // At least the backoff's delay: a `Retry-After` of 0 or a date in
+                    // the past must not make a failing server be asked in a busy loop.
+                    let delay = retry_after.map_or(delay, |wait| wait.max(delay));
                     PollStats::add(&self.stats.0.retries, 1);
                     tracing::warn!(
                         source = ctx.name(),

@@ -1,10 +1,8 @@
 //! Turning a response body into records.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// How a [`PollSource`](crate::PollSource) turns a response body into records, each of
@@ -14,8 +12,10 @@ use serde_json::value::RawValue;
 /// re-serialization), so a record the reader rejects is reported as it arrived.
 /// A body that cannot be split at all (not JSON, no array where the pointer points) is
 /// reported whole, through the reader's [`ErrorPolicy`](intake_core::ErrorPolicy). A
-/// JSON array that breaks off midway keeps the records before the break, and the rest
-/// of the body is reported.
+/// JSON array is split by its structure, so an element that is not valid JSON is one
+/// record the reader rejects (with its place), and the elements after it are kept; an
+/// array that breaks off midway (a body cut short) keeps the whole records before the
+/// break, and the rest of the body is reported.
 ///
 /// # Examples
 ///
@@ -172,75 +172,125 @@ pub(crate) fn locate<'a>(body: &'a [u8], pointer: &str) -> Result<Option<&'a [u8
     Ok(Some(&body[offset..offset + json.len()]))
 }
 
-/// The elements of the JSON array `array` (a slice of `body`), as slices of `body`. If
-/// the array breaks off, the elements before the break are kept, and the rest of
-/// `body` is what could not be read.
+/// The elements of the JSON array `array` (a slice of `body`), as slices of `body`.
+///
+/// The array is split by its structure alone (strings, escapes, bracket nesting), not
+/// parsed: an element that is not valid JSON is still one record, which the reader
+/// rejects and reports with its place, and the elements after it are kept. Only a
+/// break in the structure itself (the body ends inside a string or a bracket, as a
+/// body cut short does) ends the records: those before the break are kept, and the
+/// rest of `body` is what could not be read.
 fn array_elements(body: &Bytes, array: &[u8]) -> Split {
     let base = body.as_ptr() as usize;
     let array_start = array.as_ptr() as usize - base;
-    let text = match std::str::from_utf8(array) {
-        Ok(text) => text,
-        Err(e) => {
-            return Split {
-                records: Vec::new(),
-                bad: Some((body.clone(), format!("the body is not UTF-8: {e}"))),
-            };
+    let whole = array.len() == body.len();
+    let mut at = skip_whitespace(array, 0);
+    if array.get(at) != Some(&b'[') {
+        let what = match whole {
+            true => "the body is not a JSON array",
+            false => "the records are not a JSON array",
+        };
+        return Split {
+            records: Vec::new(),
+            bad: Some((body.clone(), what.to_owned())),
+        };
+    }
+    at += 1;
+    let mut records = Vec::new();
+    // Where the last whole element ends, for the part that could not be read.
+    let mut read_to = at;
+    let broken = |records: Vec<Bytes>, read_to: usize, reason: &str| {
+        let rest = match records.is_empty() {
+            true => body.clone(),
+            false => body.slice(array_start + read_to..),
+        };
+        Split {
+            records,
+            bad: Some((rest, reason.to_owned())),
         }
     };
-    let mut elements: Vec<&RawValue> = Vec::new();
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let outcome = deserializer
-        .deserialize_seq(Collect(&mut elements))
-        .and_then(|()| deserializer.end());
-    let records: Vec<Bytes> = elements
-        .iter()
-        .map(|raw| body.slice_ref(raw.get().as_bytes()))
-        .collect();
-    let bad = outcome.err().map(|error| {
-        let rest_start = elements
-            .last()
-            .map(|raw| raw.get().as_ptr() as usize + raw.get().len() - base)
-            .unwrap_or(array_start);
-        let what = match (elements.is_empty(), error.classify()) {
-            (true, serde_json::error::Category::Data) => "the records are not a JSON array",
-            (true, _) => "the body is not a JSON array",
-            (false, _) => "the JSON array breaks off after the records before it",
-        };
-        let rest = if elements.is_empty() {
-            body.clone()
-        } else {
-            body.slice(rest_start..)
-        };
-        (rest, format!("{what}: {error}"))
-    });
-    Split { records, bad }
-}
-
-/// Collects an array's elements into a vector outside the deserializer, so that the
-/// elements read before an error survive it.
-struct Collect<'v, 'de>(&'v mut Vec<&'de RawValue>);
-
-impl<'de> DeserializeSeed<'de> for Collect<'_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Collect<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array of records")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(element) = seq.next_element::<&'de RawValue>()? {
-            self.0.push(element);
+    if array.get(skip_whitespace(array, at)) == Some(&b']') {
+        at = skip_whitespace(array, at) + 1;
+    } else {
+        loop {
+            let Some(end) = element_end(array, at) else {
+                return broken(
+                    records,
+                    read_to,
+                    "the JSON array breaks off after the records before it (the body ends inside a record)",
+                );
+            };
+            let element = trim_whitespace(&array[at..end]);
+            records.push(body.slice_ref(element));
+            read_to = end;
+            at = end + 1;
+            if array[end] == b']' {
+                break;
+            }
         }
-        Ok(())
     }
+    if skip_whitespace(array, at) < array.len() {
+        return Split {
+            records,
+            bad: Some((
+                body.slice(array_start + at..),
+                "unexpected data after the JSON array".to_owned(),
+            )),
+        };
+    }
+    Split { records, bad: None }
+}
+
+/// The position of the `,` or `]` that ends the array element starting at `start`, or
+/// `None` if `array` ends first.
+fn element_end(array: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut at = start;
+    while let Some(&byte) = array.get(at) {
+        match byte {
+            b'"' => {
+                at = string_end(array, at)?;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b']' if depth == 0 => return Some(at),
+            b',' if depth == 0 => return Some(at),
+            // A stray `}` at the top of an element is part of that (malformed) element.
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
+/// The position just after the JSON string that starts with the quote at `start`, or
+/// `None` if it does not end.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
+    loop {
+        match bytes.get(at)? {
+            b'\\' => at += 2,
+            b'"' => return Some(at + 1),
+            _ => at += 1,
+        }
+    }
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(u8::is_ascii_whitespace) {
+        at += 1;
+    }
+    at
+}
+
+fn trim_whitespace(bytes: &[u8]) -> &[u8] {
+    let start = skip_whitespace(bytes, 0);
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |last| last + 1);
+    &bytes[start..end.max(start)]
 }
 
 #[cfg(test)]
@@ -267,6 +317,55 @@ mod tests {
         let (rest, reason) = split.bad.unwrap();
         assert_eq!(&rest[..], b", {\"a\": ");
         assert!(reason.contains("breaks off"), "{reason}");
+    }
+
+    #[test]
+    fn a_malformed_element_is_one_record_and_the_elements_after_it_are_kept() {
+        let body = Bytes::from_static(
+            br#"[{"id": 1}, {"id": 2, oops}, {"s": "a ] , } { [ \" \\"}, [1, [2]], , {"id": 3}]"#,
+        );
+        let split = Records::json_array().split(&body);
+        assert_eq!(
+            texts(&split.records),
+            [
+                r#"{"id": 1}"#,
+                r#"{"id": 2, oops}"#,
+                r#"{"s": "a ] , } { [ \" \\"}"#,
+                "[1, [2]]",
+                "",
+                r#"{"id": 3}"#
+            ]
+        );
+        assert!(split.bad.is_none());
+    }
+
+    #[test]
+    fn a_body_cut_short_keeps_only_whole_records() {
+        // Cut inside a string, inside a nested value, and after a scalar that may be
+        // only the start of a longer number.
+        for (body, kept) in [
+            (&br#"[{"id": 1}, {"id": "tw"#[..], 1),
+            (br#"[{"id": 1}, {"id": 2, "x": [1, "#, 1),
+            (br#"[1, 2, 3"#, 2),
+            (br#"["#, 0),
+        ] {
+            let body = Bytes::copy_from_slice(body);
+            let split = Records::json_array().split(&body);
+            assert_eq!(split.records.len(), kept, "{body:?}");
+            assert!(split.bad.unwrap().1.contains("breaks off"));
+        }
+    }
+
+    #[test]
+    fn data_after_the_array_is_reported_and_the_records_kept() {
+        let body = Bytes::from_static(b"[1, 2] trailing");
+        let split = Records::json_array().split(&body);
+        assert_eq!(texts(&split.records), ["1", "2"]);
+        let (rest, reason) = split.bad.unwrap();
+        assert_eq!(&rest[..], b" trailing");
+        assert!(reason.contains("after the JSON array"), "{reason}");
+        let empty = Records::json_array().split(&Bytes::from_static(b" [ ] "));
+        assert!(empty.records.is_empty() && empty.bad.is_none());
     }
 
     #[test]

@@ -260,7 +260,9 @@ impl SseSource {
             .header(header::ACCEPT, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-store");
         if !last_event_id.is_empty() {
-            match HeaderValue::from_str(last_event_id) {
+            // As its UTF-8 bytes, as browsers send it: `from_str` would refuse every
+            // ID that is not ASCII, and the reconnect would lose its place.
+            match HeaderValue::from_bytes(last_event_id.as_bytes()) {
                 Ok(value) => request = request.header(LAST_EVENT_ID, value),
                 Err(_) => tracing::warn!(
                     url = %self.url,
