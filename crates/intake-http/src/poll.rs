@@ -465,9 +465,9 @@ impl PollSource {
         self
     }
 
-    /// The most pages one poll reads; the rest wait for the next poll (in `Link`
-    /// pagination the poll after that starts again at the first page). Bounds a server
-    /// whose links never end. Default: 100.
+    /// The most pages one poll reads; the rest wait for the next poll, which goes on at
+    /// the next page (in `Link` pagination, the poll after the last page starts again
+    /// at the first). Bounds a server whose links never end. Default: 100.
     ///
     /// # Panics
     ///
@@ -596,6 +596,7 @@ impl PollSource {
         let mut hint = None;
         // The pages read in this poll: a `Link: next` back to one of them is a cycle.
         let mut visited: HashSet<Url> = HashSet::new();
+        let mut cursors: HashSet<String> = target.state.cursor.iter().cloned().collect();
         loop {
             let (url, first) = match &target.state.next_page {
                 Some(next) => match Url::parse(next) {
@@ -766,8 +767,20 @@ impl PollSource {
                 }
                 PaginationKind::Cursor { cursor, .. } => match cursor(&page) {
                     Some(cursor) if count > 0 && target.state.cursor.as_ref() != Some(&cursor) => {
-                        target.state.cursor = Some(cursor);
-                        true
+                        // A cursor this poll already followed leads to pages it read.
+                        let seen = !cursors.insert(cursor.clone());
+                        if seen {
+                            tracing::warn!(
+                                source = ctx.name(),
+                                url = %effective_url,
+                                cursor,
+                                "the cursor went back to one this poll already followed; the poll ends here"
+                            );
+                        }
+                        if !seen {
+                            target.state.cursor = Some(cursor);
+                        }
+                        !seen
                     }
                     _ => false,
                 },
@@ -775,9 +788,10 @@ impl PollSource {
             if let Err(error) = report.report(ctx, others, target).await {
                 return sent_error(error);
             }
+            // A poll cut by max_pages keeps its next page (it is in the offset just
+            // reported): the next poll goes on there. Starting over at the first page
+            // would never reach the pages after the cut once that page answers 304.
             if !more || pages >= self.max_pages {
-                // Link pagination starts over at the first page next poll.
-                target.state.next_page = None;
                 return Ok(Outcome::Done(hint));
             }
         }

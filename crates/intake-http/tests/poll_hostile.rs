@@ -16,7 +16,7 @@ use futures::StreamExt;
 use intake_core::{
     Column, DataType, Error, ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnect, Schema, Table,
 };
-use intake_http::PollSource;
+use intake_http::{Pagination, PollSource, Records};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -33,12 +33,13 @@ struct Seen {
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
+type Handler = Arc<dyn Fn(usize, &Seen) -> Response + Send + Sync>;
 
 /// Serves `handler` (given the request's index and the request) on 127.0.0.1:0.
 async fn serve(handler: impl Fn(usize, &Seen) -> Response + Send + Sync + 'static) -> (String, Log) {
     #[derive(Clone)]
     struct Server {
-        handler: Arc<dyn Fn(usize, &Seen) -> Response + Send + Sync>,
+        handler: Handler,
         log: Log,
     }
     async fn handle(State(server): State<Server>, request: Request) -> Response {
@@ -238,7 +239,10 @@ async fn a_body_shorter_than_its_content_length_is_retried_and_none_of_it_applie
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(log.lock().unwrap().len(), 2);
     assert_eq!(stats.retries(), 1);
-    assert!(rejected.next().await.is_none(), "a cut body is retried, not reported");
+    assert!(
+        rejected.next().await.is_none(),
+        "a cut body is retried, not reported"
+    );
 }
 
 #[tokio::test]
@@ -246,7 +250,9 @@ async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_
     let (base, _log) = raw_serve(|index, _| match index {
         0 => {
             let part = cut();
-            Raw::close(head("200 OK", &["transfer-encoding: chunked"]) + &format!("{:x}\r\n{part}\r\n", part.len()))
+            Raw::close(
+                head("200 OK", &["transfer-encoding: chunked"]) + &format!("{:x}\r\n{part}\r\n", part.len()),
+            )
         }
         _ => full(TWO),
     })
@@ -271,18 +277,33 @@ async fn a_body_cut_by_a_closed_connection_keeps_no_validators_so_the_next_poll_
         }
         match index {
             0 => Raw::close(head("200 OK", &["etag: \"v1\""]) + cut()),
-            _ => Raw::close(head("200 OK", &["etag: \"v1\"", &format!("content-length: {}", TWO.len())]) + TWO),
+            _ => Raw::close(
+                head(
+                    "200 OK",
+                    &["etag: \"v1\"", &format!("content-length: {}", TWO.len())],
+                ) + TWO,
+            ),
         }
     })
     .await;
-    let source = PollSource::new(base).interval(Duration::from_millis(10)).max_polls(2);
+    let source = PollSource::new(base)
+        .interval(Duration::from_millis(10))
+        .max_polls(2);
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(4);
     let table = pipeline.read("items", source, reader(keyed()));
     run(pipeline).await.unwrap();
-    assert_eq!(ids(&table), [1, 2], "the record after the cut was read by the next poll");
+    assert_eq!(
+        ids(&table),
+        [1, 2],
+        "the record after the cut was read by the next poll"
+    );
     let report = rejected.next().await.expect("the cut part is reported");
-    assert!(report.reason().to_string().contains("breaks off"), "{}", report.reason());
+    assert!(
+        report.reason().to_string().contains("breaks off"),
+        "{}",
+        report.reason()
+    );
     let second = log.lock().unwrap()[1].to_ascii_lowercase();
     assert!(!second.contains("if-none-match"), "{second}");
 }
@@ -370,10 +391,22 @@ async fn a_compressed_body_is_not_asked_for_and_reported_if_sent_anyway() {
 #[tokio::test]
 async fn a_link_cycle_ends_the_poll_at_the_first_page_read_again() {
     let (base, log) = serve(|_, seen| match seen.uri.as_str() {
-        "/items" => respond(200, &[("link", "</items?page=2>; rel=next")], json!([record(1)]).to_string()),
-        "/items?page=2" => respond(200, &[("link", "</items?page=3>; rel=next")], json!([record(2)]).to_string()),
+        "/items" => respond(
+            200,
+            &[("link", "</items?page=2>; rel=next")],
+            json!([record(1)]).to_string(),
+        ),
+        "/items?page=2" => respond(
+            200,
+            &[("link", "</items?page=3>; rel=next")],
+            json!([record(2)]).to_string(),
+        ),
         // Back to the first page, by another spelling of its URL.
-        "/items?page=3" => respond(200, &[("link", "</items>; rel=next")], json!([record(3)]).to_string()),
+        "/items?page=3" => respond(
+            200,
+            &[("link", "</items>; rel=next")],
+            json!([record(3)]).to_string(),
+        ),
         other => respond(400, &[], format!("unexpected {other}")),
     })
     .await;
@@ -385,7 +418,67 @@ async fn a_link_cycle_ends_the_poll_at_the_first_page_read_again() {
     assert_eq!(log.lock().unwrap().len(), 3);
     // The next poll starts at the first page: nothing of the cycle is kept.
     let offsets = table.committed_offsets();
-    assert_eq!(offsets[0].1["urls"][format!("{base}/items")].get("next_page"), None);
+    assert_eq!(
+        offsets[0].1["urls"][format!("{base}/items")].get("next_page"),
+        None
+    );
+}
+
+/// Regression: a poll cut by `max_pages` started the next poll over at the first
+/// page, which answered 304 to its validators: the pages after the cut were never read.
+#[tokio::test]
+async fn a_poll_cut_by_max_pages_goes_on_at_the_next_page_though_the_first_answers_304() {
+    let (base, log) = serve(|_, seen| {
+        if header(seen, "if-none-match") == Some("\"v1\"") {
+            return respond(304, &[], Body::empty());
+        }
+        let page: i64 = seen.uri.split("page=").nth(1).map_or(1, |p| p.parse().unwrap());
+        let link = format!("</items?page={}>; rel=next", page + 1);
+        let mut headers = vec![("etag", "\"v1\"")];
+        if page < 3 {
+            headers.push(("link", link.as_str()));
+        }
+        respond(200, &headers, json!([record(page)]).to_string())
+    })
+    .await;
+    let source = PollSource::new(format!("{base}/items"))
+        .max_pages(2)
+        .interval(Duration::from_millis(10))
+        .max_polls(3);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader(appended()));
+    run(pipeline).await.unwrap();
+    assert_eq!(ids(&table), [1, 2, 3]);
+    let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    // Two pages, the third, then the first again (304).
+    assert_eq!(uris, ["/items", "/items?page=2", "/items?page=3", "/items"]);
+}
+
+/// Regression: a cursor that went back to one already followed made the poll read the
+/// same pages again up to `max_pages`.
+#[tokio::test]
+async fn a_cursor_that_goes_back_ends_the_poll() {
+    let (base, log) = serve(|_, seen| {
+        let (id, next) = match seen.uri.split("after=").nth(1) {
+            None => (1, "a"),
+            Some("a") => (2, "b"),
+            // Back to `a`.
+            _ => (3, "a"),
+        };
+        ok(json!({"items": [record(id)], "next": next}))
+    })
+    .await;
+    let source = PollSource::new(format!("{base}/feed"))
+        .records(Records::json_pointer("/items"))
+        .pagination(Pagination::cursor("after", |page| page.json_text("/next")))
+        .max_polls(1);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader(appended()));
+    run(pipeline).await.unwrap();
+    assert_eq!(ids(&table), [1, 2, 3]);
+    assert_eq!(log.lock().unwrap().len(), 3);
+    let offset = &table.committed_offsets()[0].1;
+    assert_eq!(offset["urls"][format!("{base}/feed")]["cursor"], "b");
 }
 
 /// Regression: a 304 to a later page (asked without validators) left that page as the
@@ -393,7 +486,11 @@ async fn a_link_cycle_ends_the_poll_at_the_first_page_read_again() {
 #[tokio::test]
 async fn a_304_to_a_later_page_ends_the_poll_and_the_next_starts_at_the_first_page() {
     let (base, log) = serve(|_, seen| match seen.uri.as_str() {
-        "/items" => respond(200, &[("link", "</items?page=2>; rel=next")], json!([record(1)]).to_string()),
+        "/items" => respond(
+            200,
+            &[("link", "</items?page=2>; rel=next")],
+            json!([record(1)]).to_string(),
+        ),
         "/items?page=2" => respond(304, &[], Body::empty()),
         other => respond(400, &[], format!("unexpected {other}")),
     })
@@ -458,13 +555,21 @@ async fn a_stop_at_every_page_boundary_then_a_restart_reads_every_record_once() 
             .expect("the pipeline did not stop")
             .unwrap()
             .unwrap();
-        assert_eq!(ids(&table), (1..=2 * k as i64).collect::<Vec<_>>(), "stopped after page {k}");
+        assert_eq!(
+            ids(&table),
+            (1..=2 * k as i64).collect::<Vec<_>>(),
+            "stopped after page {k}"
+        );
 
         hang_at.store(0, Ordering::SeqCst);
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
         let table = pipeline.read("items", source(), reader(appended()));
         run(pipeline).await.unwrap();
-        assert_eq!(ids(&table), (1..=10).collect::<Vec<_>>(), "stopped after page {k}");
+        assert_eq!(
+            ids(&table),
+            (1..=10).collect::<Vec<_>>(),
+            "stopped after page {k}"
+        );
     }
 }
 
@@ -487,7 +592,9 @@ async fn a_page_cut_short_midway_through_pagination_is_asked_again_and_nothing_r
         }
     })
     .await;
-    let source = PollSource::new(format!("{base}/items")).reconnect(fast()).max_polls(1);
+    let source = PollSource::new(format!("{base}/items"))
+        .reconnect(fast())
+        .max_polls(1);
     let mut pipeline = Pipeline::new();
     let table = pipeline.read("items", source, reader(appended()));
     run(pipeline).await.unwrap();
@@ -529,7 +636,10 @@ async fn a_retry_after_of_zero_or_in_the_past_still_backs_off() {
         assert_eq!(seen.len(), 4, "{retry_after}");
         for pair in seen.windows(2) {
             let waited = pair[1].at - pair[0].at;
-            assert!(waited >= Duration::from_millis(90), "{retry_after}: retried after {waited:?}");
+            assert!(
+                waited >= Duration::from_millis(90),
+                "{retry_after}: retried after {waited:?}"
+            );
         }
     }
 }
@@ -563,7 +673,9 @@ async fn an_etag_that_changes_with_the_same_body_sends_the_records_again_and_cha
         )
     })
     .await;
-    let source = PollSource::new(base).interval(Duration::from_millis(10)).max_polls(3);
+    let source = PollSource::new(base)
+        .interval(Duration::from_millis(10))
+        .max_polls(3);
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
     let table = pipeline.read("items", source, reader(keyed()));
@@ -589,7 +701,9 @@ async fn a_304_without_a_validator_sent_is_an_empty_poll() {
         _ => ok(json!([record(1)])),
     })
     .await;
-    let source = PollSource::new(base).interval(Duration::from_millis(10)).max_polls(2);
+    let source = PollSource::new(base)
+        .interval(Duration::from_millis(10))
+        .max_polls(2);
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
     let table = pipeline.read("items", source, reader(keyed()));
@@ -639,5 +753,9 @@ async fn a_restart_without_persistence_of_the_table_is_told_where_the_last_poll_
     let mut pipeline = Pipeline::new();
     let table = pipeline.read("items", source(), reader(appended()).resume_from(offset));
     run(pipeline).await.unwrap();
-    assert_eq!(ids(&table), [2], "the first URL answered 304, the second was read");
+    assert_eq!(
+        ids(&table),
+        [2],
+        "the first URL answered 304, the second was read"
+    );
 }
