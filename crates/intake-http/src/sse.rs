@@ -51,7 +51,8 @@ const LAST_EVENT_ID: &str = "Last-Event-ID";
 ///   names the ones wanted; the others are counted and skipped.
 /// - **Status codes.** 2xx with a `text/event-stream` body is read; 204 means the
 ///   server wants no more reconnects, and the source ends; 408, 429 and 5xx are
-///   retried (a `Retry-After` in seconds is waited for at least); any other status,
+///   retried (a `Retry-After`, in seconds or as an HTTP date, is waited for at
+///   least); any other status,
 ///   or a 2xx of another content type, stops the source with an [`SseError`] saying
 ///   what to check.
 ///
@@ -337,12 +338,9 @@ impl SseSource {
                 }
             }
             408 | 429 | 500..=599 => {
-                let retry_after = response
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                // Seconds or an HTTP date, as the polling source reads it: a 503 for
+                // maintenance usually says until when.
+                let retry_after = crate::poll::retry_after(response.headers());
                 Err(OpenError::Retry(
                     StreamFailed::new(format!("the server answered HTTP {status}")),
                     retry_after,

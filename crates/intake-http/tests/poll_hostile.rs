@@ -183,6 +183,24 @@ async fn run(pipeline: Pipeline) -> Result<(), Error> {
         .expect("the pipeline did not finish")
 }
 
+/// Runs the pipeline `make` builds until it is not refused for a storage lock: the
+/// lock of a pipeline whose `run` future was dropped is let go by its tasks a moment
+/// later. Returns its table.
+async fn run_once_unlocked(make: impl Fn() -> (Pipeline, Table)) -> Table {
+    for _ in 0..500 {
+        let (pipeline, table) = make();
+        match run(pipeline).await {
+            Ok(()) => return table,
+            Err(Error::Persistence {
+                source: intake_core::PersistenceError::Locked { .. },
+                ..
+            }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    panic!("the storage stayed locked");
+}
+
 /// The ids of the rows, sorted, duplicates kept.
 fn ids(table: &Table) -> Vec<i64> {
     let mut ids: Vec<i64> = table
@@ -569,6 +587,44 @@ async fn a_stop_at_every_page_boundary_then_a_restart_reads_every_record_once() 
             ids(&table),
             (1..=10).collect::<Vec<_>>(),
             "stopped after page {k}"
+        );
+    }
+}
+
+/// As above, but the first pipeline is dropped, as a crash would end it, rather than
+/// shut down.
+#[tokio::test]
+async fn a_crash_at_every_page_boundary_then_a_restart_reads_every_record_once() {
+    for k in 0..5 {
+        let hang_at = Arc::new(AtomicUsize::new(k + 1));
+        let (base, _log) = serve(five_pages(hang_at.clone())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let source = || PollSource::new(format!("{base}/items")).max_polls(1);
+
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        let table = pipeline.read("items", source(), reader(appended()));
+        let running = tokio::spawn(pipeline.run());
+        tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 2 * k))
+            .await
+            .unwrap()
+            .unwrap();
+        // The offset reported after the last page read is committed by the next
+        // autocommit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running.abort();
+        let _ = running.await;
+
+        hang_at.store(0, Ordering::SeqCst);
+        let table = run_once_unlocked(|| {
+            let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+            let table = pipeline.read("items", source(), reader(appended()));
+            (pipeline, table)
+        })
+        .await;
+        assert_eq!(
+            ids(&table),
+            (1..=10).collect::<Vec<_>>(),
+            "crashed after page {k}"
         );
     }
 }

@@ -114,6 +114,24 @@ async fn run(pipeline: Pipeline) -> Result<(), Error> {
         .expect("the pipeline did not finish")
 }
 
+/// Runs the pipeline `make` builds until it is not refused for a storage lock: the
+/// lock of a pipeline whose `run` future was dropped is let go by its tasks a moment
+/// later. Returns its table.
+async fn run_once_unlocked(make: impl Fn() -> (Pipeline, Table)) -> Table {
+    for _ in 0..500 {
+        let (pipeline, table) = make();
+        match run(pipeline).await {
+            Ok(()) => return table,
+            Err(Error::Persistence {
+                source: intake_core::PersistenceError::Locked { .. },
+                ..
+            }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    panic!("the storage stayed locked");
+}
+
 /// The ids of the rows, sorted, duplicates kept.
 fn ids(table: &Table) -> Vec<i64> {
     let mut ids: Vec<i64> = table
@@ -597,4 +615,125 @@ async fn a_stop_mid_stream_then_a_restart_from_storage_reads_every_event_once() 
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 2, 3, 4, 5]);
     assert_eq!(sent_ids(&log), [None, Some("3".into()), Some("5".into())]);
+}
+
+/// Regression: a `Retry-After` given as an HTTP date (how a 503 for maintenance often
+/// says until when) was ignored, and the source asked again at its backoff's pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_date_on_503_is_waited_for() {
+    let (url, log) = serve(|_, index| match index {
+        0 => {
+            let until = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
+            ([(header::RETRY_AFTER, until)], StatusCode::SERVICE_UNAVAILABLE).into_response()
+        }
+        1 => events(&event(1)),
+        _ => no_content(),
+    })
+    .await;
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "sse",
+        SseSource::new(url).reconnect(fast()),
+        Reader::json(appended()),
+    );
+    run(pipeline).await.unwrap();
+    assert_eq!(ids(&table), [1]);
+    let log = log.lock().unwrap();
+    // The date has whole seconds: at least one of the two is left.
+    let waited = log[1].at - log[0].at;
+    assert!(waited >= Duration::from_millis(990), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_with_control_characters_cannot_be_sent_and_the_reconnect_goes_without() {
+    let (url, log) = serve(|_, index| match index {
+        0 => events("id: a\x01b\ndata: {\"id\": 1, \"v\": \"a\"}\n\n"),
+        _ => no_content(),
+    })
+    .await;
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read(
+        "sse",
+        SseSource::new(url).reconnect(fast()),
+        Reader::json(appended()),
+    );
+    run(pipeline).await.unwrap();
+    assert_eq!(ids(&table), [1]);
+    assert_eq!(sent_ids(&log), [None, None]);
+    assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("a\u{1}b"))]);
+}
+
+/// A pipeline dropped (as a crash would end it) between network chunks, then
+/// restarted from storage: every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_dropped_between_chunks_then_restarted_from_storage_reads_every_event_once() {
+    let (url, _log) = serve(|request, _| {
+        let after: i64 = request.id().map_or(0, |id| id.parse().unwrap());
+        match after {
+            0 => stream(
+                vec![(event(1) + &event(2)).into_bytes(), event(3).into_bytes()],
+                true,
+            ),
+            3 => events(&(event(4) + &event(5))),
+            _ => no_content(),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let reader = || Reader::json(appended()).autocommit_duration(Duration::from_millis(5));
+    let table = pipeline.read("sse", SseSource::new(url.as_str()).reconnect(fast()), reader());
+    let running = tokio::spawn(pipeline.run());
+    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 3))
+        .await
+        .unwrap()
+        .unwrap();
+    // The offset after the last chunk is committed by the next autocommit.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.abort();
+    let _ = running.await;
+
+    let table = run_once_unlocked(|| {
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        let table = pipeline.read("sse", SseSource::new(url.as_str()).reconnect(fast()), reader());
+        (pipeline, table)
+    })
+    .await;
+    assert_eq!(ids(&table), [1, 2, 3, 4, 5]);
+}
+
+/// The backoff between failed attempts, on a paused clock: the policy's delays exactly,
+/// with no time really spent.
+#[tokio::test(start_paused = true)]
+async fn the_backoff_between_failures_follows_the_policy_on_a_paused_clock() {
+    let times: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let seen = times.clone();
+    let (url, _log) = serve(move |_, _| {
+        seen.lock().unwrap().push(tokio::time::Instant::now());
+        StatusCode::BAD_GATEWAY.into_response()
+    })
+    .await;
+    let policy = Reconnect::default()
+        .jitter(false)
+        .min_delay(Duration::from_secs(10))
+        .max_delay(Duration::from_secs(80))
+        .max_retries(5);
+    let mut pipeline = Pipeline::new();
+    let _table = pipeline.read(
+        "sse",
+        SseSource::new(url)
+            .reconnect(policy)
+            .connect_timeout(Duration::from_secs(3600)),
+        Reader::json(appended()),
+    );
+    let started = Instant::now();
+    let error = pipeline.run().await.unwrap_err();
+    assert!(
+        matches!(source_error(&error), SseError::GaveUp { attempts: 6, .. }),
+        "{error}"
+    );
+    let times = times.lock().unwrap();
+    let waits: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    assert_eq!(waits, [10, 20, 40, 80, 80]);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
