@@ -52,7 +52,8 @@ impl Records {
     /// The records are the elements of the JSON array that `pointer` (an RFC 6901
     /// JSON pointer, as [`serde_json::Value::pointer`] takes) points to, such as
     /// `/data/items`. A `null` there means no records; a missing value or anything
-    /// but an array is reported as bad input.
+    /// but an array is reported as bad input. A body that is not valid JSON is
+    /// searched by its structure, so that a malformed record costs only itself.
     ///
     /// # Panics
     ///
@@ -92,10 +93,7 @@ impl Records {
             Kind::JsonPointer(pointer) => match locate(body, pointer) {
                 Ok(Some(target)) => array_elements(body, target),
                 Ok(None) => Split::default(),
-                Err(reason) => Split {
-                    records: Vec::new(),
-                    bad: Some((body.clone(), reason)),
-                },
+                Err(reason) => pointed_by_structure(body, pointer, reason),
             },
         }
     }
@@ -170,6 +168,134 @@ pub(crate) fn locate<'a>(body: &'a [u8], pointer: &str) -> Result<Option<&'a [u8
     // `RawValue::get` borrows from `text`, which is `body`: slice it by position.
     let offset = json.as_ptr() as usize - text.as_ptr() as usize;
     Ok(Some(&body[offset..offset + json.len()]))
+}
+
+/// The records of a body that is not valid JSON, at `pointer` found by the body's
+/// structure: one malformed record must not cost its neighbours. If the records are
+/// valid, the fault is elsewhere in the body, which is then reported whole too (with
+/// `reason`, why it is not JSON); if they are not, the reader reports them one by one.
+fn pointed_by_structure(body: &Bytes, pointer: &str, reason: String) -> Split {
+    let Some(target) = locate_by_structure(body, pointer) else {
+        return Split {
+            records: Vec::new(),
+            bad: Some((body.clone(), reason)),
+        };
+    };
+    if target == b"null" {
+        return Split {
+            records: Vec::new(),
+            bad: Some((body.clone(), reason)),
+        };
+    }
+    let mut split = array_elements(body, target);
+    let records_valid = split
+        .records
+        .iter()
+        .all(|record| serde_json::from_slice::<serde::de::IgnoredAny>(record).is_ok());
+    if split.bad.is_none() && records_valid {
+        split.bad = Some((
+            body.clone(),
+            format!("{reason}; the records at `{pointer}` were read"),
+        ));
+    }
+    split
+}
+
+/// The bytes of the value at `pointer` in `body`, found by structure alone (strings,
+/// escapes, brackets), so that a malformed value elsewhere does not hide it; `None`
+/// if the structure does not lead there.
+fn locate_by_structure<'a>(body: &'a [u8], pointer: &str) -> Option<&'a [u8]> {
+    let mut at = skip_whitespace(body, 0);
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        at = match body.get(at)? {
+            b'{' => member_value(body, at, &token)?,
+            b'[' => {
+                // RFC 6901: an index is `0` or digits without a leading zero.
+                let index = (token == "0" || !token.starts_with('0'))
+                    .then(|| token.parse::<usize>().ok())
+                    .flatten()?;
+                array_element(body, at, index)?
+            }
+            _ => return None,
+        };
+    }
+    // A value the body ends inside (a body cut short) runs to the end: an array's
+    // whole records before the cut are still read.
+    let end = value_end(body, at).unwrap_or(body.len());
+    Some(&body[at..end])
+}
+
+/// Where the value of member `key` of the object at `open` (its `{`) starts.
+fn member_value(body: &[u8], open: usize, key: &str) -> Option<usize> {
+    let mut at = skip_whitespace(body, open + 1);
+    loop {
+        if *body.get(at)? != b'"' {
+            return None;
+        }
+        let name_end = string_end(body, at)?;
+        let name: Option<String> = serde_json::from_slice(&body[at..name_end]).ok();
+        at = skip_whitespace(body, name_end);
+        if *body.get(at)? != b':' {
+            return None;
+        }
+        let value = skip_whitespace(body, at + 1);
+        if name.as_deref() == Some(key) {
+            return Some(value);
+        }
+        at = skip_whitespace(body, value_end(body, value)?);
+        if *body.get(at)? != b',' {
+            return None;
+        }
+        at = skip_whitespace(body, at + 1);
+    }
+}
+
+/// Where element `index` of the array at `open` (its `[`) starts.
+fn array_element(body: &[u8], open: usize, index: usize) -> Option<usize> {
+    let mut at = skip_whitespace(body, open + 1);
+    for _ in 0..index {
+        let end = element_end(body, at)?;
+        if body[end] == b']' {
+            return None;
+        }
+        at = skip_whitespace(body, end + 1);
+    }
+    (*body.get(at)? != b']').then_some(at)
+}
+
+/// The position just after the value starting at `start`.
+fn value_end(body: &[u8], start: usize) -> Option<usize> {
+    match body.get(start)? {
+        b'"' => string_end(body, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match body.get(at)? {
+                    b'"' => {
+                        at = string_end(body, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => Some(
+            body[start..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                .map_or(body.len(), |length| start + length),
+        ),
+    }
 }
 
 /// The elements of the JSON array `array` (a slice of `body`), as slices of `body`.
@@ -366,6 +492,46 @@ mod tests {
         assert!(reason.contains("after the JSON array"), "{reason}");
         let empty = Records::json_array().split(&Bytes::from_static(b" [ ] "));
         assert!(empty.records.is_empty() && empty.bad.is_none());
+    }
+
+    #[test]
+    fn with_a_pointer_a_malformed_record_costs_only_itself() {
+        let body = Bytes::from_static(
+            br#"{"meta": {"s": "}]", "n": [1, {"x": 2}]}, "data": {"items": [{"id": 1}, {"id": 2, oops}, {"id": 3}]}}"#,
+        );
+        let split = Records::json_pointer("/data/items").split(&body);
+        assert_eq!(
+            texts(&split.records),
+            [r#"{"id": 1}"#, r#"{"id": 2, oops}"#, r#"{"id": 3}"#]
+        );
+        assert!(split.bad.is_none());
+        let split = Records::json_pointer("/meta/n").split(&body);
+        assert_eq!(texts(&split.records), ["1", r#"{"x": 2}"#]);
+    }
+
+    #[test]
+    fn with_a_pointer_a_fault_outside_the_records_is_reported_and_the_records_read() {
+        let body = Bytes::from_static(br#"{"meta": oops, "items": [{"id": 1}, {"id": 2}]}"#);
+        let split = Records::json_pointer("/items").split(&body);
+        assert_eq!(texts(&split.records), [r#"{"id": 1}"#, r#"{"id": 2}"#]);
+        let (raw, reason) = split.bad.unwrap();
+        assert_eq!(raw, body);
+        assert!(
+            reason.contains("not JSON") && reason.contains("were read"),
+            "{reason}"
+        );
+        // Cut short: the whole records before the cut are read.
+        let cut = Bytes::from_static(br#"{"items": [{"id": 1}, {"id": 2}, {"id": "#);
+        let split = Records::json_pointer("/items").split(&cut);
+        assert_eq!(texts(&split.records), [r#"{"id": 1}"#, r#"{"id": 2}"#]);
+        assert!(split.bad.unwrap().1.contains("breaks off"));
+        // The structure does not lead to the records: reported whole.
+        for body in [&br#"{"items" [1]}"#[..], br#"{"other": [1], oops"#, b"<html>"] {
+            let body = Bytes::copy_from_slice(body);
+            let split = Records::json_pointer("/items").split(&body);
+            assert!(split.records.is_empty());
+            assert_eq!(split.bad.unwrap().0, body);
+        }
     }
 
     #[test]

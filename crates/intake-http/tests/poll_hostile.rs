@@ -380,6 +380,37 @@ async fn a_malformed_record_in_an_array_is_reported_at_its_place_and_the_records
     );
 }
 
+/// Regression: with `Records::json_pointer`, one record that is not JSON made the
+/// whole body invalid, and every record in it was reported as one piece of bad input.
+#[tokio::test]
+async fn with_a_json_pointer_a_malformed_record_costs_only_itself() {
+    let body = r#"{"data": [{"id": 1, "name": "a"}, {"id": 2, "name": oops}, {"id": 3, "name": "c"}], "next": null}"#;
+    let (base, _log) = serve(move |_, _| respond(200, &[], body)).await;
+    let source = PollSource::new(base)
+        .records(Records::json_pointer("/data"))
+        .max_polls(1);
+    let mut pipeline = Pipeline::new();
+    let mut rejected = pipeline.rejected(8);
+    let table = pipeline.read("items", source, reader(appended()));
+    run(pipeline).await.unwrap();
+    assert_eq!(ids(&table), [1, 3]);
+    let report = rejected.next().await.expect("the bad record is reported");
+    assert_eq!(&report.raw()[..], br#"{"id": 2, "name": oops}"#);
+    assert!(
+        matches!(
+            report.location(),
+            Some(Location::Http {
+                page: Some(1),
+                record: Some(2),
+                ..
+            })
+        ),
+        "{:?}",
+        report.location()
+    );
+    assert!(rejected.next().await.is_none());
+}
+
 #[tokio::test]
 async fn a_compressed_body_is_not_asked_for_and_reported_if_sent_anyway() {
     // reqwest is built without decompression: the source sends no Accept-Encoding.
