@@ -663,6 +663,23 @@ impl PollSource {
             if !status.is_success() {
                 let code = status.as_u16();
                 return match (self.classify)(code) {
+                    // A later page's URL is the server's, not the user's: a link that
+                    // has expired (or a `next_page` saved before a restart that the
+                    // server no longer knows) must not stop the source for good. The
+                    // listing starts again at the first page.
+                    StatusAction::Fail if !first => {
+                        tracing::warn!(
+                            source = ctx.name(),
+                            url = %url,
+                            status = code,
+                            "a later page of a paginated poll was refused; the next poll starts again at the first page"
+                        );
+                        target.state.next_page = None;
+                        if let Err(error) = report.report(ctx, others, target).await {
+                            return sent_error(error);
+                        }
+                        Ok(Outcome::Done(hint))
+                    }
                     StatusAction::Fail => Err(HttpError::Status {
                         url: url.to_string(),
                         status: code,

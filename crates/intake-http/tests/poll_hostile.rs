@@ -554,6 +554,37 @@ async fn a_304_to_a_later_page_ends_the_poll_and_the_next_starts_at_the_first_pa
     assert_eq!(uris, ["/items", "/items?page=2", "/items", "/items?page=2"]);
 }
 
+/// Regression: a `next_page` saved in the offset, which the server no longer knows
+/// after a restart (an expired link: 404, 400, 410), stopped the source with a fatal
+/// status on every restart. The listing starts again at the first page instead.
+#[tokio::test]
+async fn an_expired_next_page_link_starts_the_listing_over_instead_of_failing() {
+    let (base, log) = serve(|_, seen| match seen.uri.as_str() {
+        "/items" => respond(
+            200,
+            &[("link", "</items?page=2&token=new>; rel=next")],
+            json!([record(1)]).to_string(),
+        ),
+        "/items?page=2&token=new" => ok(json!([record(2)])),
+        _ => respond(410, &[], "this link has expired"),
+    })
+    .await;
+    let offset =
+        json!({"urls": {format!("{base}/items"): {"next_page": format!("{base}/items?page=2&token=old")}}});
+    let source = PollSource::new(format!("{base}/items"))
+        .interval(Duration::from_millis(10))
+        .max_polls(2);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader(appended()).resume_from(offset));
+    run(pipeline).await.unwrap();
+    assert_eq!(ids(&table), [1, 2]);
+    let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(
+        uris,
+        ["/items?page=2&token=old", "/items", "/items?page=2&token=new"]
+    );
+}
+
 /// Five pages of two records, linked by `Link: next`. While `hang_at` is armed, the
 /// page it names sends its headers and then nothing, so a pipeline can be stopped
 /// with every page before it read.
