@@ -422,6 +422,7 @@ fn trim_whitespace(bytes: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn texts(records: &[Bytes]) -> Vec<&str> {
         records.iter().map(|r| std::str::from_utf8(r).unwrap()).collect()
@@ -585,6 +586,71 @@ mod tests {
         let body = Bytes::from_static(b"{\"a\":1}\r\n\n  \n{bad\n{\"a\":3}");
         let split = Records::json_lines().split(&body);
         assert_eq!(texts(&split.records), ["{\"a\":1}", "{bad", "{\"a\":3}"]);
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z\\\\\"\\[\\]{},: \u{e9}]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z\\]\"]{0,3}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn valid_arrays_split_as_serde_reads_them(
+            elements in proptest::collection::vec(json_value(), 0..6),
+            pretty in any::<bool>(),
+        ) {
+            let array = serde_json::Value::Array(elements.clone());
+            let text = match pretty {
+                true => serde_json::to_string_pretty(&array).unwrap(),
+                false => serde_json::to_string(&array).unwrap(),
+            };
+            let body = Bytes::from(text);
+            let split = Records::json_array().split(&body);
+            prop_assert!(split.bad.is_none());
+            let read: Vec<serde_json::Value> = split
+                .records
+                .iter()
+                .map(|r| serde_json::from_slice(r).unwrap())
+                .collect();
+            prop_assert_eq!(&read, &elements);
+            let wrapped = Bytes::from(serde_json::json!({"a": [1, {"b": "]"}], "items": array}).to_string());
+            let split = Records::json_pointer("/items").split(&wrapped);
+            prop_assert!(split.bad.is_none());
+            prop_assert_eq!(split.records.len(), elements.len());
+        }
+
+        #[test]
+        fn any_bytes_split_without_panicking_and_records_are_slices_of_the_body(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'['), Just(b']'), Just(b'{'), Just(b'}'), Just(b'"'), Just(b'\\'),
+                    Just(b','), Just(b':'), Just(b' '), Just(b'1'), Just(b'a'), Just(0xC3u8),
+                ],
+                0..64,
+            ),
+        ) {
+            let body = Bytes::from(bytes);
+            for records in [Records::json_array(), Records::json_pointer("/a"), Records::json_pointer("/a/1")] {
+                let split = records.split(&body);
+                // An empty record is `Bytes::new()`, pointing nowhere in particular.
+                for record in split.records.iter().filter(|r| !r.is_empty()) {
+                    let start = record.as_ptr() as usize - body.as_ptr() as usize;
+                    prop_assert!(start + record.len() <= body.len());
+                }
+            }
+        }
     }
 
     #[test]
