@@ -877,3 +877,40 @@ async fn a_restart_without_persistence_of_the_table_is_told_where_the_last_poll_
         "the first URL answered 304, the second was read"
     );
 }
+
+/// The backoff between failed polls, on a paused clock: the policy's delays exactly,
+/// with no time really spent, and a success resets it.
+#[tokio::test(start_paused = true)]
+async fn the_backoff_between_failed_polls_follows_the_policy_on_a_paused_clock() {
+    let times: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let seen = times.clone();
+    let (base, _log) = serve(move |index, _| {
+        seen.lock().unwrap().push(tokio::time::Instant::now());
+        match index {
+            4 => ok(json!([record(1)])),
+            _ => respond(502, &[], "bad gateway"),
+        }
+    })
+    .await;
+    let policy = Reconnect::default()
+        .jitter(false)
+        .min_delay(Duration::from_secs(10))
+        .max_delay(Duration::from_secs(80))
+        .max_retries(4);
+    let source = PollSource::new(base)
+        .reconnect(policy)
+        .timeout(Duration::from_secs(3600))
+        .interval(Duration::from_secs(600))
+        .max_polls(2);
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader(keyed()));
+    let started = Instant::now();
+    let error = pipeline.run().await.unwrap_err();
+    assert!(error.to_string().contains("gave up"), "{error}");
+    assert_eq!(ids(&table), [1]);
+    let times = times.lock().unwrap();
+    let waits: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    // Four failures, a success, the interval, then five failures from a fresh backoff.
+    assert_eq!(waits, [10, 20, 40, 80, 600, 10, 20, 40, 80]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
