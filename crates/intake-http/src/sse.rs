@@ -52,9 +52,8 @@ const LAST_EVENT_ID: &str = "Last-Event-ID";
 /// - **Status codes.** 2xx with a `text/event-stream` body is read; 204 means the
 ///   server wants no more reconnects, and the source ends; 408, 429 and 5xx are
 ///   retried (a `Retry-After`, in seconds or as an HTTP date, is waited for at
-///   least); any other status,
-///   or a 2xx of another content type, stops the source with an [`SseError`] saying
-///   what to check.
+///   least); any other status, or a 2xx of another content type, stops the source
+///   with an [`SseError`] saying what to check.
 ///
 /// Bad input is never dropped silently: an event's `data` goes through the reader's
 /// [`ErrorPolicy`](intake_core::ErrorPolicy), and an event over
