@@ -23,9 +23,10 @@ pub enum HttpError {
     /// The HTTP client could not be built (for example, its TLS setup failed).
     #[error("the HTTP client could not be built: {0}")]
     Client(#[source] reqwest::Error),
-    /// The server answered with a status the source treats as fatal: by default 401,
-    /// 403, 404 and the other 4xx codes except 408 and 429 (see
-    /// [`StatusAction::for_status`](crate::StatusAction::for_status)).
+    /// The server answered the first request of a poll with a status the source
+    /// treats as fatal: by default 401, 403, 404 and the other 4xx codes except 408
+    /// and 429 (see [`StatusAction::for_status`](crate::StatusAction::for_status)). A
+    /// later page refused so ends the poll instead: its URL came from the server.
     #[error("{url} answered HTTP {status}: {hint}")]
     Status {
         /// The URL requested.

@@ -1,5 +1,6 @@
 //! The polling source: requests URLs on an interval and sends their records.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -464,9 +465,9 @@ impl PollSource {
         self
     }
 
-    /// The most pages one poll reads; the rest wait for the next poll (in `Link`
-    /// pagination the poll after that starts again at the first page). Bounds a server
-    /// whose links never end. Default: 100.
+    /// The most pages one poll reads; the rest wait for the next poll, which goes on at
+    /// the next page (in `Link` pagination, the poll after the last page starts again
+    /// at the first). Bounds a server whose links never end. Default: 100.
     ///
     /// # Panics
     ///
@@ -593,6 +594,9 @@ impl PollSource {
     ) -> Result<Outcome, BoxError> {
         let mut pages = 0;
         let mut hint = None;
+        // The pages read in this poll: a `Link: next` back to one of them is a cycle.
+        let mut visited: HashSet<Url> = HashSet::new();
+        let mut cursors: HashSet<String> = target.state.cursor.iter().cloned().collect();
         loop {
             let (url, first) = match &target.state.next_page {
                 Some(next) => match Url::parse(next) {
@@ -650,11 +654,32 @@ impl PollSource {
             }
             if status == StatusCode::NOT_MODIFIED {
                 PollStats::add(&self.stats.0.not_modified, 1);
+                // A 304 to a later page (asked without validators) ends the poll too:
+                // the next one starts again at the first page rather than asking
+                // this page again forever.
+                target.state.next_page = None;
                 return Ok(Outcome::Done(hint));
             }
             if !status.is_success() {
                 let code = status.as_u16();
                 return match (self.classify)(code) {
+                    // A later page's URL is the server's, not the user's: a link that
+                    // has expired (or a `next_page` saved before a restart that the
+                    // server no longer knows) must not stop the source for good. The
+                    // listing starts again at the first page.
+                    StatusAction::Fail if !first => {
+                        tracing::warn!(
+                            source = ctx.name(),
+                            url = %url,
+                            status = code,
+                            "a later page of a paginated poll was refused; the next poll starts again at the first page"
+                        );
+                        target.state.next_page = None;
+                        if let Err(error) = report.report(ctx, others, target).await {
+                            return sent_error(error);
+                        }
+                        Ok(Outcome::Done(hint))
+                    }
                     StatusAction::Fail => Err(HttpError::Status {
                         url: url.to_string(),
                         status: code,
@@ -707,13 +732,23 @@ impl PollSource {
                 }
             }
             PollStats::add(&self.stats.0.records, count as u64);
+            let split_bad = split.bad.is_some();
             if let Some((raw, reason)) = split.bad {
                 let at = Location::http(url.as_str(), page_number, None);
                 if let Err(error) = ctx.reject_at(raw, reason, at).await {
                     return sent_error(error);
                 }
             }
-            if first {
+            visited.insert(url.clone());
+            visited.insert(effective_url.clone());
+            if first && split_bad {
+                // The body was not read whole (cut short where the server closed the
+                // connection, or broken): its validators would make the next poll a
+                // 304 and the records after the break would never be read.
+                target.state.validated_url = None;
+                target.state.etag = None;
+                target.state.last_modified = None;
+            } else if first {
                 let etag = header_text(&headers, &ETAG);
                 let last_modified = header_text(&headers, &LAST_MODIFIED);
                 target.state.validated_url =
@@ -732,13 +767,37 @@ impl PollSource {
             let more = match &self.pagination.0 {
                 PaginationKind::None => false,
                 PaginationKind::Link => {
-                    target.state.next_page = page.link("next").map(String::from);
+                    let next = page.link("next");
+                    target.state.next_page = match next {
+                        Some(next) if visited.contains(&next) => {
+                            tracing::warn!(
+                                source = ctx.name(),
+                                url = %effective_url,
+                                next = %next,
+                                "the next page links back to a page this poll already read; the poll ends here"
+                            );
+                            None
+                        }
+                        next => next.map(String::from),
+                    };
                     target.state.next_page.is_some()
                 }
                 PaginationKind::Cursor { cursor, .. } => match cursor(&page) {
                     Some(cursor) if count > 0 && target.state.cursor.as_ref() != Some(&cursor) => {
-                        target.state.cursor = Some(cursor);
-                        true
+                        // A cursor this poll already followed leads to pages it read.
+                        let seen = !cursors.insert(cursor.clone());
+                        if seen {
+                            tracing::warn!(
+                                source = ctx.name(),
+                                url = %effective_url,
+                                cursor,
+                                "the cursor went back to one this poll already followed; the poll ends here"
+                            );
+                        }
+                        if !seen {
+                            target.state.cursor = Some(cursor);
+                        }
+                        !seen
                     }
                     _ => false,
                 },
@@ -746,9 +805,10 @@ impl PollSource {
             if let Err(error) = report.report(ctx, others, target).await {
                 return sent_error(error);
             }
+            // A poll cut by max_pages keeps its next page (it is in the offset just
+            // reported): the next poll goes on there. Starting over at the first page
+            // would never reach the pages after the cut once that page answers 304.
             if !more || pages >= self.max_pages {
-                // Link pagination starts over at the first page next poll.
-                target.state.next_page = None;
                 return Ok(Outcome::Done(hint));
             }
         }
@@ -933,7 +993,9 @@ impl Source for PollSource {
                         }
                         .into());
                     };
-                    let delay = retry_after.unwrap_or(delay);
+                    // At least the backoff's delay: a `Retry-After` of 0 or a date in
+                    // the past must not make a failing server be asked in a busy loop.
+                    let delay = retry_after.map_or(delay, |wait| wait.max(delay));
                     PollStats::add(&self.stats.0.retries, 1);
                     tracing::warn!(
                         source = ctx.name(),

@@ -40,17 +40,20 @@ const LAST_EVENT_ID: &str = "Last-Event-ID";
 ///   string) after the events it covers were sent, and on start
 ///   [`resume_offset`](SourceContext::resume_offset) is sent as `Last-Event-ID`.
 /// - **Reconnects** follow the [`Reconnect`] policy. A `retry:` field from the server
-///   sets the delay of the first reconnect after a stream that delivered events; later
+///   sets the delay of the first reconnect after a stream that dispatched events; later
 ///   attempts in a row wait the longer of it and the policy's growing delay.
+/// - **Replays.** A server that ignores `Last-Event-ID` and sends its history again
+///   has it read again, unless [`monotonic_ids`](Self::monotonic_ids) says its IDs
+///   increase: then events at or before the last ID read are skipped.
 /// - **Silence.** With a [`silence_timeout`](Self::silence_timeout), a stream on which
 ///   no byte (comments included) arrives for that long is treated as dead.
 /// - **Event types.** Every event is read unless [`event_type`](Self::event_type)
 ///   names the ones wanted; the others are counted and skipped.
 /// - **Status codes.** 2xx with a `text/event-stream` body is read; 204 means the
 ///   server wants no more reconnects, and the source ends; 408, 429 and 5xx are
-///   retried (a `Retry-After` in seconds is waited for at least); any other status,
-///   or a 2xx of another content type, stops the source with an [`SseError`] saying
-///   what to check.
+///   retried (a `Retry-After`, in seconds or as an HTTP date, is waited for at
+///   least); any other status, or a 2xx of another content type, stops the source
+///   with an [`SseError`] saying what to check.
 ///
 /// Bad input is never dropped silently: an event's `data` goes through the reader's
 /// [`ErrorPolicy`](intake_core::ErrorPolicy), and an event over
@@ -93,6 +96,7 @@ pub struct SseSource {
     max_event_size: usize,
     reconnect: Reconnect,
     event_types: Vec<String>,
+    monotonic_ids: bool,
     stats: SseStats,
 }
 
@@ -107,6 +111,7 @@ impl fmt::Debug for SseSource {
             .field("max_event_size", &self.max_event_size)
             .field("reconnect", &self.reconnect)
             .field("event_types", &self.event_types)
+            .field("monotonic_ids", &self.monotonic_ids)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -129,6 +134,7 @@ impl SseSource {
             max_event_size: Self::DEFAULT_MAX_EVENT_SIZE,
             reconnect: Reconnect::default(),
             event_types: Vec::new(),
+            monotonic_ids: false,
             stats: SseStats::default(),
         }
     }
@@ -232,6 +238,24 @@ impl SseSource {
         self
     }
 
+    /// Declares that the server's event IDs increase, so that an event whose ID is not
+    /// greater than the last one read is a replay, to be skipped (counted in
+    /// [`SseStats::replayed`]) rather than applied again. Default: off, and every event
+    /// the server sends is read.
+    ///
+    /// For a server that ignores `Last-Event-ID` and replays its history from the
+    /// start on every reconnect (or after a restart). IDs made only of ASCII digits
+    /// compare as numbers (`"10"` after `"9"`); any other IDs compare byte by byte,
+    /// which suits timestamps in ISO 8601 and ULIDs but not mixed forms such as
+    /// `"0-10"` and `"0-9"`. An event without an `id:` of its own is skipped if the one
+    /// before it in the same stream was; events that carry no ID at all are read. With
+    /// this on, the resume offset only moves forward: an event with an empty ID does
+    /// not reset it.
+    pub fn monotonic_ids(mut self, monotonic: bool) -> Self {
+        self.monotonic_ids = monotonic;
+        self
+    }
+
     /// The source's counters, live while it runs.
     pub fn stats(&self) -> SseStats {
         self.stats.clone()
@@ -313,12 +337,9 @@ impl SseSource {
                 }
             }
             408 | 429 | 500..=599 => {
-                let retry_after = response
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                // Seconds or an HTTP date, as the polling source reads it: a 503 for
+                // maintenance usually says until when.
+                let retry_after = crate::poll::retry_after(response.headers());
                 Err(OpenError::Retry(
                     StreamFailed::new(format!("the server answered HTTP {status}")),
                     retry_after,
@@ -340,6 +361,7 @@ impl SseSource {
     ) -> Result<StreamEnd, BoxError> {
         let mut parser = SseParser::new(self.max_event_size);
         let mut items = Vec::new();
+        let mut replay = Replay::default();
         loop {
             let chunk = tokio::select! {
                 biased;
@@ -370,10 +392,18 @@ impl SseSource {
                 let sent = match item {
                     SseItem::Event(event) => {
                         SseStats::add(&self.stats.0.events, 1);
+                        // Any event, wanted or not, shows a working stream: one of
+                        // filtered events only must not escalate the backoff to giving up.
+                        position.delivered = true;
+                        if self.monotonic_ids
+                            && replay.is_replay(&event.last_event_id, &position.last_event_id)
+                        {
+                            SseStats::add(&self.stats.0.replayed, 1);
+                            continue;
+                        }
                         let wanted =
                             self.event_types.is_empty() || self.event_types.contains(&event.event_type);
                         let sent = if wanted {
-                            position.delivered = true;
                             // The n-th event the source received; made only if it is rejected.
                             let number = self.stats.events();
                             let locate = || Location::http(self.url.as_str(), None, Some(number));
@@ -389,7 +419,12 @@ impl SseSource {
                         last_event_id,
                         size,
                     } => {
+                        if self.monotonic_ids && replay.is_replay(&last_event_id, &position.last_event_id) {
+                            SseStats::add(&self.stats.0.replayed, 1);
+                            continue;
+                        }
                         SseStats::add(&self.stats.0.oversized, 1);
+                        position.delivered = true;
                         let reason = format!(
                             "an event of type `{event_type}` has more than max_event_size ({} bytes): at least {size} bytes; it was not read",
                             self.max_event_size
@@ -399,7 +434,12 @@ impl SseSource {
                             .await
                             .map(|()| last_event_id)
                     }
-                    SseItem::LastEventId(id) => Ok(id),
+                    SseItem::LastEventId(id) => {
+                        if self.monotonic_ids && replay.is_replay(&id, &position.last_event_id) {
+                            continue;
+                        }
+                        Ok(id)
+                    }
                     SseItem::Retry(delay) => {
                         position.server_retry = Some(delay);
                         continue;
@@ -410,6 +450,9 @@ impl SseSource {
                     }
                 };
                 match sent {
+                    // With increasing IDs the position only moves forward: past the
+                    // replay check, an ID is the current one or a greater one, or empty.
+                    Ok(id) if self.monotonic_ids && id.is_empty() => {}
                     Ok(id) => position.last_event_id = id,
                     Err(SendError::ShuttingDown) => {
                         position.report(ctx).await;
@@ -438,6 +481,44 @@ async fn read_chunk(
     }
 }
 
+/// Which events of one stream replay what was read before, for
+/// [`SseSource::monotonic_ids`].
+#[derive(Default)]
+struct Replay {
+    /// The ID of the last event of this stream, which events without an `id:` of their
+    /// own carry too.
+    id: String,
+    /// Whether the events with that ID are a replay.
+    replaying: bool,
+}
+
+impl Replay {
+    /// Whether the item with last event ID `id` replays what `read` (the last ID read)
+    /// covers.
+    fn is_replay(&mut self, id: &str, read: &str) -> bool {
+        if self.id != id {
+            self.id = id.to_owned();
+            self.replaying = !id.is_empty() && !id_after(id, read);
+        }
+        self.replaying
+    }
+}
+
+/// Whether event ID `id` comes after `read` (anything comes after no ID): as numbers
+/// if both are ASCII digits, else byte by byte.
+fn id_after(id: &str, read: &str) -> bool {
+    if read.is_empty() {
+        return true;
+    }
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if digits(id) && digits(read) {
+        let id = id.trim_start_matches('0');
+        let read = read.trim_start_matches('0');
+        return (id.len(), id.as_bytes()) > (read.len(), read.as_bytes());
+    }
+    id.as_bytes() > read.as_bytes()
+}
+
 /// Where the source is in the stream.
 struct Position {
     /// The ID of the last event handled (sent, skipped or reported).
@@ -446,7 +527,8 @@ struct Position {
     reported: Option<String>,
     /// The server's `retry:`, which outlives the connection that sent it.
     server_retry: Option<Duration>,
-    /// The current stream delivered an event to the reader.
+    /// The current stream dispatched an event (sent, filtered out, skipped as a replay
+    /// or too large): it works, and its end is no failure to back off from.
     delivered: bool,
 }
 
@@ -722,12 +804,13 @@ struct SseCounters {
     filtered: AtomicU64,
     oversized: AtomicU64,
     comments: AtomicU64,
+    replayed: AtomicU64,
 }
 
 impl serde::Serialize for SseStats {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut s = serializer.serialize_struct("SseStats", 7)?;
+        let mut s = serializer.serialize_struct("SseStats", 8)?;
         s.serialize_field("connects", &self.connects())?;
         s.serialize_field("reconnects", &self.reconnects())?;
         s.serialize_field("bytes", &self.bytes())?;
@@ -735,6 +818,7 @@ impl serde::Serialize for SseStats {
         s.serialize_field("filtered", &self.filtered())?;
         s.serialize_field("oversized", &self.oversized())?;
         s.serialize_field("comments", &self.comments())?;
+        s.serialize_field("replayed", &self.replayed())?;
         s.end()
     }
 }
@@ -777,7 +861,44 @@ impl SseStats {
         self.0.comments.load(Ordering::Relaxed)
     }
 
+    /// Events skipped as replays of events read before, with
+    /// [`SseSource::monotonic_ids`].
+    pub fn replayed(&self) -> u64 {
+        self.0.replayed.load(Ordering::Relaxed)
+    }
+
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_digits_compare_as_numbers_and_others_byte_by_byte() {
+        assert!(id_after("10", "9"));
+        assert!(id_after("010", "9"));
+        assert!(!id_after("9", "10"));
+        assert!(!id_after("7", "7"));
+        assert!(id_after("1", ""));
+        assert!(id_after("2026-11-29T01:00:01Z", "2026-11-29T01:00:00Z"));
+        assert!(!id_after(
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAW"
+        ));
+    }
+
+    #[test]
+    fn events_without_an_id_share_the_fate_of_the_one_before() {
+        let mut replay = Replay::default();
+        // Read up to 5; the server starts again from 4.
+        assert!(replay.is_replay("4", "5"));
+        assert!(replay.is_replay("4", "5"));
+        assert!(replay.is_replay("5", "5"));
+        assert!(!replay.is_replay("6", "5"));
+        assert!(!replay.is_replay("6", "6"));
+        assert!(!replay.is_replay("", "6"));
     }
 }
