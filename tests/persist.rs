@@ -381,3 +381,57 @@ async fn a_sink_behind_a_table_that_closes_at_once_still_replays() {
     let times: Vec<u64> = written.lock().unwrap().iter().map(|w| w.0).collect();
     assert_eq!(times, vec![7, 8, 9, 10]);
 }
+
+/// Regression: a commit could end between a source's messages and the offset reported
+/// after them, so its record held rows its offsets did not cover; a crash then (before
+/// the next commit) made the restart read those rows again, and an append table held
+/// them twice. A commit now ends at a source's last offset; the rows after it wait for
+/// theirs.
+#[test]
+fn a_crash_between_messages_and_their_offset_repeats_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let append = || Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap()).autocommit_duration(Duration::from_millis(5));
+    // Sends n = resume+1 ..= to, reporting an offset after every `group` messages.
+    let counts = |to: i64, group: i64, then_hang: bool, sent: Arc<std::sync::atomic::AtomicBool>| {
+        source_fn(move |ctx: SourceContext| {
+            let sent = sent.clone();
+            async move {
+                let from = ctx.resume_offset().and_then(|o| o.as_i64()).unwrap_or(0) + 1;
+                for n in from..=to {
+                    ctx.next_json(serde_json::json!({ "n": n })).await?;
+                    if n % group == 0 {
+                        ctx.report_offset(n.into()).await?;
+                    }
+                }
+                sent.store(true, std::sync::atomic::Ordering::Release);
+                if then_hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    {
+        // The first run sends 1..=7 with offsets at 5 only, waits for commits to go
+        // by, and dies without any shutdown (its runtime dropped, like a SIGKILL).
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        pipeline.read("events", counts(7, 5, true, sent.clone()), append());
+        runtime.spawn(pipeline.run());
+        while !sent.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Many autocommit periods: before the fix, 6 and 7 were committed at offset 5.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let table = pipeline.read("events", counts(10, 5, false, done), append());
+    runtime.block_on(pipeline.run()).unwrap();
+    let mut values: Vec<i64> = table.snapshot().rows().iter().map(|(_, r)| r["n"].as_int().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
+}

@@ -6,6 +6,14 @@
 //! timer), the event that fills a batch, an explicit commit, and the last producer
 //! leaving. Producers append under a mutex the driver takes once per commit, so a busy
 //! source pays no cross-thread wake-up per message.
+//!
+//! **Commits end at offsets.** Once a producer reports offsets (or resumes from one), a
+//! commit never takes its messages past its last offset in the commit: those wait for
+//! the offset that covers them. So the offsets a commit records cover exactly its rows,
+//! and a restart after a crash re-reads nothing that was committed. Two exceptions keep
+//! the queue bounded and live: a producer that sends a whole queue of messages without
+//! an offset has them committed anyway (with a warning: after a crash they are read
+//! again), and an explicit commit marker commits what came before it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +37,16 @@ pub(crate) struct Queue {
 
 struct State {
     events: Vec<Event>,
+    /// The producer of each event, by index, when more than one producer feeds the
+    /// queue (empty otherwise: every event is producer 0's).
+    owners: Vec<u32>,
+    /// Per producer: whether its messages are held back until its offsets cover them.
+    reports_offsets: Vec<bool>,
+    /// The driver found a commit due but nothing it could take; the next offset, a
+    /// full queue or a producer leaving wakes it.
+    held: bool,
+    /// A full queue of messages had to be committed past its producer's offset.
+    warned: bool,
     /// When the oldest uncommitted event arrived.
     first_at: Option<Instant>,
     /// Explicit commit markers among `events`.
@@ -45,6 +63,10 @@ impl Queue {
         let queue = Arc::new(Queue {
             state: Mutex::new(State {
                 events: Vec::new(),
+                owners: Vec::new(),
+                reports_offsets: vec![false],
+                held: false,
+                warned: false,
                 first_at: None,
                 markers: 0,
                 producers: 1,
@@ -58,6 +80,7 @@ impl Queue {
         });
         let producer = Producer {
             queue: queue.clone(),
+            index: 0,
             finished: AtomicBool::new(false),
         };
         (queue, producer)
@@ -73,9 +96,17 @@ impl Queue {
         if !ended {
             state.producers += 1;
         }
+        if state.owners.len() < state.events.len() {
+            // Every event so far is the first producer's.
+            let len = state.events.len();
+            state.owners.resize(len, 0);
+        }
+        let index = state.reports_offsets.len() as u32;
+        state.reports_offsets.push(false);
         drop(state);
         Producer {
             queue: self.clone(),
+            index,
             finished: AtomicBool::new(ended),
         }
     }
@@ -107,10 +138,13 @@ impl Queue {
                         || state.markers > 0
                         || state.events.len() >= self.max_batch
                         || deadline.is_some_and(|d| d <= Instant::now());
-                    if due {
-                        return Some(self.take(&mut state));
+                    match due.then(|| self.take(&mut state)).flatten() {
+                        Some(commit) => return Some(commit),
+                        // Due, but every event waits for an offset: whatever changes
+                        // that wakes the driver.
+                        None if due => None,
+                        None => deadline,
                     }
-                    deadline
                 }
             };
             match deadline {
@@ -125,19 +159,43 @@ impl Queue {
         }
     }
 
-    fn take(&self, state: &mut State) -> Commit {
+    /// The events of the commit now due, or `None` if all of them must wait for an
+    /// offset (see the module's docs).
+    fn take(&self, state: &mut State) -> Option<Commit> {
         let first_at = state.first_at;
         let waiting = state.events.len();
-        let mut end = state.events.len().min(self.max_batch);
+        let end = state.events.len().min(self.max_batch);
         let marker = match state.markers {
             0 => None,
             _ => state.events[..end]
                 .iter()
                 .position(|e| matches!(e, Event::Commit)),
         };
-        if let Some(marker) = marker {
-            end = marker + 1;
-            state.markers -= 1;
+        let end = match marker {
+            Some(marker) => {
+                state.markers -= 1;
+                marker + 1
+            }
+            None => match covered(state, end) {
+                0 if state.producers > 0 && state.events.len() < self.capacity => {
+                    state.held = true;
+                    return None;
+                }
+                0 => {
+                    if !std::mem::replace(&mut state.warned, true) {
+                        tracing::warn!(
+                            waiting = state.events.len(),
+                            "a source sent a whole queue of messages without reporting an offset; they are committed without one, so after a crash they are read again (report offsets more often, or raise the reader's channel capacity)"
+                        );
+                    }
+                    end
+                }
+                covered => covered,
+            },
+        };
+        state.held = false;
+        if !state.owners.is_empty() {
+            state.owners.drain(..end);
         }
         let taken = if end == state.events.len() {
             let spare = std::mem::take(&mut state.spare);
@@ -148,11 +206,11 @@ impl Queue {
         // Events left behind arrived after the commit became due, moments ago.
         state.first_at = (!state.events.is_empty()).then(Instant::now);
         self.room.notify_waiters();
-        Commit {
+        Some(Commit {
             events: taken,
             first_at,
             waiting,
-        }
+        })
     }
 
     /// Returns a processed buffer for reuse.
@@ -163,6 +221,34 @@ impl Queue {
             state.spare = buffer;
         }
     }
+}
+
+/// The longest prefix of `state.events[..end]` after which no producer that reports
+/// offsets has a message not followed by one of its offsets within the prefix.
+fn covered(state: &State, end: usize) -> usize {
+    if !state.reports_offsets.contains(&true) {
+        return end;
+    }
+    let owner = |i: usize| state.owners.get(i).copied().unwrap_or(0) as usize;
+    // Scanning back from the cut: a producer's message met before any offset of its own
+    // (so after it, in queue order) is not covered, and the cut moves to it.
+    let mut offset_seen = vec![false; state.reports_offsets.len()];
+    let mut cut = end;
+    for i in (0..end).rev() {
+        let p = owner(i);
+        match &state.events[i] {
+            Event::Offset(..) => offset_seen[p] = true,
+            Event::Commit => {}
+            Event::Upsert(..) | Event::Append(..) | Event::Delete(..) => {
+                if state.reports_offsets[p] && !offset_seen[p] {
+                    cut = i;
+                    // The offsets seen so far now lie past the cut.
+                    offset_seen.fill(false);
+                }
+            }
+        }
+    }
+    cut
 }
 
 /// The events of one commit, taken from the queue.
@@ -188,6 +274,8 @@ pub(crate) enum PushError {
 /// every producer has finished (or been dropped) and its events are taken.
 pub(crate) struct Producer {
     queue: Arc<Queue>,
+    /// This producer's index among the queue's producers.
+    index: u32,
     /// Read and written only under the queue's lock, so that an event is either
     /// appended before the producer finishes or refused.
     finished: AtomicBool,
@@ -237,8 +325,18 @@ impl Producer {
         }
         let is_marker = matches!(event, Event::Commit);
         state.markers += usize::from(is_marker);
+        let is_offset = matches!(event, Event::Offset(..));
+        if is_offset {
+            state.reports_offsets[self.index as usize] = true;
+        }
+        if state.reports_offsets.len() > 1 {
+            state.owners.push(self.index);
+        }
         state.events.push(event);
-        let wake = was_empty || is_marker || state.events.len() == queue.max_batch;
+        let wake = was_empty
+            || is_marker
+            || state.events.len() == queue.max_batch
+            || (state.held && (is_offset || state.events.len() == queue.capacity));
         drop(state);
         if wake {
             queue.driver.notify_one();
@@ -247,6 +345,14 @@ impl Producer {
     }
 
     /// Whether [`finish`](Self::finish) was called.
+    /// Holds this producer's messages back until its offsets cover them from the
+    /// start, for a source that resumes from an offset (it reports offsets, and its
+    /// first messages must not be committed ahead of the offset that follows them).
+    pub(crate) fn expect_offsets(&self) {
+        let mut state = self.queue.lock();
+        state.reports_offsets[self.index as usize] = true;
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)
     }
@@ -260,7 +366,9 @@ impl Producer {
                 return;
             }
             state.producers -= 1;
-            state.producers == 0
+            // No offset of its own will ever cover its messages now.
+            state.reports_offsets[self.index as usize] = false;
+            state.producers == 0 || std::mem::take(&mut state.held)
         };
         if last {
             self.queue.driver.notify_one();
@@ -311,5 +419,110 @@ mod tests {
         assert!(matches!(late.try_push(Event::Commit), Err(PushError::Finished)));
         drop(late);
         assert!(queue.next_commit().await.is_none());
+    }
+
+    fn message(n: i64) -> Event {
+        Event::Delete(crate::Key::from(n))
+    }
+
+    fn offset(n: i64) -> Event {
+        Event::Offset("s".into(), n.into())
+    }
+
+    /// The commit's events as numbers: a message's key, an offset's value negated.
+    fn numbers(commit: &Commit) -> Vec<i64> {
+        commit
+            .events
+            .iter()
+            .map(|event| match event {
+                Event::Delete(key) => key.values()[0].as_int().unwrap_or_default(),
+                Event::Offset(_, offset) => -offset.as_i64().unwrap_or_default(),
+                _ => 0,
+            })
+            .collect()
+    }
+
+    async fn next(queue: &Queue) -> Option<Vec<i64>> {
+        tokio::time::timeout(Duration::from_secs(5), queue.next_commit())
+            .await
+            .ok()
+            .flatten()
+            .map(|commit| numbers(&commit))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_ends_at_the_last_offset_and_the_messages_after_it_wait_for_theirs() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 100, 100);
+        for event in [message(1), message(2), offset(2), message(3), message(4)] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![1, 2, -2]));
+        // Due by time, but 3 and 4 are not covered yet: nothing is taken.
+        let waiting = tokio::time::timeout(Duration::from_secs(1), queue.next_commit()).await;
+        assert!(waiting.is_err(), "messages past the last offset are not committed");
+        assert!(producer.try_push(offset(4)).is_ok());
+        assert_eq!(next(&queue).await, Some(vec![3, 4, -4]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_resumes_has_its_first_messages_wait_for_an_offset() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 100, 100);
+        producer.expect_offsets();
+        assert!(producer.try_push(message(1)).is_ok());
+        let waiting = tokio::time::timeout(Duration::from_secs(1), queue.next_commit()).await;
+        assert!(waiting.is_err());
+        assert!(producer.try_push(offset(1)).is_ok());
+        assert_eq!(next(&queue).await, Some(vec![1, -1]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_without_an_offset_is_committed_anyway() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 2);
+        assert!(producer.try_push(offset(0)).is_ok());
+        assert_eq!(next(&queue).await, Some(vec![0]));
+        for n in 1..=6 {
+            assert!(producer.try_push(message(n)).is_ok());
+        }
+        assert!(matches!(producer.try_push(message(7)), Err(PushError::Full(_))));
+        assert_eq!(next(&queue).await, Some(vec![1, 2, 3, 4]), "bounded, so taken without an offset");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_batch_limit_still_cuts_at_an_offset() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
+        for event in [message(1), offset(1), message(2), message(3), message(4), offset(4)] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![1, -1]), "2 and 3 would be past the offset");
+        assert_eq!(next(&queue).await, Some(vec![2, 3, 4, -4]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn producers_are_covered_each_by_its_own_offsets() {
+        let (queue, first) = Queue::new(Duration::from_millis(10), 100, 100);
+        let second = queue.add_producer();
+        // The second producer reports no offsets, so its messages never wait for one;
+        // they wait only behind the first producer's uncovered message.
+        for (producer, event) in [
+            (&first, message(1)),
+            (&first, offset(1)),
+            (&second, message(10)),
+            (&first, message(2)),
+            (&second, message(11)),
+        ] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![1, -1, 10]));
+        first.finish();
+        assert_eq!(next(&queue).await, Some(vec![2, 11]), "a finished producer holds nothing back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_explicit_commit_commits_what_came_before_it() {
+        let (queue, producer) = Queue::new(Duration::from_secs(3600), 100, 100);
+        for event in [offset(0), message(1), Event::Commit, message(2)] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![0, 1, 0]));
     }
 }

@@ -197,6 +197,10 @@ impl SourceContext {
     ) -> Self {
         let lifecycle = table.lifecycle().clone();
         let counters = table.source_counters(&name);
+        if resume.is_some() {
+            // A source that resumes reports offsets: its first messages wait for one.
+            producer.expect_offsets();
+        }
         SourceContext {
             shared: Arc::new(ContextShared {
                 rejections: RejectionLog::default(),
@@ -456,7 +460,9 @@ impl SourceContext {
     }
 
     /// Commits everything sent so far now, rather than at the next automatic commit.
-    /// With nothing pending, it does nothing.
+    /// With nothing pending, it does nothing. A source that reports offsets should
+    /// report one before committing: the commit takes its messages even if no offset
+    /// covers them yet (see [`report_offset`](Self::report_offset)).
     ///
     /// # Errors
     ///
@@ -510,6 +516,16 @@ impl SourceContext {
     /// and with [persistence](crate::Pipeline::persist) stores it with the commit, so a
     /// restart resumes from exactly what was committed (see
     /// [`resume_offset`](Self::resume_offset)).
+    ///
+    /// **Commits end at offsets.** Once a source has reported an offset (or was given
+    /// one to resume from), a commit takes its messages only up to its last offset:
+    /// messages sent after it wait for the next one, so that no commit holds a row its
+    /// offsets do not cover and a restart after a crash reads no committed row again.
+    /// Report an offset as often as you want your messages committed (after each
+    /// message, page or batch). Two bounds keep this from stalling a table: messages
+    /// that fill the table's whole queue without an offset are committed anyway (with a
+    /// warning: after a crash they are read again), and so are the messages before an
+    /// explicit [`commit`](Self::commit), and those of a source that has ended.
     ///
     /// Offsets are accepted during shutdown too, until the shutdown deadline: a source
     /// whose send returned [`SendError::ShuttingDown`] reports where its last *sent*
