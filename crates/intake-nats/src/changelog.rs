@@ -2,23 +2,29 @@
 
 use std::fmt::Write as _;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use intake_core::{DataType, Key, Schema, Time, Timestamp, Value};
 
 /// The headers of a changelog message.
+///
+/// Names are `HeaderName` constants rather than `&str`: async-nats validates and copies
+/// a `&str` name on every insert and every lookup, which is measurable per message (see
+/// W7 in docs/benchmarks.md).
 pub(crate) mod header {
+    use async_nats::HeaderName;
+
     /// The time of the commit the message belongs to.
-    pub(crate) const TIME: &str = "Intake-Time";
+    pub(crate) const TIME: HeaderName = HeaderName::from_static("Intake-Time");
     /// The time of the commit the sink wrote before this one, if any.
-    pub(crate) const PREVIOUS_TIME: &str = "Intake-Previous-Time";
+    pub(crate) const PREVIOUS_TIME: HeaderName = HeaderName::from_static("Intake-Previous-Time");
     /// The key, as JSON.
-    pub(crate) const KEY: &str = "Intake-Key";
+    pub(crate) const KEY: HeaderName = HeaderName::from_static("Intake-Key");
     /// `DEL` on a tombstone.
-    pub(crate) const OPERATION: &str = "Intake-Operation";
+    pub(crate) const OPERATION: HeaderName = HeaderName::from_static("Intake-Operation");
     /// The value of [`OPERATION`] on a tombstone.
     pub(crate) const DELETE: &str = "DEL";
     /// `end` on the last message of a commit.
-    pub(crate) const COMMIT: &str = "Intake-Commit";
+    pub(crate) const COMMIT: HeaderName = HeaderName::from_static("Intake-Commit");
     /// The value of [`COMMIT`] on the last message of a commit.
     pub(crate) const COMMIT_END: &str = "end";
 }
@@ -99,8 +105,8 @@ pub(crate) fn key_json(key: &Key) -> Result<String, serde_json::Error> {
 }
 
 /// A time header's value, `None` when the header is absent.
-pub(crate) fn time_header(headers: &HeaderMap, name: &str) -> Result<Option<Time>, String> {
-    match headers.get(name) {
+pub(crate) fn time_header(headers: &HeaderMap, name: HeaderName) -> Result<Option<Time>, String> {
+    match headers.get(name.clone()) {
         None => Ok(None),
         Some(value) => value
             .as_str()
