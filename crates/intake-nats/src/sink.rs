@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use indexmap::IndexMap;
 use intake_core::{BoxError, ChangeBatch, Key, Reconnect, Row, Sink, Time};
 
-use crate::changelog::{self, header};
+use crate::changelog::{self, Commit, header};
 
 /// Publishes that may wait for their acks at once. Below async-nats' default limit of
 /// in-flight acks (5000), whose permits are only returned when an ack is awaited:
@@ -30,11 +30,13 @@ const ACK_WINDOW: usize = 1024;
 /// `max_messages_per_subject = 1` so the server keeps only the last message of each key
 /// (the changelog stays as large as the table, plus one tombstone per deleted key).
 ///
-/// Each message carries the commit's time (header `Intake-Time`), the key as JSON
-/// (`Intake-Key`), `Intake-Operation: DEL` on a tombstone (whose payload is empty;
-/// otherwise it is the row as a JSON object), the time of the sink's previous commit
-/// (`Intake-Previous-Time`) and, on the last message of a commit, `Intake-Commit: end`.
-/// Its `Nats-Msg-Id` is `<time>:<subject>`, the same for the same change in every run.
+/// A row's payload is the row as a JSON object; a tombstone's is empty, and it carries
+/// `Intake-Operation: DEL` and the key as JSON (`Intake-Key`). Every message carries the
+/// header `Intake-Commit`: the commit's time, then the time of the sink's previous
+/// commit (if any), then `end` on the commit's last message, separated by spaces
+/// (`7 5`, `7 5 end`, `1 end`). Its `Nats-Msg-Id` is `<time>:<subject>`, the same for
+/// the same change in every run. (One header of intake's per row keeps the client's
+/// work per message low: W7 in docs/benchmarks.md.)
 ///
 /// # Exactly once, and one writer
 ///
@@ -287,16 +289,14 @@ impl JetStreamSink {
             sequence: last_sequence,
             reason: what.to_owned(),
         };
-        let time = changelog::time_header(&last.headers, header::TIME)
+        let commit = Commit::read(&last.headers)
             .map_err(|e| not_ours(&e))?
-            .ok_or_else(|| not_ours("it has no `Intake-Time` header"))?;
-        let previous =
-            changelog::time_header(&last.headers, header::PREVIOUS_TIME).map_err(|e| not_ours(&e))?;
-        if changelog::is_commit_end(&last.headers) {
-            position.last_time = Some(time);
+            .ok_or_else(|| not_ours("it has no `Intake-Commit` header"))?;
+        if commit.end {
+            position.last_time = Some(commit.time);
         } else {
-            position.last_time = previous;
-            position.interrupted = Some(time);
+            position.last_time = commit.previous;
+            position.interrupted = Some(commit.time);
         }
         Ok(position)
     }
@@ -403,8 +403,13 @@ impl JetStreamSink {
         let mut in_flight: VecDeque<(&Key, PublishAckFuture)> =
             VecDeque::with_capacity(count.min(ACK_WINDOW));
         let mut last_sequence = position.last_sequence;
-        let time_header = time.as_u64().to_string();
-        let previous_header = previous.map(|previous| previous.as_u64().to_string());
+        // The same for every message but the last.
+        let commit_header = Commit {
+            time,
+            previous,
+            end: false,
+        }
+        .value();
         // Subjects and headers are built as each message is sent, not for the whole
         // commit first: the server starts storing the commit at once.
         // Each publish expects the one before it to be the stream's last message.
@@ -417,17 +422,21 @@ impl JetStreamSink {
             }
             let subject = changelog::key_subject(&self.prefix, key);
             let mut headers = HeaderMap::new();
-            headers.insert(header::TIME, time_header.as_str());
-            headers.insert(header::KEY, changelog::key_json(key).map_err(SinkError::Encode)?);
-            if let Some(previous) = &previous_header {
-                headers.insert(header::PREVIOUS_TIME, previous.as_str());
-            }
             if i + 1 == count {
-                headers.insert(header::COMMIT, header::COMMIT_END);
+                let end = Commit {
+                    time,
+                    previous,
+                    end: true,
+                };
+                headers.insert(header::COMMIT, end.value());
+            } else {
+                headers.insert(header::COMMIT, commit_header.as_str());
             }
             let payload = match row {
                 Some(row) => serde_json::to_vec(row).map_err(SinkError::Encode)?.into(),
                 None => {
+                    // A row's key is in its payload; a tombstone's only here.
+                    headers.insert(header::KEY, changelog::key_json(key).map_err(SinkError::Encode)?);
                     headers.insert(header::OPERATION, header::DELETE);
                     Vec::new().into()
                 }
@@ -469,10 +478,10 @@ impl JetStreamSink {
     /// Whether `subject`'s last message is of the commit at `time`.
     async fn holds(&self, stream: &Stream, subject: &str, time: Time) -> Result<bool, SinkError> {
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(changelog::time_header(&message.headers, header::TIME)
+            Ok(message) => Ok(Commit::read(&message.headers)
                 .ok()
                 .flatten()
-                == Some(time)),
+                .is_some_and(|commit| commit.time == time)),
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
             Err(error) => Err(self.api_error("read a key's last message", error)),
         }

@@ -42,8 +42,8 @@ async fn until_published(client: &async_nats::Client, stream: &str, table: &Tabl
                 && let Ok(last) = stream.get_raw_message(last_sequence).await
                 && last
                     .headers
-                    .get("Intake-Time")
-                    .and_then(|t| t.as_str().parse::<u64>().ok())
+                    .get("Intake-Commit")
+                    .and_then(|c| c.as_str().split(' ').next()?.parse::<u64>().ok())
                     .is_some_and(|t| t >= time)
             {
                 return;
