@@ -11,6 +11,7 @@
 //! ```text
 //! NATS_SERVER=$(bash .ci/nats-server) cargo run --release -p intake-nats --example bench_nats
 //! cargo run --release -p intake-nats --example bench_nats -- 100000   # another row count
+//! cargo run --release -p intake-nats --example bench_nats -- 100000 intake   # one side (or `plain`), to profile it
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -36,29 +37,118 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rows: usize = match std::env::args().nth(1) {
+    let mut args = std::env::args().skip(1);
+    let rows: usize = match args.next() {
         Some(n) => n.parse()?,
         None => 200_000,
+    };
+    // One side alone, for profiling it (`perf record`, callgrind).
+    let mode = args.next().unwrap_or_else(|| "both".to_owned());
+    let (run_intake, run_plain) = match mode.as_str() {
+        "both" => (true, true),
+        "intake" => (true, false),
+        "plain" => (false, true),
+        other => anyhow::bail!("unknown mode {other:?}: expected both, intake or plain"),
     };
     let server = Server::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let client = async_nats::connect(server.url()).await?;
         println!("{rows} rows, each its own key, through one local nats-server (JetStream, file store)");
-        println!("| round | intake rows/s | async-nats rows/s | ratio |");
-        println!("|---|---:|---:|---:|");
+        println!(
+            "| round | intake rows/s | async-nats rows/s | ratio | intake µs CPU/row (client + server) | async-nats µs CPU/row (client + server) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        let server_pid = server_pid()?;
         for round in 1..=ROUNDS {
-            let intake = through_intake(&client, rows, round).await?;
-            let plain = through_async_nats(&client, rows, round).await?;
+            let before = Cpu::read(server_pid)?;
+            let intake = if run_intake {
+                through_intake(&client, rows, round).await?
+            } else {
+                Duration::ZERO
+            };
+            let middle = Cpu::read(server_pid)?;
+            let plain = if run_plain {
+                through_async_nats(&client, rows, round).await?
+            } else {
+                Duration::ZERO
+            };
+            let after = Cpu::read(server_pid)?;
+            let (intake_cpu, plain_cpu) = (middle.since(&before, rows), after.since(&middle, rows));
             println!(
-                "| {round} | {:.0} | {:.0} | {:.2} |",
+                "| {round} | {:.0} | {:.0} | {:.2} | {:.1} + {:.1} | {:.1} + {:.1} |",
                 rows as f64 / intake.as_secs_f64(),
                 rows as f64 / plain.as_secs_f64(),
-                plain.as_secs_f64() / intake.as_secs_f64()
+                plain.as_secs_f64() / intake.as_secs_f64(),
+                intake_cpu.0,
+                intake_cpu.1,
+                plain_cpu.0,
+                plain_cpu.1,
             );
         }
         anyhow::Ok(())
     })
+}
+
+/// CPU time (user + system, from `/proc`) of this process and of the nats-server, which
+/// share the machine's cores: where the work of each side goes.
+struct Cpu {
+    client: Duration,
+    server: Duration,
+}
+
+impl Cpu {
+    fn read(server: u32) -> anyhow::Result<Cpu> {
+        Ok(Cpu {
+            client: cpu_time("/proc/self/stat")?,
+            server: cpu_time(&format!("/proc/{server}/stat"))?,
+        })
+    }
+
+    /// Microseconds of CPU per row since `earlier`: (client, server).
+    fn since(&self, earlier: &Cpu, rows: usize) -> (f64, f64) {
+        let per_row = |d: Duration| d.as_secs_f64() * 1e6 / rows as f64;
+        (
+            per_row(self.client.saturating_sub(earlier.client)),
+            per_row(self.server.saturating_sub(earlier.server)),
+        )
+    }
+}
+
+/// The nats-server this process started (the `Server` keeps its `Child` to itself).
+fn server_pid() -> anyhow::Result<u32> {
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
+            continue;
+        };
+        // Field 4 is the parent's pid.
+        if name == "nats-server" && rest.split_whitespace().nth(1) == Some(me.as_str()) {
+            return Ok(entry.file_name().to_string_lossy().parse()?);
+        }
+    }
+    anyhow::bail!("the nats-server child process was not found in /proc")
+}
+
+/// utime + stime of a `/proc/<pid>/stat` file.
+fn cpu_time(path: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(path)?;
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: u64 = fields.get(11).zip(fields.get(12)).map_or(Ok(0), |(u, s)| {
+        Ok::<_, std::num::ParseIntError>(u.parse::<u64>()? + s.parse::<u64>()?)
+    })?;
+    // Linux reports them in USER_HZ, 100 on every architecture intake runs on.
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// Sink → JetStream → replica: from the first row sent until the replica holds all.

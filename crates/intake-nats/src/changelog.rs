@@ -6,21 +6,87 @@ use async_nats::HeaderMap;
 use intake_core::{DataType, Key, Schema, Time, Timestamp, Value};
 
 /// The headers of a changelog message.
+///
+/// A row's message carries one header of intake's (`Intake-Commit`) beside the two the
+/// guarantees need (`Nats-Msg-Id`, `Nats-Expected-Last-Sequence`): async-nats keeps
+/// headers in a hash map of vectors, so each header costs allocations and hashing on
+/// both ends, and a fourth one grows the map (W7 in docs/benchmarks.md: five headers
+/// per row cost the benchmark's client 67,000 instructions per row, three 57,000).
+/// Names are `HeaderName` constants rather than `&str`, which async-nats would
+/// validate and copy on every insert and lookup.
 pub(crate) mod header {
-    /// The time of the commit the message belongs to.
-    pub(crate) const TIME: &str = "Intake-Time";
-    /// The time of the commit the sink wrote before this one, if any.
-    pub(crate) const PREVIOUS_TIME: &str = "Intake-Previous-Time";
-    /// The key, as JSON.
-    pub(crate) const KEY: &str = "Intake-Key";
+    use async_nats::HeaderName;
+
+    /// The commit the message belongs to: its time, then the time of the commit the
+    /// sink wrote before it (if any), then `end` on the commit's last message, separated
+    /// by spaces: `7`, `7 5`, `7 5 end`, `1 end`.
+    pub(crate) const COMMIT: HeaderName = HeaderName::from_static("Intake-Commit");
+    /// The word that marks a commit's last message in [`COMMIT`].
+    pub(crate) const COMMIT_END: &str = "end";
+    /// On a tombstone, the key as JSON (a row's key is in its payload).
+    pub(crate) const KEY: HeaderName = HeaderName::from_static("Intake-Key");
     /// `DEL` on a tombstone.
-    pub(crate) const OPERATION: &str = "Intake-Operation";
+    pub(crate) const OPERATION: HeaderName = HeaderName::from_static("Intake-Operation");
     /// The value of [`OPERATION`] on a tombstone.
     pub(crate) const DELETE: &str = "DEL";
-    /// `end` on the last message of a commit.
-    pub(crate) const COMMIT: &str = "Intake-Commit";
-    /// The value of [`COMMIT`] on the last message of a commit.
-    pub(crate) const COMMIT_END: &str = "end";
+}
+
+/// What a message's `Intake-Commit` header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Commit {
+    /// The time of the commit the message belongs to.
+    pub(crate) time: Time,
+    /// The time of the commit the sink wrote before it.
+    pub(crate) previous: Option<Time>,
+    /// Whether the message is the commit's last.
+    pub(crate) end: bool,
+}
+
+impl Commit {
+    /// The header's value.
+    pub(crate) fn value(self) -> String {
+        let mut value = self.time.as_u64().to_string();
+        if let Some(previous) = self.previous {
+            let _ = write!(value, " {}", previous.as_u64());
+        }
+        if self.end {
+            value.push(' ');
+            value.push_str(header::COMMIT_END);
+        }
+        value
+    }
+
+    /// Reads the header of `headers`; `None` when the message has none.
+    pub(crate) fn read(headers: &HeaderMap) -> Result<Option<Commit>, String> {
+        let Some(value) = headers.get(header::COMMIT) else {
+            return Ok(None);
+        };
+        let value = value.as_str();
+        let invalid = || format!("has `Intake-Commit: {value}`, not `<time> [<previous time>] [end]`");
+        let mut words = value.split(' ');
+        let time = words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .ok_or_else(invalid)?;
+        let mut commit = Commit {
+            time: Time::from(time),
+            previous: None,
+            end: false,
+        };
+        let mut next = words.next();
+        if let Some(previous) = next.and_then(|w| w.parse::<u64>().ok()) {
+            commit.previous = Some(Time::from(previous));
+            next = words.next();
+        }
+        if next == Some(header::COMMIT_END) {
+            commit.end = true;
+            next = words.next();
+        }
+        if next.is_some() {
+            return Err(invalid());
+        }
+        Ok(Some(commit))
+    }
 }
 
 /// The subject of `key` under `prefix`: `<prefix>.<token>`, one token per key value.
@@ -96,25 +162,6 @@ pub(crate) fn valid_prefix(prefix: &str) -> bool {
 /// The key as the JSON of the `Intake-Key` header.
 pub(crate) fn key_json(key: &Key) -> Result<String, serde_json::Error> {
     serde_json::to_string(key)
-}
-
-/// A time header's value, `None` when the header is absent.
-pub(crate) fn time_header(headers: &HeaderMap, name: &str) -> Result<Option<Time>, String> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .as_str()
-            .parse::<u64>()
-            .map(|time| Some(Time::from(time)))
-            .map_err(|_| format!("has `{name}: {}`, not a commit time", value.as_str())),
-    }
-}
-
-/// Whether the message ends its commit.
-pub(crate) fn is_commit_end(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::COMMIT)
-        .is_some_and(|v| v.as_str() == header::COMMIT_END)
 }
 
 /// Whether the message is a tombstone.
@@ -206,6 +253,32 @@ mod tests {
             key_subject("p", &Key::from("a.b")),
             key_subject("p", &Key::from("a%2Eb"))
         );
+    }
+
+    #[test]
+    fn commit_headers_round_trip() {
+        for (time, previous, end, value) in [
+            (1, None, false, "1"),
+            (1, None, true, "1 end"),
+            (7, Some(5), false, "7 5"),
+            (7, Some(5), true, "7 5 end"),
+        ] {
+            let commit = Commit {
+                time: Time::from(time),
+                previous: previous.map(Time::from),
+                end,
+            };
+            assert_eq!(commit.value(), value);
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COMMIT, value);
+            assert_eq!(Commit::read(&headers), Ok(Some(commit)));
+        }
+        assert_eq!(Commit::read(&HeaderMap::new()), Ok(None));
+        for bad in ["", "x", "7 x", "7 5 end 3", "7 end 5", "-1"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COMMIT, bad);
+            assert!(Commit::read(&headers).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

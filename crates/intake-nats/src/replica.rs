@@ -236,23 +236,27 @@ impl Replica {
                 continue;
             }
             let headers = message.headers.as_ref();
-            let sent = match headers.and_then(|h| h.get(header::KEY)) {
-                None => {
+            let commit = match headers.map(changelog::Commit::read) {
+                Some(Ok(Some(commit))) => Ok(commit),
+                Some(Err(reason)) => Err(reason),
+                None | Some(Ok(None)) => Err("has no `Intake-Commit` header".to_owned()),
+            };
+            let sent = match &commit {
+                Err(reason) => {
                     ctx.reject(
                         message.payload.clone(),
-                        format!(
-                            "message {sequence} on `{}` has no `Intake-Key` header",
-                            message.subject
-                        ),
+                        format!("message {sequence} on `{}` {reason}", message.subject),
                     )
                     .await
                 }
-                Some(_) if !headers.is_some_and(changelog::is_tombstone) => {
+                Ok(_) if !headers.is_some_and(changelog::is_tombstone) => {
                     ctx.next_bytes(message.payload.clone()).await
                 }
-                Some(key) => {
-                    let key = serde_json::from_str(key.as_str())
-                        .map_err(|e| e.to_string())
+                Ok(_) => {
+                    let key = headers
+                        .and_then(|h| h.get(header::KEY))
+                        .ok_or_else(|| "it has no `Intake-Key` header".to_owned())
+                        .and_then(|key| serde_json::from_str(key.as_str()).map_err(|e| e.to_string()))
                         .and_then(|json| changelog::key_from_json(schema, &json));
                     match key {
                         Ok(key) => ctx.delete(key).await,
@@ -271,7 +275,7 @@ impl Replica {
             }
             *last_sequence = Some(sequence);
             *applied = true;
-            let commit_end = headers.is_some_and(changelog::is_commit_end);
+            let commit_end = commit.is_ok_and(|commit| commit.end);
             // Commit where the worker committed; while catching up, only at the end of
             // the last commit the stream holds, so the rebuilt table appears at once.
             // (A commit the worker never finished is committed by the reader's

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use indexmap::IndexMap;
 use intake_core::{BoxError, ChangeBatch, Key, Reconnect, Row, Sink, Time};
 
-use crate::changelog::{self, header};
+use crate::changelog::{self, Commit, header};
 
 /// Publishes that may wait for their acks at once. Below async-nats' default limit of
 /// in-flight acks (5000), whose permits are only returned when an ack is awaited:
@@ -30,11 +30,13 @@ const ACK_WINDOW: usize = 1024;
 /// `max_messages_per_subject = 1` so the server keeps only the last message of each key
 /// (the changelog stays as large as the table, plus one tombstone per deleted key).
 ///
-/// Each message carries the commit's time (header `Intake-Time`), the key as JSON
-/// (`Intake-Key`), `Intake-Operation: DEL` on a tombstone (whose payload is empty;
-/// otherwise it is the row as a JSON object), the time of the sink's previous commit
-/// (`Intake-Previous-Time`) and, on the last message of a commit, `Intake-Commit: end`.
-/// Its `Nats-Msg-Id` is `<time>:<subject>`, the same for the same change in every run.
+/// A row's payload is the row as a JSON object; a tombstone's is empty, and it carries
+/// `Intake-Operation: DEL` and the key as JSON (`Intake-Key`). Every message carries the
+/// header `Intake-Commit`: the commit's time, then the time of the sink's previous
+/// commit (if any), then `end` on the commit's last message, separated by spaces
+/// (`7 5`, `7 5 end`, `1 end`). Its `Nats-Msg-Id` is `<time>:<subject>`, the same for
+/// the same change in every run. (One header of intake's per row keeps the client's
+/// work per message low: W7 in docs/benchmarks.md.)
 ///
 /// # Exactly once, and one writer
 ///
@@ -287,16 +289,14 @@ impl JetStreamSink {
             sequence: last_sequence,
             reason: what.to_owned(),
         };
-        let time = changelog::time_header(&last.headers, header::TIME)
+        let commit = Commit::read(&last.headers)
             .map_err(|e| not_ours(&e))?
-            .ok_or_else(|| not_ours("it has no `Intake-Time` header"))?;
-        let previous =
-            changelog::time_header(&last.headers, header::PREVIOUS_TIME).map_err(|e| not_ours(&e))?;
-        if changelog::is_commit_end(&last.headers) {
-            position.last_time = Some(time);
+            .ok_or_else(|| not_ours("it has no `Intake-Commit` header"))?;
+        if commit.end {
+            position.last_time = Some(commit.time);
         } else {
-            position.last_time = previous;
-            position.interrupted = Some(time);
+            position.last_time = commit.previous;
+            position.interrupted = Some(commit.time);
         }
         Ok(position)
     }
@@ -382,46 +382,61 @@ impl JetStreamSink {
         for change in batch.changes() {
             last_values.insert(&change.key, change.is_addition.then_some(&change.row));
         }
-        let mut messages = Vec::with_capacity(last_values.len());
-        for (key, row) in last_values {
-            let subject = changelog::key_subject(&self.prefix, key);
-            if position.interrupted == Some(time) && self.holds(&position.stream, &subject, time).await? {
-                self.skipped += 1;
-                continue;
+        if position.interrupted == Some(time) {
+            // The commit a crash cut in half: keys whose subject already holds it are
+            // not published again.
+            let mut remaining = IndexMap::with_capacity(last_values.len());
+            for (key, row) in last_values {
+                let subject = changelog::key_subject(&self.prefix, key);
+                if self.holds(&position.stream, &subject, time).await? {
+                    self.skipped += 1;
+                } else {
+                    remaining.insert(key, row);
+                }
             }
-            messages.push((subject, key, row));
+            last_values = remaining;
         }
-        let count = messages.len();
+        let count = last_values.len();
         let previous = position.last_time;
-        let mut in_flight: VecDeque<(String, PublishAckFuture)> =
+        // The key stands in for its subject until an ack fails: one allocation less per
+        // message than keeping the subject.
+        let mut in_flight: VecDeque<(&Key, PublishAckFuture)> =
             VecDeque::with_capacity(count.min(ACK_WINDOW));
         let mut last_sequence = position.last_sequence;
-        let time_header = time.as_u64().to_string();
-        let previous_header = previous.map(|previous| previous.as_u64().to_string());
+        // The same for every message but the last.
+        let commit_header = Commit {
+            time,
+            previous,
+            end: false,
+        }
+        .value();
+        // Subjects and headers are built as each message is sent, not for the whole
+        // commit first: the server starts storing the commit at once.
         // Each publish expects the one before it to be the stream's last message.
-        for (expected, (i, (subject, key, row))) in
-            (position.last_sequence..).zip(messages.into_iter().enumerate())
+        for (expected, (i, (key, row))) in (position.last_sequence..).zip(last_values.into_iter().enumerate())
         {
             if in_flight.len() == ACK_WINDOW
-                && let Some((subject, ack)) = in_flight.pop_front()
+                && let Some((key, ack)) = in_flight.pop_front()
             {
-                last_sequence = self.await_ack(&subject, ack).await?;
+                last_sequence = self.await_ack(key, ack).await?;
             }
+            let subject = changelog::key_subject(&self.prefix, key);
             let mut headers = HeaderMap::new();
-            headers.insert(header::TIME, time_header.as_str());
-            headers.insert(
-                header::KEY,
-                changelog::key_json(key).map_err(SinkError::Encode)?.as_str(),
-            );
-            if let Some(previous) = &previous_header {
-                headers.insert(header::PREVIOUS_TIME, previous.as_str());
-            }
             if i + 1 == count {
-                headers.insert(header::COMMIT, header::COMMIT_END);
+                let end = Commit {
+                    time,
+                    previous,
+                    end: true,
+                };
+                headers.insert(header::COMMIT, end.value());
+            } else {
+                headers.insert(header::COMMIT, commit_header.as_str());
             }
             let payload = match row {
                 Some(row) => serde_json::to_vec(row).map_err(SinkError::Encode)?.into(),
                 None => {
+                    // A row's key is in its payload; a tombstone's only here.
+                    headers.insert(header::KEY, changelog::key_json(key).map_err(SinkError::Encode)?);
                     headers.insert(header::OPERATION, header::DELETE);
                     Vec::new().into()
                 }
@@ -431,15 +446,14 @@ impl JetStreamSink {
                 .payload(payload)
                 .message_id(format!("{time}:{subject}"))
                 .expected_last_sequence(expected);
-            let ack = self
-                .jetstream
-                .send_publish(subject.clone(), publish)
-                .await
-                .map_err(|e| self.publish_error(&subject, e))?;
-            in_flight.push_back((subject, ack));
+            let ack = match self.jetstream.send_publish(subject, publish).await {
+                Ok(ack) => ack,
+                Err(error) => return Err(self.publish_error(key, error)),
+            };
+            in_flight.push_back((key, ack));
         }
-        while let Some((subject, ack)) = in_flight.pop_front() {
-            last_sequence = self.await_ack(&subject, ack).await?;
+        while let Some((key, ack)) = in_flight.pop_front() {
+            last_sequence = self.await_ack(key, ack).await?;
         }
         if count > 0 {
             position.last_sequence = last_sequence;
@@ -455,8 +469,8 @@ impl JetStreamSink {
         Ok(())
     }
 
-    async fn await_ack(&mut self, subject: &str, ack: PublishAckFuture) -> Result<u64, SinkError> {
-        let ack = ack.await.map_err(|e| self.publish_error(subject, e))?;
+    async fn await_ack(&mut self, key: &Key, ack: PublishAckFuture) -> Result<u64, SinkError> {
+        let ack = ack.await.map_err(|e| self.publish_error(key, e))?;
         self.published += 1;
         Ok(ack.sequence)
     }
@@ -464,26 +478,27 @@ impl JetStreamSink {
     /// Whether `subject`'s last message is of the commit at `time`.
     async fn holds(&self, stream: &Stream, subject: &str, time: Time) -> Result<bool, SinkError> {
         match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(changelog::time_header(&message.headers, header::TIME)
+            Ok(message) => Ok(Commit::read(&message.headers)
                 .ok()
                 .flatten()
-                == Some(time)),
+                .is_some_and(|commit| commit.time == time)),
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
             Err(error) => Err(self.api_error("read a key's last message", error)),
         }
     }
 
-    fn publish_error(&self, subject: &str, error: async_nats::jetstream::context::PublishError) -> SinkError {
+    fn publish_error(&self, key: &Key, error: async_nats::jetstream::context::PublishError) -> SinkError {
+        let subject = changelog::key_subject(&self.prefix, key);
         if error.kind() == PublishErrorKind::WrongLastSequence {
             SinkError::Conflict {
                 stream: self.stream_name.clone(),
-                subject: subject.to_owned(),
+                subject,
                 source: Box::new(error),
             }
         } else {
             SinkError::Publish {
                 stream: self.stream_name.clone(),
-                subject: subject.to_owned(),
+                subject,
                 source: Box::new(error),
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use changelog::{Op, connect, fed_table, script, sorted, unique, upsert};
-use intake_core::{Column, DataType, Key, Persistence, Pipeline, Reader, Row, Schema, Table};
+use intake_core::{Column, DataType, ErrorPolicy, Key, Persistence, Pipeline, Reader, Row, Schema, Table};
 use intake_nats::{JetStreamSink, Replica, ReplicaError};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -42,8 +42,8 @@ async fn until_published(client: &async_nats::Client, stream: &str, table: &Tabl
                 && let Ok(last) = stream.get_raw_message(last_sequence).await
                 && last
                     .headers
-                    .get("Intake-Time")
-                    .and_then(|t| t.as_str().parse::<u64>().ok())
+                    .get("Intake-Commit")
+                    .and_then(|c| c.as_str().split(' ').next()?.parse::<u64>().ok())
                     .is_some_and(|t| t >= time)
             {
                 return;
@@ -266,4 +266,76 @@ fn replica_error(error: &intake_core::Error) -> Option<&ReplicaError> {
         intake_core::Error::SourcesFailed(failures) => failures.first()?.cause().downcast_ref(),
         _ => None,
     }
+}
+
+#[tokio::test]
+async fn a_replica_skips_what_is_not_a_changelog_message_and_keeps_its_neighbours() {
+    let client = connect(&support::shared_url()).await;
+    let js = jetstream::new(client.clone());
+    let stream = unique("foreign");
+    js.create_stream(jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{stream}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let publish = |sym: &str, commit: Option<&str>, tombstone: bool| {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(commit) = commit {
+            headers.insert("Intake-Commit", commit);
+        }
+        let payload = if tombstone {
+            headers.insert("Intake-Operation", "DEL");
+            String::new()
+        } else {
+            serde_json::json!({"sym": sym, "price": 1.0, "n": 1}).to_string()
+        };
+        let subject = intake_nats::key_subject(&stream, &Key::from(sym));
+        let js = js.clone();
+        async move {
+            js.publish_with_headers(subject, headers, payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    publish("A", Some("1"), false).await;
+    // No Intake-Commit: not written by a JetStreamSink.
+    publish("B", None, false).await;
+    // A commit header that does not parse.
+    publish("C", Some("one"), false).await;
+    // A tombstone without its key.
+    publish("E", Some("1"), true).await;
+    publish("D", Some("1 end"), false).await;
+
+    let mut service = Pipeline::new();
+    let replica = service.read(
+        "replica",
+        Replica::new(client.clone(), stream.clone(), stream.clone()),
+        Reader::json(changelog::schema()).error_policy(ErrorPolicy::SkipAndReport),
+    );
+    let shutdown = service.shutdown_handle();
+    let service_run = tokio::spawn(service.run());
+    let expected: Vec<(Key, Row)> = ["A", "D"]
+        .into_iter()
+        .map(|sym| {
+            let row = Row::new(
+                &changelog::schema(),
+                vec![
+                    intake_core::Value::from(sym),
+                    intake_core::Value::from(1.0),
+                    intake_core::Value::from(1_i64),
+                ],
+            )
+            .unwrap();
+            (Key::from(sym), row)
+        })
+        .collect();
+    until_equal(&replica, &expected).await;
+    let rejected = tokio::time::timeout(PATIENCE, replica.wait_for(|t| t.stats().rejected() == 3)).await;
+    assert!(matches!(rejected, Ok(Ok(()))), "{:?}", replica.stats());
+    shutdown.shutdown();
+    service_run.await.unwrap().unwrap();
 }
