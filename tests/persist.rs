@@ -390,7 +390,10 @@ async fn a_sink_behind_a_table_that_closes_at_once_still_replays() {
 #[test]
 fn a_crash_between_messages_and_their_offset_repeats_no_row() {
     let dir = tempfile::tempdir().unwrap();
-    let append = || Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap()).autocommit_duration(Duration::from_millis(5));
+    let append = || {
+        Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap())
+            .autocommit_duration(Duration::from_millis(5))
+    };
     // Sends n = resume+1 ..= to, reporting an offset after every `group` messages.
     let counts = |to: i64, group: i64, then_hang: bool, sent: Arc<std::sync::atomic::AtomicBool>| {
         source_fn(move |ctx: SourceContext| {
@@ -414,7 +417,10 @@ fn a_crash_between_messages_and_their_offset_repeats_no_row() {
     {
         // The first run sends 1..=7 with offsets at 5 only, waits for commits to go
         // by, and dies without any shutdown (its runtime dropped, like a SIGKILL).
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
         pipeline.read("events", counts(7, 5, true, sent.clone()), append());
@@ -426,12 +432,20 @@ fn a_crash_between_messages_and_their_offset_repeats_no_row() {
         std::thread::sleep(Duration::from_millis(300));
         drop(runtime);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let table = pipeline.read("events", counts(10, 5, false, done), append());
     runtime.block_on(pipeline.run()).unwrap();
-    let mut values: Vec<i64> = table.snapshot().rows().iter().map(|(_, r)| r["n"].as_int().unwrap()).collect();
+    let mut values: Vec<i64> = table
+        .snapshot()
+        .rows()
+        .iter()
+        .map(|(_, r)| r["n"].as_int().unwrap())
+        .collect();
     values.sort_unstable();
     assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
 }

@@ -52,13 +52,46 @@ fn number() -> impl Strategy<Value = String> {
         any::<i64>().prop_map(|n| n.to_string()),
         any::<u64>().prop_map(|n| n.to_string()),
         any::<i128>().prop_map(|n| n.to_string()),
-        any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| format!("{x:?}")),
-        any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| format!("{x:e}")),
+        any::<f64>()
+            .prop_filter("finite", |x| x.is_finite())
+            .prop_map(|x| format!("{x:?}")),
+        any::<f64>()
+            .prop_filter("finite", |x| x.is_finite())
+            .prop_map(|x| format!("{x:e}")),
         prop::sample::select(vec![
-            "0", "-0", "0.0", "-0.0", "1e3", "1E3", "1e+3", "1e-3", "1.5e308", "1e309", "-1e309", "1e-400",
-            "01", "-01", "1.", ".5", "+1", "1e", "1e+", "--1", "0x10", "NaN", "Infinity", "-", "9223372036854775807",
-            "9223372036854775808", "-9223372036854775808", "-9223372036854775809", "18446744073709551616",
-            "1.0e0", "123456789012345678901234567890", "5e-324", "2.2250738585072014e-308",
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "1e3",
+            "1E3",
+            "1e+3",
+            "1e-3",
+            "1.5e308",
+            "1e309",
+            "-1e309",
+            "1e-400",
+            "01",
+            "-01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "1e+",
+            "--1",
+            "0x10",
+            "NaN",
+            "Infinity",
+            "-",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "1.0e0",
+            "123456789012345678901234567890",
+            "5e-324",
+            "2.2250738585072014e-308",
         ])
         .prop_map(str::to_owned),
     ]
@@ -69,10 +102,24 @@ fn string() -> impl Strategy<Value = String> {
         "[ -~]{0,12}".prop_map(|s| serde_json::Value::String(s).to_string()),
         any::<String>().prop_map(|s| serde_json::Value::String(s).to_string()),
         prop::sample::select(vec![
-            r#""\n\t\r\b\f\/\\\"""#, r#""\u00e9""#, r#""\ud83d\ude00""#, r#""\ud83d""#, r#""\ude00""#,
-            r#""\u0000""#, r#""\x""#, r#""\u12""#, "\"tab\there\"", "\"new\nline\"", r#""2024-05-01T12:00:00Z""#,
-            r#""2024-05-01T12:00:00.123456789+02:00""#, r#""2024-13-01T00:00:00Z""#, r#""12""#, r#""1.5""#,
-            r#""true""#, "\"\u{7f}\"", "\"\u{2028}\"",
+            r#""\n\t\r\b\f\/\\\"""#,
+            r#""\u00e9""#,
+            r#""\ud83d\ude00""#,
+            r#""\ud83d""#,
+            r#""\ude00""#,
+            r#""\u0000""#,
+            r#""\x""#,
+            r#""\u12""#,
+            "\"tab\there\"",
+            "\"new\nline\"",
+            r#""2024-05-01T12:00:00Z""#,
+            r#""2024-05-01T12:00:00.123456789+02:00""#,
+            r#""2024-13-01T00:00:00Z""#,
+            r#""12""#,
+            r#""1.5""#,
+            r#""true""#,
+            "\"\u{7f}\"",
+            "\"\u{2028}\"",
         ])
         .prop_map(str::to_owned),
     ]
@@ -96,7 +143,9 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 fn space() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["", "", "", " ", "\n", "\t", "\r\n", "  ", "\u{a0}", "\u{feff}"])
+    prop::sample::select(vec![
+        "", "", "", " ", "\n", "\t", "\r\n", "  ", "\u{a0}", "\u{feff}",
+    ])
 }
 
 /// A message: usually an object of fields, sometimes damaged.

@@ -58,6 +58,8 @@ mod batch;
 mod change;
 mod driver;
 mod error;
+#[cfg(test)]
+mod json_differential;
 mod lifecycle;
 mod parse;
 mod partition;
@@ -66,8 +68,6 @@ mod pipeline;
 mod queue;
 mod reader;
 mod reconnect;
-#[cfg(test)]
-mod json_differential;
 mod row;
 mod rowmap;
 mod schema;

@@ -176,12 +176,13 @@ impl Queue {
                 state.markers -= 1;
                 marker + 1
             }
-            None => match covered(state, end) {
-                0 if state.producers > 0 && state.events.len() < self.capacity => {
-                    state.held = true;
-                    return None;
-                }
-                0 => {
+            None => match waiting_for_offsets(state, end) {
+                None => end,
+                Some(waits) if waits.iter().all(|&w| w) => {
+                    if state.producers > 0 && state.events.len() < self.capacity {
+                        state.held = true;
+                        return None;
+                    }
                     if !std::mem::replace(&mut state.warned, true) {
                         tracing::warn!(
                             waiting = state.events.len(),
@@ -190,7 +191,7 @@ impl Queue {
                     }
                     end
                 }
-                covered => covered,
+                Some(waits) => return Some(self.take_covered(state, &waits, first_at, waiting)),
             },
         };
         state.held = false;
@@ -213,6 +214,46 @@ impl Queue {
         })
     }
 
+    /// Takes the first `waits.len()` events but those that `waits` marks, which stay
+    /// at the front of the queue in their order.
+    fn take_covered(
+        &self,
+        state: &mut State,
+        waits: &[bool],
+        first_at: Option<Instant>,
+        waiting: usize,
+    ) -> Commit {
+        let end = waits.len();
+        let mut taken = Vec::with_capacity(end);
+        let mut kept = Vec::new();
+        for (event, &wait) in state.events.drain(..end).zip(waits) {
+            match wait {
+                true => kept.push(event),
+                false => taken.push(event),
+            }
+        }
+        kept.append(&mut state.events);
+        state.events = kept;
+        if !state.owners.is_empty() {
+            let mut kept: Vec<u32> = state
+                .owners
+                .drain(..end)
+                .zip(waits)
+                .filter_map(|(owner, &wait)| wait.then_some(owner))
+                .collect();
+            kept.append(&mut state.owners);
+            state.owners = kept;
+        }
+        state.held = false;
+        state.first_at = (!state.events.is_empty()).then(Instant::now);
+        self.room.notify_waiters();
+        Commit {
+            events: taken,
+            first_at,
+            waiting,
+        }
+    }
+
     /// Returns a processed buffer for reuse.
     pub(crate) fn recycle(&self, mut buffer: Vec<Event>) {
         buffer.clear();
@@ -223,32 +264,34 @@ impl Queue {
     }
 }
 
-/// The longest prefix of `state.events[..end]` after which no producer that reports
-/// offsets has a message not followed by one of its offsets within the prefix.
-fn covered(state: &State, end: usize) -> usize {
+/// Which of `state.events[..end]` must wait for an offset: the messages of each
+/// producer that reports offsets after its last offset among them. `None` when none
+/// waits. The rest may be committed: every producer's messages among them are followed
+/// by an offset of its own within them. (Only messages wait, so a commit never splits a
+/// producer's messages from an offset before them; producers' messages may be
+/// committed in another order relative to each other, as they arrive concurrently.)
+fn waiting_for_offsets(state: &State, end: usize) -> Option<Vec<bool>> {
     if !state.reports_offsets.contains(&true) {
-        return end;
+        return None;
     }
     let owner = |i: usize| state.owners.get(i).copied().unwrap_or(0) as usize;
-    // Scanning back from the cut: a producer's message met before any offset of its own
-    // (so after it, in queue order) is not covered, and the cut moves to it.
-    let mut offset_seen = vec![false; state.reports_offsets.len()];
-    let mut cut = end;
-    for i in (0..end).rev() {
-        let p = owner(i);
-        match &state.events[i] {
-            Event::Offset(..) => offset_seen[p] = true,
-            Event::Commit => {}
-            Event::Upsert(..) | Event::Append(..) | Event::Delete(..) => {
-                if state.reports_offsets[p] && !offset_seen[p] {
-                    cut = i;
-                    // The offsets seen so far now lie past the cut.
-                    offset_seen.fill(false);
-                }
-            }
+    let mut last_offset = vec![None; state.reports_offsets.len()];
+    for (i, event) in state.events[..end].iter().enumerate() {
+        if matches!(event, Event::Offset(..)) {
+            last_offset[owner(i)] = Some(i);
         }
     }
-    cut
+    let waits: Vec<bool> = state.events[..end]
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let p = owner(i);
+            matches!(event, Event::Upsert(..) | Event::Append(..) | Event::Delete(..))
+                && state.reports_offsets[p]
+                && last_offset[p].is_none_or(|last| i > last)
+        })
+        .collect();
+    waits.contains(&true).then_some(waits)
 }
 
 /// The events of one commit, taken from the queue.
@@ -459,7 +502,10 @@ mod tests {
         assert_eq!(next(&queue).await, Some(vec![1, 2, -2]));
         // Due by time, but 3 and 4 are not covered yet: nothing is taken.
         let waiting = tokio::time::timeout(Duration::from_secs(1), queue.next_commit()).await;
-        assert!(waiting.is_err(), "messages past the last offset are not committed");
+        assert!(
+            waiting.is_err(),
+            "messages past the last offset are not committed"
+        );
         assert!(producer.try_push(offset(4)).is_ok());
         assert_eq!(next(&queue).await, Some(vec![3, 4, -4]));
     }
@@ -484,16 +530,31 @@ mod tests {
             assert!(producer.try_push(message(n)).is_ok());
         }
         assert!(matches!(producer.try_push(message(7)), Err(PushError::Full(_))));
-        assert_eq!(next(&queue).await, Some(vec![1, 2, 3, 4]), "bounded, so taken without an offset");
+        assert_eq!(
+            next(&queue).await,
+            Some(vec![1, 2, 3, 4]),
+            "bounded, so taken without an offset"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_batch_limit_still_cuts_at_an_offset() {
         let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
-        for event in [message(1), offset(1), message(2), message(3), message(4), offset(4)] {
+        for event in [
+            message(1),
+            offset(1),
+            message(2),
+            message(3),
+            message(4),
+            offset(4),
+        ] {
             assert!(producer.try_push(event).is_ok());
         }
-        assert_eq!(next(&queue).await, Some(vec![1, -1]), "2 and 3 would be past the offset");
+        assert_eq!(
+            next(&queue).await,
+            Some(vec![1, -1]),
+            "2 and 3 would be past the offset"
+        );
         assert_eq!(next(&queue).await, Some(vec![2, 3, 4, -4]));
     }
 
@@ -501,8 +562,8 @@ mod tests {
     async fn producers_are_covered_each_by_its_own_offsets() {
         let (queue, first) = Queue::new(Duration::from_millis(10), 100, 100);
         let second = queue.add_producer();
-        // The second producer reports no offsets, so its messages never wait for one;
-        // they wait only behind the first producer's uncovered message.
+        // The second producer reports no offsets, so its messages never wait for one,
+        // not even behind the first producer's message that does.
         for (producer, event) in [
             (&first, message(1)),
             (&first, offset(1)),
@@ -512,9 +573,20 @@ mod tests {
         ] {
             assert!(producer.try_push(event).is_ok());
         }
-        assert_eq!(next(&queue).await, Some(vec![1, -1, 10]));
+        assert_eq!(
+            next(&queue).await,
+            Some(vec![1, -1, 10, 11]),
+            "2 waits for its offset"
+        );
+        assert!(first.try_push(offset(2)).is_ok());
+        assert!(first.try_push(message(3)).is_ok());
+        assert_eq!(next(&queue).await, Some(vec![2, -2]));
         first.finish();
-        assert_eq!(next(&queue).await, Some(vec![2, 11]), "a finished producer holds nothing back");
+        assert_eq!(
+            next(&queue).await,
+            Some(vec![3]),
+            "a finished producer holds nothing back"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -524,5 +596,29 @@ mod tests {
             assert!(producer.try_push(event).is_ok());
         }
         assert_eq!(next(&queue).await, Some(vec![0, 1, 0]));
+    }
+
+    /// Regression: cutting commits only at a point no producer's messages straddled
+    /// found none when partitions' (message, offset) pairs overlapped in a chain, so
+    /// nothing was committed until the queue filled (and a JetStream worker, whose
+    /// acks wait for commits, stalled). Only the messages still waiting stay behind.
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_producers_commit_all_but_the_messages_still_waiting() {
+        let (queue, a) = Queue::new(Duration::from_millis(10), 100, 100);
+        let b = queue.add_producer();
+        for (producer, event) in [
+            (&a, message(1)),
+            (&b, message(10)),
+            (&a, offset(1)),
+            (&a, message(2)),
+            (&b, offset(10)),
+            (&b, message(11)),
+            (&a, offset(2)),
+        ] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![1, 10, -1, 2, -10, -2]));
+        assert!(b.try_push(offset(11)).is_ok());
+        assert_eq!(next(&queue).await, Some(vec![11, -11]));
     }
 }

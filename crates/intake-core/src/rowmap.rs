@@ -332,7 +332,11 @@ impl<V: Clone> AppendLog<V> {
     /// The number of the oldest row held.
     pub(crate) fn first(&self) -> Option<u64> {
         // Empty chunks in front are freed, so this looks at fewer than two chunks.
-        let offset = self.chunks.iter().flat_map(|chunk| chunk.iter()).position(Option::is_some)?;
+        let offset = self
+            .chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter())
+            .position(Option::is_some)?;
         Some(self.base + offset as u64)
     }
 
