@@ -459,7 +459,7 @@ impl Table {
     /// A copy of every row as of the last commit, sorted by key.
     ///
     /// Commits go on while the rows are copied: the table's lock is held only to take
-    /// a view of them (a reference count per chunk of 32 rows), and a commit that
+    /// a view of them (a reference count per chunk of 16 rows), and a commit that
     /// changes a chunk while a snapshot is copying it copies that chunk first. A
     /// snapshot of a million rows holds up commits for microseconds, not for the
     /// time the copy takes.
