@@ -449,3 +449,81 @@ fn a_crash_between_messages_and_their_offset_repeats_no_row() {
     values.sort_unstable();
     assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
 }
+
+/// A source that says it reports offsets has even its first messages wait for one: a
+/// crash before its first offset is stored repeats nothing.
+#[test]
+fn a_crash_before_a_source_s_first_offset_repeats_no_row() {
+    struct Counts {
+        to: i64,
+        hang: bool,
+        sent: Arc<std::sync::atomic::AtomicBool>,
+    }
+    #[async_trait::async_trait]
+    impl intake::Source for Counts {
+        async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+            let from = ctx.resume_offset().and_then(|o| o.as_i64()).unwrap_or(0) + 1;
+            for n in from..=self.to {
+                ctx.next_json(serde_json::json!({ "n": n })).await?;
+                if n % 5 == 0 {
+                    ctx.report_offset(n.into()).await?;
+                }
+            }
+            self.sent.store(true, std::sync::atomic::Ordering::Release);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+
+        fn reports_offsets(&self) -> bool {
+            true
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let append = || {
+        Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap())
+            .autocommit_duration(Duration::from_millis(5))
+    };
+    {
+        // 1..=3 and no offset yet; commits fall due, then the process dies.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+        let source = Counts {
+            to: 3,
+            hang: true,
+            sent: sent.clone(),
+        };
+        pipeline.read("events", source, append());
+        runtime.spawn(pipeline.run());
+        while !sent.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        drop(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+    let source = Counts {
+        to: 10,
+        hang: false,
+        sent: Arc::default(),
+    };
+    let table = pipeline.read("events", source, append());
+    runtime.block_on(pipeline.run()).unwrap();
+    let mut values: Vec<i64> = table
+        .snapshot()
+        .rows()
+        .iter()
+        .map(|(_, r)| r["n"].as_int().unwrap())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
+}

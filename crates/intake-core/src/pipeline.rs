@@ -685,6 +685,9 @@ pub(crate) async fn run_source(
     ctx: SourceContext,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<(), SourceFailure> {
+    if source.reports_offsets() {
+        ctx.expect_offsets();
+    }
     let outcome = tokio::select! {
         outcome = AssertUnwindSafe(source.run(ctx.clone())).catch_unwind() => match outcome {
             Ok(Ok(())) => Ok(()),

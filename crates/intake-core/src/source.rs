@@ -69,6 +69,15 @@ pub trait Source: Send + 'static {
     /// bounded by the shutdown deadline like `run`: an `on_stop` still running then is
     /// dropped.
     async fn on_stop(&mut self) {}
+
+    /// Whether this source [reports offsets](SourceContext::report_offset). A source
+    /// that does, and says so, has even its first messages wait for an offset that
+    /// covers them before they are committed, so that a crash before its first offset
+    /// is stored repeats nothing either (without it, messages are held back from its
+    /// first reported offset on). The default is `false`.
+    fn reports_offsets(&self) -> bool {
+        false
+    }
 }
 
 /// A message a source sends to its table.
@@ -214,6 +223,11 @@ impl SourceContext {
                 lifecycle,
             }),
         }
+    }
+
+    /// Holds this source's messages back until an offset covers them, from the first.
+    pub(crate) fn expect_offsets(&self) {
+        self.shared.producer.expect_offsets();
     }
 
     /// Marks the source finished: later sends through any clone fail, and once every

@@ -205,6 +205,11 @@ impl FileSource {
 
 #[async_trait]
 impl Source for FileSource {
+    /// Its offsets are exact, so its messages are committed only with one.
+    fn reports_offsets(&self) -> bool {
+        true
+    }
+
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let config = self.clone();
         let (wake, woken) = mpsc::channel();

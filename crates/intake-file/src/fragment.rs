@@ -741,6 +741,11 @@ impl<S: FragmentStore> FragmentSource<S> {
 
 #[async_trait]
 impl<S: FragmentStore> Source for FragmentSource<S> {
+    /// Its offsets are exact, so its messages are committed only with one.
+    fn reports_offsets(&self) -> bool {
+        true
+    }
+
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let result = self.run_inner(&ctx).await;
         if self.ledger.unreported > 0 {

@@ -947,6 +947,11 @@ impl Target {
 
 #[async_trait]
 impl Source for PollSource {
+    /// Its offsets are exact, so its messages are committed only with one.
+    fn reports_offsets(&self) -> bool {
+        true
+    }
+
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let client = self.build_client()?;
         let mut targets = self.targets(ctx.resume_offset(), ctx.name())?;

@@ -565,6 +565,11 @@ enum StreamEnd {
 
 #[async_trait]
 impl Source for SseSource {
+    /// Its offsets are exact, so its messages are committed only with one.
+    fn reports_offsets(&self) -> bool {
+        true
+    }
+
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let client = self.client_for_run()?;
         let resume = match ctx.resume_offset() {

@@ -100,6 +100,11 @@ enum Ended {
 
 #[async_trait::async_trait]
 impl Source for Replica {
+    /// Its offsets are exact, so its messages are committed only with one.
+    fn reports_offsets(&self) -> bool {
+        true
+    }
+
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let schema = ctx.schema().clone();
         if schema.primary_key().is_empty() {

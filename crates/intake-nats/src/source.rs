@@ -433,6 +433,11 @@ impl PendingAcks {
 
 #[intake_core::async_trait]
 impl Source for PartitionReader {
+    /// Its offsets are exact, so its messages are committed only with one.
+    fn reports_offsets(&self) -> bool {
+        true
+    }
+
     async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
         let mut durable = Some(ctx.durable_offset());
         let mut delays = self.settings.reconnect.delays();
