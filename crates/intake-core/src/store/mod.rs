@@ -524,6 +524,15 @@ impl TableStore {
             .open(&path)
             .map_err(|e| PersistenceError::io("open", &path, e))?;
 
+        // A crash between writing a snapshot and deleting the one before it leaves
+        // both; only the newest is ever read, and it was just read whole.
+        let mut snapshots = listing.snapshots;
+        let newest = snapshots.pop();
+        for old in snapshots {
+            let path = dir.join(files::snapshot_name(old));
+            fs::remove_file(&path).map_err(|e| PersistenceError::io("delete", &path, e))?;
+        }
+
         let store = TableStore {
             dir,
             schema: schema.clone(),
@@ -532,7 +541,7 @@ impl TableStore {
             _lock: lock,
             file,
             segments,
-            snapshots: listing.snapshots,
+            snapshots: newest.into_iter().collect(),
             snapshot_bytes: state.bytes,
             since_snapshot,
             min_snapshot_bytes: DEFAULT_MIN_SNAPSHOT_BYTES,

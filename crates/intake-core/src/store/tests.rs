@@ -984,3 +984,39 @@ fn measure_encode_and_restore_of_a_million_rows() {
         started.elapsed()
     );
 }
+
+/// Regression: a crash after a snapshot was written but before the one before it was
+/// deleted left both, and nothing deleted the older one later unless another
+/// compaction ran (the crash test saw two snapshots at its end).
+#[test]
+fn reopening_deletes_a_snapshot_a_crash_left_behind_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = every_type();
+    let snapshots = |dir: &Path| {
+        names_in(dir)
+            .into_iter()
+            .filter(|n| n.contains("snapshot") && !n.ends_with(".tmp"))
+            .count()
+    };
+    {
+        let (mut store, _) = open(dir.path(), &schema).unwrap();
+        store
+            .append(Some(Time::new(1)), &[insert(simple(1, "a"))], &offsets("a", 1), 0)
+            .unwrap();
+        let done = store.start_snapshot(vec![simple(1, "a")]).unwrap().run().unwrap();
+        store.finish_snapshot(done, None).unwrap();
+        store
+            .append(Some(Time::new(2)), &[insert(simple(2, "b"))], &offsets("a", 2), 0)
+            .unwrap();
+        // Written, but the process dies before `finish_snapshot`.
+        let _written = store
+            .start_snapshot(vec![simple(1, "a"), simple(2, "b")])
+            .unwrap()
+            .run()
+            .unwrap();
+    }
+    assert_eq!(snapshots(dir.path()), 2);
+    let (_store, restored) = open(dir.path(), &schema).unwrap();
+    assert_eq!(sorted(restored.rows), vec![simple(1, "a"), simple(2, "b")]);
+    assert_eq!(snapshots(dir.path()), 1, "{:?}", names_in(dir.path()));
+}
