@@ -50,8 +50,9 @@ fuzz_target!(|data: &[u8]| {
             // A value cannot hold a field twice: its last one wins, so the row may
             // parse where the text was refused.
             (Err(ParseError::DuplicateField { .. }), _) => {}
-            (Err(a), Err((b, raw))) => {
-                assert_eq!(a, b, "text and value refuse for different reasons");
+            // With several wrong fields, the text reports the first in the text and the
+            // value the first in its (sorted) map, so only a refusal is compared.
+            (Err(_), Err((_, raw))) => {
                 assert_eq!(&raw[..], text.as_bytes(), "the report's raw bytes are the value's text");
             }
             _ => panic!("text gives {from_bytes:?}, value gives {from_value:?}"),
