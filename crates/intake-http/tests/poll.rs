@@ -19,6 +19,14 @@ fn reader() -> Reader {
         .autocommit_duration(Duration::from_millis(5))
 }
 
+/// Polls with `source` into a keyed table until the source ends.
+async fn read_to_end(source: PollSource) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader());
+    run(pipeline).await.unwrap();
+    table
+}
+
 /// Fast backoff without jitter, so retries take milliseconds.
 fn fast_retries() -> Reconnect {
     Reconnect::default()
@@ -108,9 +116,7 @@ async fn retry_after_is_waited_out_on_429_503_and_any_status_classified_as_retry
         })
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     let seen = server.seen();
     assert_eq!(seen.len(), 4);
@@ -136,9 +142,7 @@ async fn server_errors_back_off_and_recover() {
         .reconnect(fast_retries().max_retries(2))
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     assert_eq!(server.seen().len(), 3);
     assert_eq!(stats.retries(), 2);
@@ -206,9 +210,7 @@ async fn the_status_classification_can_make_a_404_wait_for_the_resource() {
         })
         .max_polls(3);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(server.seen().len(), 3);
     assert_eq!(stats.retries(), 0);
     assert_eq!(table.len(), 1);
@@ -244,9 +246,7 @@ async fn link_pagination_reads_every_page_and_resolves_relative_links() {
         .query("per_page", "2")
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     let uris: Vec<String> = server.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(uris, ["/items?per_page=2", "/items?page=2", "/items?page=3"]);
@@ -286,9 +286,7 @@ async fn a_page_that_fails_midway_is_retried_without_reading_the_pages_before_it
         .reconnect(fast_retries())
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     let uris: Vec<String> = server.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(
         uris,
@@ -486,9 +484,7 @@ async fn an_interval_header_sets_the_next_interval() {
         .interval(Duration::from_millis(10))
         .interval_from_header("X-Poll-Interval")
         .max_polls(2);
-    let mut pipeline = Pipeline::new();
-    let _table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let _table = read_to_end(source).await;
     let seen = server.seen();
     assert_eq!(seen.len(), 2);
     let waited = seen[1].at - seen[0].at;
@@ -587,9 +583,7 @@ async fn each_url_keeps_its_own_validators_and_every_request_carries_the_setting
         .interval(Duration::from_millis(10))
         .max_polls(2);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     assert_eq!(names(&table), [(1, "/a".to_owned()), (2, "/b".to_owned())]);
     assert_eq!(

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::Response;
 use futures::StreamExt;
-use intake_core::{ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnect, Schema};
+use intake_core::{ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnect, Schema, Table};
 use intake_http::{Pagination, PollSource, Records};
 use serde_json::json;
-use support::{Seen, appended, ids, keyed, ok, respond, run, run_once_unlocked, serve};
+use support::{Seen, appended, ids, keyed, ok, respond, run, run_once_unlocked, serve, wait_for_rows};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -93,6 +93,14 @@ fn reader(schema: Schema) -> Reader {
         .autocommit_duration(Duration::from_millis(5))
 }
 
+/// Polls with `source` into a table of `schema` until the source ends.
+async fn read_to_end(source: PollSource, schema: Schema) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader(schema));
+    run(pipeline).await.unwrap();
+    table
+}
+
 fn fast() -> Reconnect {
     Reconnect::default()
         .jitter(false)
@@ -164,9 +172,7 @@ async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_
     .await;
     let source = PollSource::new(base).reconnect(fast()).max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended("name")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(stats.retries(), 1);
 }
@@ -355,9 +361,7 @@ async fn a_link_cycle_ends_the_poll_at_the_first_page_read_again() {
     })
     .await;
     let source = PollSource::new(format!("{base}/items")).max_polls(1);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended("name")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3]);
     assert_eq!(log.lock().unwrap().len(), 3);
     // The next poll starts at the first page: nothing of the cycle is kept.
@@ -389,9 +393,7 @@ async fn a_poll_cut_by_max_pages_goes_on_at_the_next_page_though_the_first_answe
         .max_pages(2)
         .interval(Duration::from_millis(10))
         .max_polls(3);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended("name")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3]);
     let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
     // Two pages, the third, then the first again (304).
@@ -416,9 +418,7 @@ async fn a_cursor_that_goes_back_ends_the_poll() {
         .records(Records::json_pointer("/items"))
         .pagination(Pagination::cursor("after", |page| page.json_text("/next")))
         .max_polls(1);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended("name")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3]);
     assert_eq!(log.lock().unwrap().len(), 3);
     let offset = &table.committed_offsets()[0].1;
@@ -442,9 +442,7 @@ async fn a_304_to_a_later_page_ends_the_poll_and_the_next_starts_at_the_first_pa
     let source = PollSource::new(format!("{base}/items"))
         .interval(Duration::from_millis(10))
         .max_polls(2);
-    let mut pipeline = Pipeline::new();
-    let _table = pipeline.read("items", source, reader(keyed("name")));
-    run(pipeline).await.unwrap();
+    let _table = read_to_end(source, keyed("name")).await;
     let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(uris, ["/items", "/items?page=2", "/items", "/items?page=2"]);
 }
@@ -518,10 +516,7 @@ async fn a_stop_at_every_page_boundary_then_a_restart_reads_every_record_once() 
         let table = pipeline.read("items", source(), reader(appended("name")));
         let shutdown = pipeline.shutdown_handle();
         let running = tokio::spawn(pipeline.run());
-        tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 2 * k))
-            .await
-            .unwrap()
-            .unwrap();
+        wait_for_rows(&table, 2 * k).await;
         // Let the offset of the last page read be committed with its records.
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.shutdown();
@@ -561,10 +556,7 @@ async fn a_crash_at_every_page_boundary_then_a_restart_reads_every_record_once()
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
         let table = pipeline.read("items", source(), reader(appended("name")));
         let running = tokio::spawn(pipeline.run());
-        tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 2 * k))
-            .await
-            .unwrap()
-            .unwrap();
+        wait_for_rows(&table, 2 * k).await;
         // The offset reported after the last page read is committed by the next
         // autocommit.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -608,9 +600,7 @@ async fn a_page_cut_short_midway_through_pagination_is_asked_again_and_nothing_r
     let source = PollSource::new(format!("{base}/items"))
         .reconnect(fast())
         .max_polls(1);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended("name")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3, 4]);
     let lines: Vec<String> = log
         .lock()
@@ -726,9 +716,7 @@ async fn a_304_without_a_validator_sent_is_an_empty_poll() {
         .interval(Duration::from_millis(10))
         .max_polls(2);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(keyed("name")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, keyed("name")).await;
     assert_eq!(log.lock().unwrap()[0].header("if-none-match"), None);
     assert_eq!((stats.not_modified(), stats.retries()), (1, 0));
     assert_eq!(ids(&table), [1]);

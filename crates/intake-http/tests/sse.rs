@@ -12,7 +12,9 @@ use futures::StreamExt;
 use intake_core::{Error, ErrorPolicy, Pipeline, Reader, Reconnect, Table};
 use intake_http::{SseError, SseSource};
 use serde_json::json;
-use support::{appended, event, events, ids, keyed, no_content, run, serve, source_error, stream};
+use support::{
+    appended, event, events, ids, keyed, no_content, run, serve, source_error, stream, wait_for_rows,
+};
 use tokio::net::TcpListener;
 
 fn fast() -> Reconnect {
@@ -20,6 +22,14 @@ fn fast() -> Reconnect {
         .min_delay(Duration::from_millis(1))
         .max_delay(Duration::from_millis(20))
         .max_retries(5)
+}
+
+/// Reads `source` into a keyed table until the source ends.
+async fn read_to_end(source: SseSource) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("sse", source, Reader::json(keyed("v")));
+    run(pipeline).await.unwrap();
+    table
 }
 
 fn value(table: &Table, id: i64) -> String {
@@ -107,9 +117,7 @@ async fn multi_line_data_comments_and_the_event_type_filter() {
     .await;
     let source = SseSource::new(url).reconnect(fast()).event_type("message");
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(keyed("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1, 3]);
     assert_eq!(value(&table, 1), "x");
     assert_eq!((stats.events(), stats.filtered(), stats.comments()), (3, 1, 2));
@@ -202,9 +210,7 @@ async fn a_silent_stream_is_reconnected_and_comments_keep_one_alive() {
         .reconnect(fast())
         .silence_timeout(Duration::from_millis(200));
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(keyed("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1]);
     assert_eq!(stats.comments(), 7);
     assert_eq!(stats.reconnects(), 1);
@@ -280,10 +286,7 @@ async fn shutdown_is_prompt_on_an_idle_stream_and_while_waiting_to_reconnect() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if idle {
-            tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 1))
-                .await
-                .unwrap()
-                .unwrap();
+            wait_for_rows(&table, 1).await;
         }
         shutdown.shutdown();
         let result = tokio::time::timeout(Duration::from_secs(2), running).await;
@@ -317,10 +320,7 @@ async fn a_restart_resumes_from_the_committed_last_event_id() {
     );
     let shutdown = first.shutdown_handle();
     let running = tokio::spawn(first.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 2))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 2).await;
     shutdown.shutdown();
     running.await.unwrap().unwrap();
     let offsets = table.committed_offsets();
@@ -351,9 +351,7 @@ async fn server_errors_are_retried_until_the_stream_opens() {
     .await;
     let source = SseSource::new(url).reconnect(fast());
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(keyed("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1]);
     assert_eq!((stats.connects(), stats.reconnects()), (1, 3));
 }

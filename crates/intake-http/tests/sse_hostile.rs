@@ -15,11 +15,12 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use intake_core::{ErrorPolicy, Persistence, Pipeline, Reader, Reconnect};
+use intake_core::{ErrorPolicy, Persistence, Pipeline, Reader, Reconnect, Table};
 use intake_http::{SseError, SseSource};
 use serde_json::json;
 use support::{
     Log, Seen, appended, event, events, ids, no_content, run, run_once_unlocked, serve, source_error, stream,
+    wait_for_rows,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,6 +31,14 @@ fn fast() -> Reconnect {
         .min_delay(Duration::from_millis(1))
         .max_delay(Duration::from_millis(10))
         .max_retries(5)
+}
+
+/// Reads `source` into a table without a primary key until the source ends.
+async fn read_to_end(source: SseSource) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("sse", source, Reader::json(appended("v")));
+    run(pipeline).await.unwrap();
+    table
 }
 
 fn sent_ids(log: &Log) -> Vec<Option<String>> {
@@ -114,9 +123,7 @@ async fn a_connection_broken_inside_an_event_delivers_none_of_it_and_the_reconne
     .await;
     let source = SseSource::new(url).reconnect(fast());
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), (1..=10).collect::<Vec<_>>());
     assert_eq!(stats.connects(), 5);
 }
@@ -137,9 +144,7 @@ async fn streams_of_filtered_events_only_are_healthy_and_never_make_the_source_g
     let policy = fast().max_retries(3);
     let source = SseSource::new(url).reconnect(policy).event_type("message");
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert!(table.is_empty());
     assert_eq!(stats.filtered(), 10);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("10"))]);
@@ -155,9 +160,7 @@ async fn a_server_that_ignores_last_event_id_replays_and_by_default_the_replay_i
     })
     .await;
     let source = SseSource::new(url).reconnect(fast());
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1, 1, 2, 2]);
     assert_eq!(sent_ids(&log), [None, Some("2".into()), Some("2".into())]);
 }
@@ -182,9 +185,7 @@ async fn with_monotonic_ids_a_replay_from_the_start_is_skipped_on_reconnect_and_
     .await;
     let source = SseSource::new(url.as_str()).reconnect(fast()).monotonic_ids(true);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1, 2, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert_eq!(stats.replayed(), 4 + 7);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("9"))]);
@@ -221,13 +222,7 @@ async fn a_last_event_id_that_is_not_ascii_is_sent_back_as_utf8() {
         Some(_) => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended("v")),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(
         sent_ids(&log),
@@ -244,13 +239,7 @@ async fn an_id_with_nul_is_ignored_and_the_reconnect_sends_the_one_before() {
         _ => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended("v")),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(sent_ids(&log), [None, Some("1".into())]);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("1"))]);
@@ -264,13 +253,7 @@ async fn a_bom_and_cr_crlf_and_lf_line_ends_mixed_across_chunks() {
         Some(_) => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended("v")),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1, 2]);
 }
 
@@ -316,9 +299,7 @@ async fn headers_then_nothing_is_reconnected_by_the_silence_deadline() {
     let source = SseSource::new(url)
         .reconnect(fast())
         .silence_timeout(Duration::from_millis(200));
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1]);
     let log = log.lock().unwrap();
     assert!(log[1].at - log[0].at >= Duration::from_millis(200));
@@ -386,10 +367,7 @@ async fn a_huge_retry_is_waited_as_asked_and_shutdown_stays_prompt() {
     );
     let shutdown = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 1))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(log.lock().unwrap().len(), 1);
     let started = Instant::now();
@@ -416,9 +394,7 @@ async fn a_thousand_reconnects_keep_no_connection_open_and_lose_or_repeat_no_eve
     .await;
     let source = SseSource::new(url).reconnect(fast());
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended("v")));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), (1..=EVENTS).collect::<Vec<_>>());
     assert_eq!(stats.reconnects(), EVENTS as u64);
     // Each broken stream's connection was let go, not pooled or leaked.
@@ -480,10 +456,7 @@ async fn a_stop_mid_stream_then_a_restart_from_storage_reads_every_event_once() 
     );
     let shutdown = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 3))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 3).await;
     shutdown.shutdown();
     running.await.unwrap().unwrap();
 
@@ -511,13 +484,7 @@ async fn a_retry_after_date_on_503_is_waited_for() {
         _ => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended("v")),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1]);
     let log = log.lock().unwrap();
     // The date has whole seconds: at least one of the two is left.
@@ -532,13 +499,7 @@ async fn an_id_with_control_characters_cannot_be_sent_and_the_reconnect_goes_wit
         _ => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended("v")),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1]);
     assert_eq!(sent_ids(&log), [None, None]);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("a\u{1}b"))]);
@@ -565,10 +526,7 @@ async fn a_pipeline_dropped_between_chunks_then_restarted_from_storage_reads_eve
     let reader = || Reader::json(appended("v")).autocommit_duration(Duration::from_millis(5));
     let table = pipeline.read("sse", SseSource::new(url.as_str()).reconnect(fast()), reader());
     let running = tokio::spawn(pipeline.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 3))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 3).await;
     // The offset after the last chunk is committed by the next autocommit.
     tokio::time::sleep(Duration::from_millis(100)).await;
     running.abort();

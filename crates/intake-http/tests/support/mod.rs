@@ -197,6 +197,14 @@ pub(crate) async fn run_once_unlocked(make: impl Fn() -> (Pipeline, Table)) -> T
     panic!("the storage stayed locked");
 }
 
+/// Waits until the table has `rows` rows, failing the test after 5 s.
+pub(crate) async fn wait_for_rows(table: &Table, rows: usize) {
+    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == rows))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// The ids of the rows, sorted, duplicates kept.
 pub(crate) fn ids(table: &Table) -> Vec<i64> {
     let mut ids: Vec<i64> = table
