@@ -16,73 +16,12 @@ use futures::StreamExt;
 use intake_core::{ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnect, Schema, Table};
 use intake_http::{Pagination, PollSource, Records};
 use serde_json::json;
-use support::{Seen, appended, ids, keyed, ok, respond, run, run_once_unlocked, serve, wait_for_rows};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::{
+    Raw, Seen, appended, ids, keyed, ok, raw_serve, respond, run, run_once_unlocked, serve, wait_for_rows,
+};
 
 // ---------------------------------------------------------------------------------
 // Servers
-
-/// What a raw server writes to a connection: these bytes, then it closes the
-/// connection, or keeps it open without a byte more.
-struct Raw {
-    bytes: Vec<u8>,
-    hold: bool,
-}
-
-impl Raw {
-    fn close(bytes: impl Into<Vec<u8>>) -> Raw {
-        Raw {
-            bytes: bytes.into(),
-            hold: false,
-        }
-    }
-}
-
-/// The head of a request a raw server read: the request line and the header lines.
-type RawLog = Arc<Mutex<Vec<String>>>;
-
-/// A server on 127.0.0.1:0 that writes HTTP by hand, for what axum will not send:
-/// bodies shorter than their `Content-Length`, chunked bodies that stop, bodies ended
-/// by closing the connection. `script` gets the request's index and its head.
-async fn raw_serve(script: impl Fn(usize, &str) -> Raw + Send + Sync + 'static) -> (String, RawLog) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let log: RawLog = Arc::default();
-    let seen = log.clone();
-    let script = Arc::new(script);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let seen = seen.clone();
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let index = {
-                    let mut seen = seen.lock().unwrap();
-                    seen.push(head.clone());
-                    seen.len() - 1
-                };
-                let raw = script(index, &head);
-                if socket.write_all(&raw.bytes).await.is_err() {
-                    return;
-                }
-                if raw.hold {
-                    std::future::pending::<()>().await;
-                }
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    (base, log)
-}
 
 // ---------------------------------------------------------------------------------
 // Tables
@@ -138,7 +77,7 @@ fn cut() -> &'static str {
 
 #[tokio::test]
 async fn a_body_shorter_than_its_content_length_is_retried_and_none_of_it_applied() {
-    let (base, log) = raw_serve(|index, _| match index {
+    let (base, log, _) = raw_serve(|index, _| match index {
         0 => Raw::close(head("200 OK", &[&format!("content-length: {}", TWO.len())]) + cut()),
         _ => full(TWO),
     })
@@ -160,7 +99,7 @@ async fn a_body_shorter_than_its_content_length_is_retried_and_none_of_it_applie
 
 #[tokio::test]
 async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_it_applied() {
-    let (base, _log) = raw_serve(|index, _| match index {
+    let (base, _log, _) = raw_serve(|index, _| match index {
         0 => {
             let part = cut();
             Raw::close(
@@ -182,7 +121,7 @@ async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_
 /// the server answered 304, and the records after the cut were never read.
 #[tokio::test]
 async fn a_body_cut_by_a_closed_connection_keeps_no_validators_so_the_next_poll_reads_it_whole() {
-    let (base, log) = raw_serve(|index, head_seen| {
+    let (base, log, _) = raw_serve(|index, head_seen| {
         if head_seen.to_ascii_lowercase().contains("if-none-match: \"v1\"") {
             return Raw::close(head("304 Not Modified", &["etag: \"v1\""]));
         }
@@ -221,7 +160,7 @@ async fn a_body_cut_by_a_closed_connection_keeps_no_validators_so_the_next_poll_
 
 #[tokio::test]
 async fn a_response_that_never_ends_is_timed_out_and_none_of_it_applied() {
-    let (base, _log) = raw_serve(|index, _| match index {
+    let (base, _log, _) = raw_serve(|index, _| match index {
         0 => Raw {
             bytes: (head("200 OK", &[&format!("content-length: {}", TWO.len())]) + cut()).into_bytes(),
             hold: true,
@@ -582,7 +521,7 @@ async fn a_crash_at_every_page_boundary_then_a_restart_reads_every_record_once()
 /// neither the pages before it nor its own records are applied twice.
 #[tokio::test]
 async fn a_page_cut_short_midway_through_pagination_is_asked_again_and_nothing_repeats() {
-    let (base, log) = raw_serve(|index, head_seen| {
+    let (base, log, _) = raw_serve(|index, head_seen| {
         let page2 = head_seen.starts_with("GET /items?page=2 ");
         let body = match page2 {
             true => json!([record(3), record(4)]).to_string(),

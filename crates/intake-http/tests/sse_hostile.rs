@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,9 @@ use intake_core::{ErrorPolicy, Persistence, Pipeline, Reader, Reconnect, Table};
 use intake_http::{SseError, SseSource};
 use serde_json::json;
 use support::{
-    Log, Seen, appended, event, events, ids, no_content, run, run_once_unlocked, serve, source_error, stream,
-    wait_for_rows,
+    Log, Raw, Seen, appended, event, events, ids, no_content, raw_serve, run, run_once_unlocked, serve,
+    source_error, stream, wait_for_rows,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 fn fast() -> Reconnect {
     Reconnect::default()
@@ -45,48 +43,6 @@ fn sent_ids(log: &Log) -> Vec<Option<String>> {
     log.lock().unwrap().iter().map(Seen::last_event_id).collect()
 }
 
-/// A raw server on 127.0.0.1:0: each connection gets `script(index, request head)`
-/// written as is, then the connection is closed at once (no end of the chunked body).
-/// Returns the URL and the number of connections open now.
-async fn raw_serve(
-    script: impl Fn(usize, &str) -> Vec<u8> + Send + Sync + 'static,
-) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let open = Arc::new(AtomicUsize::new(0));
-    let counted = open.clone();
-    let script = Arc::new(script);
-    let index = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let script = script.clone();
-            let index = index.clone();
-            let open = counted.clone();
-            open.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                if head.ends_with(b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    let bytes = script(index.fetch_add(1, Ordering::SeqCst), &head);
-                    let _ = socket.write_all(&bytes).await;
-                    let _ = socket.shutdown().await;
-                    // Until the client lets go of the connection.
-                    while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
-                }
-                open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (url, open)
-}
-
 /// A chunked event-stream response head and these chunks, without the last chunk: a
 /// body broken off.
 fn chunked(chunks: &[&str]) -> Vec<u8> {
@@ -101,9 +57,10 @@ fn chunked(chunks: &[&str]) -> Vec<u8> {
 
 const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
 
-/// The `Last-Event-ID` a raw request head carries (lowercased), if any.
+/// The `Last-Event-ID` a raw request head carries, if any.
 fn raw_last_id(head: &str) -> Option<i64> {
-    head.lines()
+    head.to_ascii_lowercase()
+        .lines()
         .find_map(|line| line.strip_prefix("last-event-id: "))
         .map(|id| id.trim().parse().unwrap())
 }
@@ -112,13 +69,16 @@ fn raw_last_id(head: &str) -> Option<i64> {
 async fn a_connection_broken_inside_an_event_delivers_none_of_it_and_the_reconnect_reads_it_once() {
     // Each connection sends the two events after its Last-Event-ID, then the first
     // half of a third, and breaks off (in the middle of a chunk's data line).
-    let (url, _open) = raw_serve(|_, head| {
+    let (url, _log, _open) = raw_serve(|_, head| {
         let after = raw_last_id(head).unwrap_or(0);
         if after >= 9 {
-            return NO_CONTENT.to_vec();
+            return Raw::close(NO_CONTENT);
         }
         let next = event(after + 3);
-        chunked(&[&(event(after + 1) + &event(after + 2)), &next[..next.len() - 9]])
+        Raw::close(chunked(&[
+            &(event(after + 1) + &event(after + 2)),
+            &next[..next.len() - 9],
+        ]))
     })
     .await;
     let source = SseSource::new(url).reconnect(fast());
@@ -383,13 +343,13 @@ async fn a_huge_retry_is_waited_as_asked_and_shutdown_stays_prompt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_reconnects_keep_no_connection_open_and_lose_or_repeat_no_event() {
     const EVENTS: i64 = 1000;
-    let (url, open) = raw_serve(|_, head| {
+    let (url, _log, open) = raw_serve(|_, head| {
         let after = raw_last_id(head).unwrap_or(0);
         if after >= EVENTS {
-            return NO_CONTENT.to_vec();
+            return Raw::close(NO_CONTENT);
         }
         // One event, then the connection breaks.
-        chunked(&[&event(after + 1)])
+        Raw::close(chunked(&[&event(after + 1)]))
     })
     .await;
     let source = SseSource::new(url).reconnect(fast());

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use intake_core::{Column, DataType, Error, Pipeline, Schema, Table};
 use intake_http::SseError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 // ---------------------------------------------------------------------------------
@@ -107,6 +109,83 @@ pub(crate) async fn serve(
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (base, log)
+}
+
+// ---------------------------------------------------------------------------------
+// The raw server
+
+/// What a raw server writes to a connection: these bytes, then it closes the
+/// connection, or keeps it open without a byte more if `hold`.
+pub(crate) struct Raw {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) hold: bool,
+}
+
+impl Raw {
+    pub(crate) fn close(bytes: impl Into<Vec<u8>>) -> Raw {
+        Raw {
+            bytes: bytes.into(),
+            hold: false,
+        }
+    }
+}
+
+/// The heads of the requests a raw server read (the request line and the header
+/// lines, as sent), in order.
+pub(crate) type RawLog = Arc<Mutex<Vec<String>>>;
+
+/// A server on 127.0.0.1:0 that writes HTTP by hand, for what axum will not send:
+/// bodies shorter than their `Content-Length`, chunked bodies that stop, bodies ended
+/// by closing the connection. `script` gets the request's index and its head. Returns
+/// the base URL, the heads read, and the number of connections open now: a closed
+/// connection counts until the client lets go of it too, so a test can see that the
+/// client keeps none.
+pub(crate) async fn raw_serve(
+    script: impl Fn(usize, &str) -> Raw + Send + Sync + 'static,
+) -> (String, RawLog, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let log: RawLog = Arc::default();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (seen, counted) = (log.clone(), open.clone());
+    let script = Arc::new(script);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let script = script.clone();
+            let open = counted.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                if head.ends_with(b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let index = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(head.clone());
+                        seen.len() - 1
+                    };
+                    let raw = script(index, &head);
+                    if socket.write_all(&raw.bytes).await.is_ok() {
+                        if raw.hold {
+                            std::future::pending::<()>().await;
+                        }
+                        let _ = socket.shutdown().await;
+                        // Until the client lets go of the connection.
+                        while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (base, log, open)
 }
 
 // ---------------------------------------------------------------------------------
