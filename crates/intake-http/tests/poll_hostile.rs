@@ -17,7 +17,8 @@ use intake_core::{ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnec
 use intake_http::{Pagination, PollSource, Records};
 use serde_json::json;
 use support::{
-    Raw, Seen, appended, ids, keyed, ok, raw_serve, respond, run, run_once_unlocked, serve, wait_for_rows,
+    Raw, Seen, appended, ids, keyed, ok, raw_serve, respond, run, run_once_unlocked, serve,
+    stop_within_a_second, wait_for_rows,
 };
 
 // ---------------------------------------------------------------------------------
@@ -603,14 +604,7 @@ async fn a_huge_retry_after_is_waited_and_shutdown_stays_prompt() {
     let running = tokio::spawn(pipeline.run());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(log.lock().unwrap().len(), 1, "the server asked for a long wait");
-    let started = Instant::now();
-    shutdown.shutdown();
-    tokio::time::timeout(Duration::from_secs(2), running)
-        .await
-        .expect("the pipeline did not stop")
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    stop_within_a_second(&shutdown, running).await;
 }
 
 #[tokio::test]

@@ -18,10 +18,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use intake_core::{Column, DataType, Error, Pipeline, Schema, Table};
+use intake_core::{Column, DataType, Error, Pipeline, Schema, ShutdownHandle, Table};
 use intake_http::SseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------
 // The server
@@ -282,6 +283,18 @@ pub(crate) async fn wait_for_rows(table: &Table, rows: usize) {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Shuts the running pipeline down and checks that it stops cleanly within a second.
+pub(crate) async fn stop_within_a_second(shutdown: &ShutdownHandle, running: JoinHandle<Result<(), Error>>) {
+    let started = Instant::now();
+    shutdown.shutdown();
+    tokio::time::timeout(Duration::from_secs(2), running)
+        .await
+        .expect("the pipeline did not stop")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
 }
 
 /// The ids of the rows, sorted, duplicates kept.
