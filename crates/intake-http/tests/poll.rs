@@ -1,91 +1,30 @@
 //! The polling source against servers run in-process on 127.0.0.1.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
-use intake_core::{Column, DataType, Error, ErrorPolicy, Location, Pipeline, Reader, Schema, Table};
+use intake_core::{Error, ErrorPolicy, Location, Pipeline, Reader, Table};
 use intake_http::{HttpError, Pagination, PollSource, Reconnect, Records, StatusAction};
 use serde_json::json;
-
-/// A request the server received.
-#[derive(Debug, Clone)]
-struct Seen {
-    uri: String,
-    headers: HeaderMap,
-    at: Instant,
-}
-
-type Handler = Arc<dyn Fn(usize, &Seen) -> Response + Send + Sync>;
-
-#[derive(Clone)]
-struct Server {
-    handler: Handler,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Server {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// Serves `handler` (given the request's index and the request) on 127.0.0.1:0;
-/// returns the base URL (`http://127.0.0.1:PORT`) and the server, whose log of
-/// requests the tests read.
-async fn serve(handler: impl Fn(usize, &Seen) -> Response + Send + Sync + 'static) -> (String, Server) {
-    let server = Server {
-        handler: Arc::new(handler),
-        seen: Arc::default(),
-    };
-    async fn handle(State(server): State<Server>, request: Request) -> Response {
-        let seen = Seen {
-            uri: request.uri().to_string(),
-            headers: request.headers().clone(),
-            at: Instant::now(),
-        };
-        let index = {
-            let mut log = server.seen.lock().unwrap();
-            log.push(seen.clone());
-            log.len() - 1
-        };
-        (server.handler)(index, &seen)
-    }
-    let app = axum::Router::new().fallback(handle).with_state(server.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, server)
-}
-
-fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> Response {
-    let mut response = Response::builder().status(status);
-    for (name, value) in headers {
-        response = response.header(*name, *value);
-    }
-    response.body(body.into()).unwrap()
-}
-
-fn ok(body: serde_json::Value) -> Response {
-    respond(200, &[("content-type", "application/json")], body.to_string())
-}
-
-fn schema() -> Schema {
-    Schema::new([
-        Column::new("id", DataType::Int).primary_key(),
-        Column::new("name", DataType::String),
-    ])
-    .unwrap()
-}
+use support::{Seen, keyed, ok, respond, run, serve};
 
 fn reader() -> Reader {
-    Reader::json(schema())
+    Reader::json(keyed("name"))
         .error_policy(ErrorPolicy::SkipAndReport)
         .autocommit_duration(Duration::from_millis(5))
+}
+
+/// Polls with `source` into a keyed table until the source ends.
+async fn read_to_end(source: PollSource) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader());
+    run(pipeline).await.unwrap();
+    table
 }
 
 /// Fast backoff without jitter, so retries take milliseconds.
@@ -94,12 +33,6 @@ fn fast_retries() -> Reconnect {
         .jitter(false)
         .min_delay(Duration::from_millis(10))
         .max_delay(Duration::from_millis(20))
-}
-
-async fn run(pipeline: Pipeline) -> Result<(), Error> {
-    tokio::time::timeout(Duration::from_secs(20), pipeline.run())
-        .await
-        .expect("the pipeline did not finish")
 }
 
 fn names(table: &Table) -> Vec<(i64, String)> {
@@ -118,15 +51,11 @@ fn names(table: &Table) -> Vec<(i64, String)> {
     rows
 }
 
-fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
-    seen.headers.get(name).map(|v| v.to_str().unwrap())
-}
-
 #[tokio::test]
 async fn not_modified_sends_nothing_and_the_validators_are_sent_back() {
     let (base, server) = serve(|index, seen| {
-        let validated = header(seen, "if-none-match") == Some("\"v1\"")
-            && header(seen, "if-modified-since") == Some("Sat, 28 Nov 2026 10:00:00 GMT");
+        let validated = seen.header("if-none-match") == Some("\"v1\"")
+            && seen.header("if-modified-since") == Some("Sat, 28 Nov 2026 10:00:00 GMT");
         if index > 0 && validated {
             return respond(304, &[("etag", "\"v1\"")], Body::empty());
         }
@@ -155,7 +84,7 @@ async fn not_modified_sends_nothing_and_the_validators_are_sent_back() {
     assert_eq!(names(&table), [(1, "a".to_owned()), (2, "b".to_owned())]);
     let first = &server.seen()[0];
     assert_eq!(
-        header(first, "if-none-match"),
+        first.header("if-none-match"),
         None,
         "nothing to validate on the first poll"
     );
@@ -187,9 +116,7 @@ async fn retry_after_is_waited_out_on_429_503_and_any_status_classified_as_retry
         })
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     let seen = server.seen();
     assert_eq!(seen.len(), 4);
@@ -215,9 +142,7 @@ async fn server_errors_back_off_and_recover() {
         .reconnect(fast_retries().max_retries(2))
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     assert_eq!(server.seen().len(), 3);
     assert_eq!(stats.retries(), 2);
@@ -267,7 +192,7 @@ async fn unauthorized_is_fatal_with_an_error_that_says_what_to_check() {
     assert!(message.contains("check the credentials"), "{message}");
     let seen = server.seen();
     assert_eq!(seen.len(), 1, "a fatal status is not retried");
-    assert_eq!(header(&seen[0], "authorization"), Some("Bearer wrong"));
+    assert_eq!(seen[0].header("authorization"), Some("Bearer wrong"));
 }
 
 #[tokio::test]
@@ -285,9 +210,7 @@ async fn the_status_classification_can_make_a_404_wait_for_the_resource() {
         })
         .max_polls(3);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(server.seen().len(), 3);
     assert_eq!(stats.retries(), 0);
     assert_eq!(table.len(), 1);
@@ -323,9 +246,7 @@ async fn link_pagination_reads_every_page_and_resolves_relative_links() {
         .query("per_page", "2")
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     let uris: Vec<String> = server.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(uris, ["/items?per_page=2", "/items?page=2", "/items?page=3"]);
@@ -365,9 +286,7 @@ async fn a_page_that_fails_midway_is_retried_without_reading_the_pages_before_it
         .reconnect(fast_retries())
         .max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     let uris: Vec<String> = server.seen().into_iter().map(|s| s.uri).collect();
     assert_eq!(
         uris,
@@ -565,9 +484,7 @@ async fn an_interval_header_sets_the_next_interval() {
         .interval(Duration::from_millis(10))
         .interval_from_header("X-Poll-Interval")
         .max_polls(2);
-    let mut pipeline = Pipeline::new();
-    let _table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let _table = read_to_end(source).await;
     let seen = server.seen();
     assert_eq!(seen.len(), 2);
     let waited = seen[1].at - seen[0].at;
@@ -647,7 +564,7 @@ async fn each_url_keeps_its_own_validators_and_every_request_carries_the_setting
     let (base, server) = serve(|_, seen| {
         let path = seen.uri.split('?').next().unwrap().to_owned();
         let etag = format!("\"{path}\"");
-        if header(seen, "if-none-match") == Some(etag.as_str()) {
+        if seen.header("if-none-match") == Some(etag.as_str()) {
             return respond(304, &[], Body::empty());
         }
         let id = if path == "/a" { 1 } else { 2 };
@@ -666,9 +583,7 @@ async fn each_url_keeps_its_own_validators_and_every_request_carries_the_setting
         .interval(Duration::from_millis(10))
         .max_polls(2);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader());
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
 
     assert_eq!(names(&table), [(1, "/a".to_owned()), (2, "/b".to_owned())]);
     assert_eq!(
@@ -681,8 +596,8 @@ async fn each_url_keeps_its_own_validators_and_every_request_carries_the_setting
     for request in &seen {
         assert!(request.uri.ends_with("?since=2026-11-28"), "{}", request.uri);
         // base64("user:secret")
-        assert_eq!(header(request, "authorization"), Some("Basic dXNlcjpzZWNyZXQ="));
-        assert_eq!(header(request, "accept"), Some("application/json"));
+        assert_eq!(request.header("authorization"), Some("Basic dXNlcjpzZWNyZXQ="));
+        assert_eq!(request.header("accept"), Some("application/json"));
     }
 }
 
@@ -726,7 +641,7 @@ async fn a_body_over_the_size_limit_is_reported_not_read() {
 #[tokio::test]
 async fn a_persisted_pipeline_restarts_with_a_conditional_request_and_reads_nothing_twice() {
     let (base, server) = serve(|_, seen| {
-        if header(seen, "if-none-match") == Some("\"v1\"") {
+        if seen.header("if-none-match") == Some("\"v1\"") {
             return respond(304, &[], Body::empty());
         }
         respond(
@@ -745,5 +660,5 @@ async fn a_persisted_pipeline_restarts_with_a_conditional_request_and_reads_noth
     }
     let seen = server.seen();
     assert_eq!(seen.len(), 2);
-    assert_eq!(header(&seen[1], "if-none-match"), Some("\"v1\""));
+    assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
 }

@@ -4,165 +4,28 @@
 //!
 //! Tables here mostly have no primary key, so a record applied twice shows as two rows.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::StreamExt;
-use intake_core::{
-    Column, DataType, Error, ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnect, Schema, Table,
-};
+use intake_core::{ErrorPolicy, Location, Persistence, Pipeline, Reader, Reconnect, Schema, Table};
 use intake_http::{Pagination, PollSource, Records};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use support::{
+    Raw, Seen, appended, ids, keyed, ok, raw_serve, respond, run, run_once_unlocked, serve,
+    stop_within_a_second, wait_for_rows,
+};
 
 // ---------------------------------------------------------------------------------
 // Servers
 
-/// A request an axum server received.
-#[derive(Debug, Clone)]
-struct Seen {
-    uri: String,
-    headers: HeaderMap,
-    at: Instant,
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-type Handler = Arc<dyn Fn(usize, &Seen) -> Response + Send + Sync>;
-
-/// Serves `handler` (given the request's index and the request) on 127.0.0.1:0.
-async fn serve(handler: impl Fn(usize, &Seen) -> Response + Send + Sync + 'static) -> (String, Log) {
-    #[derive(Clone)]
-    struct Server {
-        handler: Handler,
-        log: Log,
-    }
-    async fn handle(State(server): State<Server>, request: Request) -> Response {
-        let seen = Seen {
-            uri: request.uri().to_string(),
-            headers: request.headers().clone(),
-            at: Instant::now(),
-        };
-        let index = {
-            let mut log = server.log.lock().unwrap();
-            log.push(seen.clone());
-            log.len() - 1
-        };
-        (server.handler)(index, &seen)
-    }
-    let server = Server {
-        handler: Arc::new(handler),
-        log: Arc::default(),
-    };
-    let log = server.log.clone();
-    let app = axum::Router::new().fallback(handle).with_state(server);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, log)
-}
-
-/// What a raw server writes to a connection: these bytes, then it closes the
-/// connection, or keeps it open without a byte more.
-struct Raw {
-    bytes: Vec<u8>,
-    hold: bool,
-}
-
-impl Raw {
-    fn close(bytes: impl Into<Vec<u8>>) -> Raw {
-        Raw {
-            bytes: bytes.into(),
-            hold: false,
-        }
-    }
-}
-
-/// The head of a request a raw server read: the request line and the header lines.
-type RawLog = Arc<Mutex<Vec<String>>>;
-
-/// A server on 127.0.0.1:0 that writes HTTP by hand, for what axum will not send:
-/// bodies shorter than their `Content-Length`, chunked bodies that stop, bodies ended
-/// by closing the connection. `script` gets the request's index and its head.
-async fn raw_serve(script: impl Fn(usize, &str) -> Raw + Send + Sync + 'static) -> (String, RawLog) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let log: RawLog = Arc::default();
-    let seen = log.clone();
-    let script = Arc::new(script);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let seen = seen.clone();
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let index = {
-                    let mut seen = seen.lock().unwrap();
-                    seen.push(head.clone());
-                    seen.len() - 1
-                };
-                let raw = script(index, &head);
-                if socket.write_all(&raw.bytes).await.is_err() {
-                    return;
-                }
-                if raw.hold {
-                    std::future::pending::<()>().await;
-                }
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    (base, log)
-}
-
-fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> Response {
-    let mut response = Response::builder().status(status);
-    for (name, value) in headers {
-        response = response.header(*name, *value);
-    }
-    response.body(body.into()).unwrap()
-}
-
-fn ok(body: serde_json::Value) -> Response {
-    respond(200, &[("content-type", "application/json")], body.to_string())
-}
-
-fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
-    seen.headers.get(name).map(|v| v.to_str().unwrap())
-}
-
 // ---------------------------------------------------------------------------------
 // Tables
-
-/// No primary key: every record applied is a row, so one applied twice shows.
-fn appended() -> Schema {
-    Schema::new([
-        Column::new("id", DataType::Int),
-        Column::new("name", DataType::String),
-    ])
-    .unwrap()
-}
-
-fn keyed() -> Schema {
-    Schema::new([
-        Column::new("id", DataType::Int).primary_key(),
-        Column::new("name", DataType::String),
-    ])
-    .unwrap()
-}
 
 fn reader(schema: Schema) -> Reader {
     Reader::json(schema)
@@ -170,47 +33,19 @@ fn reader(schema: Schema) -> Reader {
         .autocommit_duration(Duration::from_millis(5))
 }
 
+/// Polls with `source` into a table of `schema` until the source ends.
+async fn read_to_end(source: PollSource, schema: Schema) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("items", source, reader(schema));
+    run(pipeline).await.unwrap();
+    table
+}
+
 fn fast() -> Reconnect {
     Reconnect::default()
         .jitter(false)
         .min_delay(Duration::from_millis(5))
         .max_delay(Duration::from_millis(20))
-}
-
-async fn run(pipeline: Pipeline) -> Result<(), Error> {
-    tokio::time::timeout(Duration::from_secs(20), pipeline.run())
-        .await
-        .expect("the pipeline did not finish")
-}
-
-/// Runs the pipeline `make` builds until it is not refused for a storage lock: the
-/// lock of a pipeline whose `run` future was dropped is let go by its tasks a moment
-/// later. Returns its table.
-async fn run_once_unlocked(make: impl Fn() -> (Pipeline, Table)) -> Table {
-    for _ in 0..500 {
-        let (pipeline, table) = make();
-        match run(pipeline).await {
-            Ok(()) => return table,
-            Err(Error::Persistence {
-                source: intake_core::PersistenceError::Locked { .. },
-                ..
-            }) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(error) => panic!("{error}"),
-        }
-    }
-    panic!("the storage stayed locked");
-}
-
-/// The ids of the rows, sorted, duplicates kept.
-fn ids(table: &Table) -> Vec<i64> {
-    let mut ids: Vec<i64> = table
-        .snapshot()
-        .rows()
-        .iter()
-        .map(|(_, row)| row.get("id").and_then(|v| v.as_int()).unwrap())
-        .collect();
-    ids.sort_unstable();
-    ids
 }
 
 fn record(id: i64) -> serde_json::Value {
@@ -243,7 +78,7 @@ fn cut() -> &'static str {
 
 #[tokio::test]
 async fn a_body_shorter_than_its_content_length_is_retried_and_none_of_it_applied() {
-    let (base, log) = raw_serve(|index, _| match index {
+    let (base, log, _) = raw_serve(|index, _| match index {
         0 => Raw::close(head("200 OK", &[&format!("content-length: {}", TWO.len())]) + cut()),
         _ => full(TWO),
     })
@@ -252,7 +87,7 @@ async fn a_body_shorter_than_its_content_length_is_retried_and_none_of_it_applie
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(4);
-    let table = pipeline.read("items", source, reader(appended()));
+    let table = pipeline.read("items", source, reader(appended("name")));
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(log.lock().unwrap().len(), 2);
@@ -265,7 +100,7 @@ async fn a_body_shorter_than_its_content_length_is_retried_and_none_of_it_applie
 
 #[tokio::test]
 async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_it_applied() {
-    let (base, _log) = raw_serve(|index, _| match index {
+    let (base, _log, _) = raw_serve(|index, _| match index {
         0 => {
             let part = cut();
             Raw::close(
@@ -277,9 +112,7 @@ async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_
     .await;
     let source = PollSource::new(base).reconnect(fast()).max_polls(1);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(stats.retries(), 1);
 }
@@ -289,7 +122,7 @@ async fn a_chunked_body_that_stops_before_its_last_chunk_is_retried_and_none_of_
 /// the server answered 304, and the records after the cut were never read.
 #[tokio::test]
 async fn a_body_cut_by_a_closed_connection_keeps_no_validators_so_the_next_poll_reads_it_whole() {
-    let (base, log) = raw_serve(|index, head_seen| {
+    let (base, log, _) = raw_serve(|index, head_seen| {
         if head_seen.to_ascii_lowercase().contains("if-none-match: \"v1\"") {
             return Raw::close(head("304 Not Modified", &["etag: \"v1\""]));
         }
@@ -309,7 +142,7 @@ async fn a_body_cut_by_a_closed_connection_keeps_no_validators_so_the_next_poll_
         .max_polls(2);
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(4);
-    let table = pipeline.read("items", source, reader(keyed()));
+    let table = pipeline.read("items", source, reader(keyed("name")));
     run(pipeline).await.unwrap();
     assert_eq!(
         ids(&table),
@@ -328,7 +161,7 @@ async fn a_body_cut_by_a_closed_connection_keeps_no_validators_so_the_next_poll_
 
 #[tokio::test]
 async fn a_response_that_never_ends_is_timed_out_and_none_of_it_applied() {
-    let (base, _log) = raw_serve(|index, _| match index {
+    let (base, _log, _) = raw_serve(|index, _| match index {
         0 => Raw {
             bytes: (head("200 OK", &[&format!("content-length: {}", TWO.len())]) + cut()).into_bytes(),
             hold: true,
@@ -342,7 +175,7 @@ async fn a_response_that_never_ends_is_timed_out_and_none_of_it_applied() {
         .max_polls(1);
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()));
+    let table = pipeline.read("items", source, reader(appended("name")));
     let started = Instant::now();
     run(pipeline).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -361,7 +194,11 @@ async fn a_malformed_record_in_an_array_is_reported_at_its_place_and_the_records
     let (base, _log) = serve(move |_, _| respond(200, &[], body)).await;
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(8);
-    let table = pipeline.read("items", PollSource::new(base).max_polls(1), reader(appended()));
+    let table = pipeline.read(
+        "items",
+        PollSource::new(base).max_polls(1),
+        reader(appended("name")),
+    );
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 3, 5]);
     let mut reports = Vec::new();
@@ -391,7 +228,7 @@ async fn with_a_json_pointer_a_malformed_record_costs_only_itself() {
         .max_polls(1);
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(8);
-    let table = pipeline.read("items", source, reader(appended()));
+    let table = pipeline.read("items", source, reader(appended("name")));
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 3]);
     let report = rejected.next().await.expect("the bad record is reported");
@@ -424,10 +261,14 @@ async fn a_compressed_body_is_not_asked_for_and_reported_if_sent_anyway() {
     .await;
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(4);
-    let table = pipeline.read("items", PollSource::new(base).max_polls(1), reader(appended()));
+    let table = pipeline.read(
+        "items",
+        PollSource::new(base).max_polls(1),
+        reader(appended("name")),
+    );
     run(pipeline).await.unwrap();
     assert!(table.is_empty());
-    assert_eq!(header(&log.lock().unwrap()[0], "accept-encoding"), None);
+    assert_eq!(log.lock().unwrap()[0].header("accept-encoding"), None);
     let report = rejected.next().await.expect("the compressed body is reported");
     assert!(report.raw().starts_with(b"\x1f\x8b"));
 }
@@ -460,9 +301,7 @@ async fn a_link_cycle_ends_the_poll_at_the_first_page_read_again() {
     })
     .await;
     let source = PollSource::new(format!("{base}/items")).max_polls(1);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3]);
     assert_eq!(log.lock().unwrap().len(), 3);
     // The next poll starts at the first page: nothing of the cycle is kept.
@@ -478,7 +317,7 @@ async fn a_link_cycle_ends_the_poll_at_the_first_page_read_again() {
 #[tokio::test]
 async fn a_poll_cut_by_max_pages_goes_on_at_the_next_page_though_the_first_answers_304() {
     let (base, log) = serve(|_, seen| {
-        if header(seen, "if-none-match") == Some("\"v1\"") {
+        if seen.header("if-none-match") == Some("\"v1\"") {
             return respond(304, &[], Body::empty());
         }
         let page: i64 = seen.uri.split("page=").nth(1).map_or(1, |p| p.parse().unwrap());
@@ -494,9 +333,7 @@ async fn a_poll_cut_by_max_pages_goes_on_at_the_next_page_though_the_first_answe
         .max_pages(2)
         .interval(Duration::from_millis(10))
         .max_polls(3);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3]);
     let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
     // Two pages, the third, then the first again (304).
@@ -521,9 +358,7 @@ async fn a_cursor_that_goes_back_ends_the_poll() {
         .records(Records::json_pointer("/items"))
         .pagination(Pagination::cursor("after", |page| page.json_text("/next")))
         .max_polls(1);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3]);
     assert_eq!(log.lock().unwrap().len(), 3);
     let offset = &table.committed_offsets()[0].1;
@@ -547,9 +382,7 @@ async fn a_304_to_a_later_page_ends_the_poll_and_the_next_starts_at_the_first_pa
     let source = PollSource::new(format!("{base}/items"))
         .interval(Duration::from_millis(10))
         .max_polls(2);
-    let mut pipeline = Pipeline::new();
-    let _table = pipeline.read("items", source, reader(keyed()));
-    run(pipeline).await.unwrap();
+    let _table = read_to_end(source, keyed("name")).await;
     let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(uris, ["/items", "/items?page=2", "/items", "/items?page=2"]);
 }
@@ -575,7 +408,7 @@ async fn an_expired_next_page_link_starts_the_listing_over_instead_of_failing() 
         .interval(Duration::from_millis(10))
         .max_polls(2);
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()).resume_from(offset));
+    let table = pipeline.read("items", source, reader(appended("name")).resume_from(offset));
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 2]);
     let uris: Vec<String> = log.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
@@ -620,13 +453,10 @@ async fn a_stop_at_every_page_boundary_then_a_restart_reads_every_record_once() 
         };
 
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-        let table = pipeline.read("items", source(), reader(appended()));
+        let table = pipeline.read("items", source(), reader(appended("name")));
         let shutdown = pipeline.shutdown_handle();
         let running = tokio::spawn(pipeline.run());
-        tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 2 * k))
-            .await
-            .unwrap()
-            .unwrap();
+        wait_for_rows(&table, 2 * k).await;
         // Let the offset of the last page read be committed with its records.
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.shutdown();
@@ -643,7 +473,7 @@ async fn a_stop_at_every_page_boundary_then_a_restart_reads_every_record_once() 
 
         hang_at.store(0, Ordering::SeqCst);
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-        let table = pipeline.read("items", source(), reader(appended()));
+        let table = pipeline.read("items", source(), reader(appended("name")));
         run(pipeline).await.unwrap();
         assert_eq!(
             ids(&table),
@@ -664,12 +494,9 @@ async fn a_crash_at_every_page_boundary_then_a_restart_reads_every_record_once()
         let source = || PollSource::new(format!("{base}/items")).max_polls(1);
 
         let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-        let table = pipeline.read("items", source(), reader(appended()));
+        let table = pipeline.read("items", source(), reader(appended("name")));
         let running = tokio::spawn(pipeline.run());
-        tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 2 * k))
-            .await
-            .unwrap()
-            .unwrap();
+        wait_for_rows(&table, 2 * k).await;
         // The offset reported after the last page read is committed by the next
         // autocommit.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -679,7 +506,7 @@ async fn a_crash_at_every_page_boundary_then_a_restart_reads_every_record_once()
         hang_at.store(0, Ordering::SeqCst);
         let table = run_once_unlocked(|| {
             let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-            let table = pipeline.read("items", source(), reader(appended()));
+            let table = pipeline.read("items", source(), reader(appended("name")));
             (pipeline, table)
         })
         .await;
@@ -695,7 +522,7 @@ async fn a_crash_at_every_page_boundary_then_a_restart_reads_every_record_once()
 /// neither the pages before it nor its own records are applied twice.
 #[tokio::test]
 async fn a_page_cut_short_midway_through_pagination_is_asked_again_and_nothing_repeats() {
-    let (base, log) = raw_serve(|index, head_seen| {
+    let (base, log, _) = raw_serve(|index, head_seen| {
         let page2 = head_seen.starts_with("GET /items?page=2 ");
         let body = match page2 {
             true => json!([record(3), record(4)]).to_string(),
@@ -713,9 +540,7 @@ async fn a_page_cut_short_midway_through_pagination_is_asked_again_and_nothing_r
     let source = PollSource::new(format!("{base}/items"))
         .reconnect(fast())
         .max_polls(1);
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source, appended("name")).await;
     assert_eq!(ids(&table), [1, 2, 3, 4]);
     let lines: Vec<String> = log
         .lock()
@@ -748,7 +573,11 @@ async fn a_retry_after_of_zero_or_in_the_past_still_backs_off() {
             .max_delay(Duration::from_millis(100))
             .max_retries(3);
         let mut pipeline = Pipeline::new();
-        let _table = pipeline.read("items", PollSource::new(base).reconnect(policy), reader(keyed()));
+        let _table = pipeline.read(
+            "items",
+            PollSource::new(base).reconnect(policy),
+            reader(keyed("name")),
+        );
         assert!(run(pipeline).await.is_err());
         let seen = log.lock().unwrap().clone();
         assert_eq!(seen.len(), 4, "{retry_after}");
@@ -766,19 +595,16 @@ async fn a_retry_after_of_zero_or_in_the_past_still_backs_off() {
 async fn a_huge_retry_after_is_waited_and_shutdown_stays_prompt() {
     let (base, log) = serve(|_, _| respond(429, &[("retry-after", "99999999999999999")], "later")).await;
     let mut pipeline = Pipeline::new();
-    let _table = pipeline.read("items", PollSource::new(base).reconnect(fast()), reader(keyed()));
+    let _table = pipeline.read(
+        "items",
+        PollSource::new(base).reconnect(fast()),
+        reader(keyed("name")),
+    );
     let shutdown = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(log.lock().unwrap().len(), 1, "the server asked for a long wait");
-    let started = Instant::now();
-    shutdown.shutdown();
-    tokio::time::timeout(Duration::from_secs(2), running)
-        .await
-        .expect("the pipeline did not stop")
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    stop_within_a_second(&shutdown, running).await;
 }
 
 #[tokio::test]
@@ -796,7 +622,7 @@ async fn an_etag_that_changes_with_the_same_body_sends_the_records_again_and_cha
         .max_polls(3);
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(keyed()));
+    let table = pipeline.read("items", source, reader(keyed("name")));
     let mut changes = table.changes();
     run(pipeline).await.unwrap();
     assert_eq!(stats.records(), 6, "each poll sent its records");
@@ -808,8 +634,8 @@ async fn an_etag_that_changes_with_the_same_body_sends_the_records_again_and_cha
     }
     assert_eq!(batches, 1, "the same rows again change nothing in a keyed table");
     let seen = log.lock().unwrap().clone();
-    assert_eq!(header(&seen[1], "if-none-match"), Some("\"v0\""));
-    assert_eq!(header(&seen[2], "if-none-match"), Some("\"v1\""));
+    assert_eq!(seen[1].header("if-none-match"), Some("\"v0\""));
+    assert_eq!(seen[2].header("if-none-match"), Some("\"v1\""));
 }
 
 #[tokio::test]
@@ -823,10 +649,8 @@ async fn a_304_without_a_validator_sent_is_an_empty_poll() {
         .interval(Duration::from_millis(10))
         .max_polls(2);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(keyed()));
-    run(pipeline).await.unwrap();
-    assert_eq!(header(&log.lock().unwrap()[0], "if-none-match"), None);
+    let table = read_to_end(source, keyed("name")).await;
+    assert_eq!(log.lock().unwrap()[0].header("if-none-match"), None);
     assert_eq!((stats.not_modified(), stats.retries()), (1, 0));
     assert_eq!(ids(&table), [1]);
 }
@@ -842,7 +666,7 @@ async fn a_restart_without_persistence_of_the_table_is_told_where_the_last_poll_
             let body = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
             return respond(200, &[], Body::from_stream(body));
         }
-        if header(seen, "if-none-match") == Some("\"a1\"") {
+        if seen.header("if-none-match") == Some("\"a1\"") {
             return respond(304, &[], Body::empty());
         }
         let id = if seen.uri == "/a" { 1 } else { 2 };
@@ -855,7 +679,7 @@ async fn a_restart_without_persistence_of_the_table_is_told_where_the_last_poll_
             .max_polls(1)
     };
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source(), reader(appended()));
+    let table = pipeline.read("items", source(), reader(appended("name")));
     let shutdown = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
     while log.lock().unwrap().len() < 2 {
@@ -869,7 +693,7 @@ async fn a_restart_without_persistence_of_the_table_is_told_where_the_last_poll_
 
     hang.store(false, Ordering::SeqCst);
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source(), reader(appended()).resume_from(offset));
+    let table = pipeline.read("items", source(), reader(appended("name")).resume_from(offset));
     run(pipeline).await.unwrap();
     assert_eq!(
         ids(&table),
@@ -903,7 +727,7 @@ async fn the_backoff_between_failed_polls_follows_the_policy_on_a_paused_clock()
         .interval(Duration::from_secs(600))
         .max_polls(2);
     let mut pipeline = Pipeline::new();
-    let table = pipeline.read("items", source, reader(keyed()));
+    let table = pipeline.read("items", source, reader(keyed("name")));
     let started = Instant::now();
     let error = pipeline.run().await.unwrap_err();
     assert!(error.to_string().contains("gave up"), "{error}");

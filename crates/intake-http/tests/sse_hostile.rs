@@ -5,100 +5,23 @@
 //!
 //! Tables here mostly have no primary key, so an event applied twice shows as two rows.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use intake_core::{
-    Column, DataType, Error, ErrorPolicy, Persistence, Pipeline, Reader, Reconnect, Schema, Table,
-};
+use intake_core::{ErrorPolicy, Persistence, Pipeline, Reader, Reconnect, Table};
 use intake_http::{SseError, SseSource};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A request the server saw: its `Last-Event-ID` as bytes (it may not be ASCII), and
-/// when.
-#[derive(Debug, Clone)]
-struct Seen {
-    last_event_id: Option<Vec<u8>>,
-    at: Instant,
-}
-
-impl Seen {
-    fn id(&self) -> Option<String> {
-        self.last_event_id
-            .as_ref()
-            .map(|id| String::from_utf8(id.clone()).unwrap())
-    }
-}
-
-type Log = Arc<Mutex<Vec<Seen>>>;
-
-/// Serves every request with `script(request, index)` on 127.0.0.1:0.
-async fn serve(script: impl Fn(&Seen, usize) -> Response + Send + Sync + 'static) -> (String, Log) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let log: Log = Arc::default();
-    let seen = log.clone();
-    let script = Arc::new(script);
-    let handler = move |headers: HeaderMap| {
-        let seen = seen.clone();
-        let script = script.clone();
-        async move {
-            let request = Seen {
-                last_event_id: headers.get("last-event-id").map(|v| v.as_bytes().to_vec()),
-                at: Instant::now(),
-            };
-            let index = {
-                let mut seen = seen.lock().unwrap();
-                seen.push(request.clone());
-                seen.len() - 1
-            };
-            script(&request, index)
-        }
-    };
-    let app = axum::Router::new().fallback(handler);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, log)
-}
-
-/// An event stream of these chunks, which then ends, or stays open without a byte
-/// more if `hold`.
-fn stream(chunks: Vec<Vec<u8>>, hold: bool) -> Response {
-    let body = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, Infallible>(Bytes::from(c))));
-    let body = match hold {
-        true => Body::from_stream(body.chain(futures::stream::pending())),
-        false => Body::from_stream(body),
-    };
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
-}
-
-fn events(text: &str) -> Response {
-    stream(vec![text.as_bytes().to_vec()], false)
-}
-
-fn no_content() -> Response {
-    StatusCode::NO_CONTENT.into_response()
-}
-
-fn event(id: i64) -> String {
-    format!("id: {id}\ndata: {{\"id\": {id}, \"v\": \"e{id}\"}}\n\n")
-}
-
-/// No primary key: every event applied is a row, so one applied twice shows.
-fn appended() -> Schema {
-    Schema::new([
-        Column::new("id", DataType::Int),
-        Column::new("v", DataType::String),
-    ])
-    .unwrap()
-}
+use support::{
+    Log, Raw, Seen, appended, event, events, ids, no_content, raw_serve, run, run_once_unlocked, serve,
+    source_error, stop_within_a_second, stream, wait_for_rows,
+};
 
 fn fast() -> Reconnect {
     Reconnect::default()
@@ -108,93 +31,16 @@ fn fast() -> Reconnect {
         .max_retries(5)
 }
 
-async fn run(pipeline: Pipeline) -> Result<(), Error> {
-    tokio::time::timeout(Duration::from_secs(20), pipeline.run())
-        .await
-        .expect("the pipeline did not finish")
-}
-
-/// Runs the pipeline `make` builds until it is not refused for a storage lock: the
-/// lock of a pipeline whose `run` future was dropped is let go by its tasks a moment
-/// later. Returns its table.
-async fn run_once_unlocked(make: impl Fn() -> (Pipeline, Table)) -> Table {
-    for _ in 0..500 {
-        let (pipeline, table) = make();
-        match run(pipeline).await {
-            Ok(()) => return table,
-            Err(Error::Persistence {
-                source: intake_core::PersistenceError::Locked { .. },
-                ..
-            }) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(error) => panic!("{error}"),
-        }
-    }
-    panic!("the storage stayed locked");
-}
-
-/// The ids of the rows, sorted, duplicates kept.
-fn ids(table: &Table) -> Vec<i64> {
-    let mut ids: Vec<i64> = table
-        .snapshot()
-        .rows()
-        .iter()
-        .map(|(_, row)| row.get("id").unwrap().as_int().unwrap())
-        .collect();
-    ids.sort_unstable();
-    ids
+/// Reads `source` into a table without a primary key until the source ends.
+async fn read_to_end(source: SseSource) -> Table {
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("sse", source, Reader::json(appended("v")));
+    run(pipeline).await.unwrap();
+    table
 }
 
 fn sent_ids(log: &Log) -> Vec<Option<String>> {
-    log.lock().unwrap().iter().map(Seen::id).collect()
-}
-
-fn source_error(error: &Error) -> &SseError {
-    match error {
-        Error::SourcesFailed(failures) => failures[0].cause().downcast_ref::<SseError>().unwrap(),
-        other => panic!("not a source failure: {other}"),
-    }
-}
-
-/// A raw server on 127.0.0.1:0: each connection gets `script(index, request head)`
-/// written as is, then the connection is closed at once (no end of the chunked body).
-/// Returns the URL and the number of connections open now.
-async fn raw_serve(
-    script: impl Fn(usize, &str) -> Vec<u8> + Send + Sync + 'static,
-) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let open = Arc::new(AtomicUsize::new(0));
-    let counted = open.clone();
-    let script = Arc::new(script);
-    let index = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let script = script.clone();
-            let index = index.clone();
-            let open = counted.clone();
-            open.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                if head.ends_with(b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    let bytes = script(index.fetch_add(1, Ordering::SeqCst), &head);
-                    let _ = socket.write_all(&bytes).await;
-                    let _ = socket.shutdown().await;
-                    // Until the client lets go of the connection.
-                    while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
-                }
-                open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (url, open)
+    log.lock().unwrap().iter().map(Seen::last_event_id).collect()
 }
 
 /// A chunked event-stream response head and these chunks, without the last chunk: a
@@ -211,9 +57,10 @@ fn chunked(chunks: &[&str]) -> Vec<u8> {
 
 const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
 
-/// The `Last-Event-ID` a raw request head carries (lowercased), if any.
+/// The `Last-Event-ID` a raw request head carries, if any.
 fn raw_last_id(head: &str) -> Option<i64> {
-    head.lines()
+    head.to_ascii_lowercase()
+        .lines()
         .find_map(|line| line.strip_prefix("last-event-id: "))
         .map(|id| id.trim().parse().unwrap())
 }
@@ -222,20 +69,21 @@ fn raw_last_id(head: &str) -> Option<i64> {
 async fn a_connection_broken_inside_an_event_delivers_none_of_it_and_the_reconnect_reads_it_once() {
     // Each connection sends the two events after its Last-Event-ID, then the first
     // half of a third, and breaks off (in the middle of a chunk's data line).
-    let (url, _open) = raw_serve(|_, head| {
+    let (url, _log, _open) = raw_serve(|_, head| {
         let after = raw_last_id(head).unwrap_or(0);
         if after >= 9 {
-            return NO_CONTENT.to_vec();
+            return Raw::close(NO_CONTENT);
         }
         let next = event(after + 3);
-        chunked(&[&(event(after + 1) + &event(after + 2)), &next[..next.len() - 9]])
+        Raw::close(chunked(&[
+            &(event(after + 1) + &event(after + 2)),
+            &next[..next.len() - 9],
+        ]))
     })
     .await;
     let source = SseSource::new(url).reconnect(fast());
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), (1..=10).collect::<Vec<_>>());
     assert_eq!(stats.connects(), 5);
 }
@@ -245,8 +93,8 @@ async fn a_connection_broken_inside_an_event_delivers_none_of_it_and_the_reconne
 /// off ever longer and, with `max_retries`, give up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_of_filtered_events_only_are_healthy_and_never_make_the_source_give_up() {
-    let (url, _log) = serve(|request, _| {
-        let after: i64 = request.id().map_or(0, |id| id.parse().unwrap());
+    let (url, _log) = serve(|_, request| {
+        let after: i64 = request.last_event_id().map_or(0, |id| id.parse().unwrap());
         match after {
             10 => no_content(),
             after => events(&format!("event: other\nid: {}\ndata: {{}}\n\n", after + 1)),
@@ -256,9 +104,7 @@ async fn streams_of_filtered_events_only_are_healthy_and_never_make_the_source_g
     let policy = fast().max_retries(3);
     let source = SseSource::new(url).reconnect(policy).event_type("message");
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert!(table.is_empty());
     assert_eq!(stats.filtered(), 10);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("10"))]);
@@ -268,15 +114,13 @@ async fn streams_of_filtered_events_only_are_healthy_and_never_make_the_source_g
 /// that ignores `Last-Event-ID` and replays its history has every event read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_ignores_last_event_id_replays_and_by_default_the_replay_is_read() {
-    let (url, log) = serve(|_, index| match index {
+    let (url, log) = serve(|index, _| match index {
         0 | 1 => events(&(event(1) + &event(2))),
         _ => no_content(),
     })
     .await;
     let source = SseSource::new(url).reconnect(fast());
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1, 1, 2, 2]);
     assert_eq!(sent_ids(&log), [None, Some("2".into()), Some("2".into())]);
 }
@@ -284,7 +128,7 @@ async fn a_server_that_ignores_last_event_id_replays_and_by_default_the_replay_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_monotonic_ids_a_replay_from_the_start_is_skipped_on_reconnect_and_on_restart() {
     // Every connection replays the whole history so far: 1..=3, then 1..=6, then 1..=9.
-    let (url, log) = serve(|_, index| {
+    let (url, log) = serve(|index, _| {
         if index >= 3 {
             return no_content();
         }
@@ -301,9 +145,7 @@ async fn with_monotonic_ids_a_replay_from_the_start_is_skipped_on_reconnect_and_
     .await;
     let source = SseSource::new(url.as_str()).reconnect(fast()).monotonic_ids(true);
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1, 2, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert_eq!(stats.replayed(), 4 + 7);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("9"))]);
@@ -314,13 +156,13 @@ async fn with_monotonic_ids_a_replay_from_the_start_is_skipped_on_reconnect_and_
 
     // A restart from "9" against the same server: the replay of 1..=3 is skipped.
     log.lock().unwrap().clear();
-    let (url, _log) = serve(|_, index| match index {
+    let (url, _log) = serve(|index, _| match index {
         0 => events(&(event(1) + &event(2) + &event(3) + &event(10))),
         _ => no_content(),
     })
     .await;
     let mut pipeline = Pipeline::new();
-    let reader = Reader::json(appended()).resume_from(json!("9"));
+    let reader = Reader::json(appended("v")).resume_from(json!("9"));
     let table = pipeline.read(
         "sse",
         SseSource::new(url).reconnect(fast()).monotonic_ids(true),
@@ -334,19 +176,13 @@ async fn with_monotonic_ids_a_replay_from_the_start_is_skipped_on_reconnect_and_
 /// dropped from the reconnect (which would lose the stream's place).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_event_id_that_is_not_ascii_is_sent_back_as_utf8() {
-    let (url, log) = serve(|request, _| match request.id().as_deref() {
+    let (url, log) = serve(|_, request| match request.last_event_id().as_deref() {
         None => events("id: événement-1\ndata: {\"id\": 1, \"v\": \"a\"}\n\n"),
         Some("événement-1") => events("id: événement-2\ndata: {\"id\": 2, \"v\": \"b\"}\n\n"),
         Some(_) => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(
         sent_ids(&log),
@@ -356,20 +192,14 @@ async fn a_last_event_id_that_is_not_ascii_is_sent_back_as_utf8() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_with_nul_is_ignored_and_the_reconnect_sends_the_one_before() {
-    let (url, log) = serve(|request, _| match request.id().as_deref() {
+    let (url, log) = serve(|_, request| match request.last_event_id().as_deref() {
         None => {
             events("id: 1\ndata: {\"id\": 1, \"v\": \"a\"}\n\nid: 2\0x\ndata: {\"id\": 2, \"v\": \"b\"}\n\n")
         }
         _ => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1, 2]);
     assert_eq!(sent_ids(&log), [None, Some("1".into())]);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("1"))]);
@@ -378,25 +208,19 @@ async fn an_id_with_nul_is_ignored_and_the_reconnect_sends_the_one_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bom_and_cr_crlf_and_lf_line_ends_mixed_across_chunks() {
     let text: &[u8] = b"\xEF\xBB\xBFid: 1\rdata: {\"id\": 1,\r\ndata: \"v\": \"a\"}\r\r\nid: 2\ndata: {\"id\": 2, \"v\": \"b\"}\r\n\n";
-    let (url, _log) = serve(move |request, _| match request.id() {
+    let (url, _log) = serve(move |_, request| match request.last_event_id() {
         None => stream(text.chunks(3).map(<[u8]>::to_vec).collect(), false),
         Some(_) => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_line_is_skipped_and_reported_and_the_stream_goes_on() {
     // 8 MiB of one data line, in 64 KiB chunks, against a limit of 1 KiB.
-    let (url, _log) = serve(|request, _| match request.id() {
+    let (url, _log) = serve(|_, request| match request.last_event_id() {
         None => {
             let mut chunks = vec![b"id: 1\ndata: {\"id\": 1, \"v\": \"a\"}\n\nevent: flood\ndata: ".to_vec()];
             chunks.extend((0..128).map(|_| vec![b'x'; 64 << 10]));
@@ -410,7 +234,7 @@ async fn an_endless_line_is_skipped_and_reported_and_the_stream_goes_on() {
     let stats = source.stats();
     let mut pipeline = Pipeline::new();
     let mut rejected = pipeline.rejected(4);
-    let reader = Reader::json(appended()).error_policy(ErrorPolicy::SkipAndReport);
+    let reader = Reader::json(appended("v")).error_policy(ErrorPolicy::SkipAndReport);
     let table = pipeline.read("sse", source, reader);
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 3]);
@@ -426,7 +250,7 @@ async fn an_endless_line_is_skipped_and_reported_and_the_stream_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_then_nothing_is_reconnected_by_the_silence_deadline() {
-    let (url, log) = serve(|_, index| match index {
+    let (url, log) = serve(|index, _| match index {
         0 => stream(Vec::new(), true),
         1 => events(&event(1)),
         _ => no_content(),
@@ -435,9 +259,7 @@ async fn headers_then_nothing_is_reconnected_by_the_silence_deadline() {
     let source = SseSource::new(url)
         .reconnect(fast())
         .silence_timeout(Duration::from_millis(200));
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), [1]);
     let log = log.lock().unwrap();
     assert!(log[1].at - log[0].at >= Duration::from_millis(200));
@@ -458,7 +280,7 @@ async fn a_2xx_without_a_content_type_or_with_another_stops_the_source_at_once()
         let table = pipeline.read(
             "sse",
             SseSource::new(url).reconnect(fast()),
-            Reader::json(appended()),
+            Reader::json(appended("v")),
         );
         let error = run(pipeline).await.unwrap_err();
         assert!(
@@ -472,7 +294,7 @@ async fn a_2xx_without_a_content_type_or_with_another_stops_the_source_at_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_fields_that_are_not_digits_are_ignored() {
-    let (url, log) = serve(|_, index| match index {
+    let (url, log) = serve(|index, _| match index {
         0 => events(&("retry: 1e3\nretry: -5\nretry: 10s\nretry: 0x10\n".to_owned() + &event(1))),
         _ => no_content(),
     })
@@ -485,7 +307,7 @@ async fn retry_fields_that_are_not_digits_are_ignored() {
     let _table = pipeline.read(
         "sse",
         SseSource::new(url).reconnect(policy),
-        Reader::json(appended()),
+        Reader::json(appended("v")),
     );
     run(pipeline).await.unwrap();
     let log = log.lock().unwrap();
@@ -501,43 +323,31 @@ async fn a_huge_retry_is_waited_as_asked_and_shutdown_stays_prompt() {
     let table = pipeline.read(
         "sse",
         SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
+        Reader::json(appended("v")),
     );
     let shutdown = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 1))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(log.lock().unwrap().len(), 1);
-    let started = Instant::now();
-    shutdown.shutdown();
-    tokio::time::timeout(Duration::from_secs(2), running)
-        .await
-        .expect("the pipeline did not stop")
-        .unwrap()
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
+    stop_within_a_second(&shutdown, running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_reconnects_keep_no_connection_open_and_lose_or_repeat_no_event() {
     const EVENTS: i64 = 1000;
-    let (url, open) = raw_serve(|_, head| {
+    let (url, _log, open) = raw_serve(|_, head| {
         let after = raw_last_id(head).unwrap_or(0);
         if after >= EVENTS {
-            return NO_CONTENT.to_vec();
+            return Raw::close(NO_CONTENT);
         }
         // One event, then the connection breaks.
-        chunked(&[&event(after + 1)])
+        Raw::close(chunked(&[&event(after + 1)]))
     })
     .await;
     let source = SseSource::new(url).reconnect(fast());
     let stats = source.stats();
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("sse", source, Reader::json(appended()));
-    run(pipeline).await.unwrap();
+    let table = read_to_end(source).await;
     assert_eq!(ids(&table), (1..=EVENTS).collect::<Vec<_>>());
     assert_eq!(stats.reconnects(), EVENTS as u64);
     // Each broken stream's connection was let go, not pooled or leaked.
@@ -548,7 +358,7 @@ async fn a_thousand_reconnects_keep_no_connection_open_and_lose_or_repeat_no_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_in_a_row_back_off_from_the_servers_retry_up_to_the_policys_delay() {
     // One stream sets retry: 50 and delivers; then every attempt fails.
-    let (url, log) = serve(|_, index| match index {
+    let (url, log) = serve(|index, _| match index {
         0 => events(&("retry: 50\n".to_owned() + &event(1))),
         _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     })
@@ -562,7 +372,7 @@ async fn failures_in_a_row_back_off_from_the_servers_retry_up_to_the_policys_del
     let _table = pipeline.read(
         "sse",
         SseSource::new(url).reconnect(policy),
-        Reader::json(appended()),
+        Reader::json(appended("v")),
     );
     let error = run(pipeline).await.unwrap_err();
     assert!(matches!(source_error(&error), SseError::GaveUp { .. }), "{error}");
@@ -581,8 +391,8 @@ async fn failures_in_a_row_back_off_from_the_servers_retry_up_to_the_policys_del
 /// primary key, every event is in the table once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_mid_stream_then_a_restart_from_storage_reads_every_event_once() {
-    let (url, log) = serve(|request, _| {
-        let after: i64 = request.id().map_or(0, |id| id.parse().unwrap());
+    let (url, log) = serve(|_, request| {
+        let after: i64 = request.last_event_id().map_or(0, |id| id.parse().unwrap());
         match after {
             0 => stream(vec![(event(1) + &event(2) + &event(3)).into_bytes()], true),
             3 => events(&(event(4) + &event(5))),
@@ -595,14 +405,11 @@ async fn a_stop_mid_stream_then_a_restart_from_storage_reads_every_event_once() 
     let table = pipeline.read(
         "sse",
         SseSource::new(url.as_str()).reconnect(fast()),
-        Reader::json(appended()),
+        Reader::json(appended("v")),
     );
     let shutdown = pipeline.shutdown_handle();
     let running = tokio::spawn(pipeline.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 3))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 3).await;
     shutdown.shutdown();
     running.await.unwrap().unwrap();
 
@@ -610,7 +417,7 @@ async fn a_stop_mid_stream_then_a_restart_from_storage_reads_every_event_once() 
     let table = pipeline.read(
         "sse",
         SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
+        Reader::json(appended("v")),
     );
     run(pipeline).await.unwrap();
     assert_eq!(ids(&table), [1, 2, 3, 4, 5]);
@@ -621,7 +428,7 @@ async fn a_stop_mid_stream_then_a_restart_from_storage_reads_every_event_once() 
 /// says until when) was ignored, and the source asked again at its backoff's pace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_date_on_503_is_waited_for() {
-    let (url, log) = serve(|_, index| match index {
+    let (url, log) = serve(|index, _| match index {
         0 => {
             let until = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(2));
             ([(header::RETRY_AFTER, until)], StatusCode::SERVICE_UNAVAILABLE).into_response()
@@ -630,13 +437,7 @@ async fn a_retry_after_date_on_503_is_waited_for() {
         _ => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1]);
     let log = log.lock().unwrap();
     // The date has whole seconds: at least one of the two is left.
@@ -646,18 +447,12 @@ async fn a_retry_after_date_on_503_is_waited_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_with_control_characters_cannot_be_sent_and_the_reconnect_goes_without() {
-    let (url, log) = serve(|_, index| match index {
+    let (url, log) = serve(|index, _| match index {
         0 => events("id: a\x01b\ndata: {\"id\": 1, \"v\": \"a\"}\n\n"),
         _ => no_content(),
     })
     .await;
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read(
-        "sse",
-        SseSource::new(url).reconnect(fast()),
-        Reader::json(appended()),
-    );
-    run(pipeline).await.unwrap();
+    let table = read_to_end(SseSource::new(url).reconnect(fast())).await;
     assert_eq!(ids(&table), [1]);
     assert_eq!(sent_ids(&log), [None, None]);
     assert_eq!(table.committed_offsets(), [("sse".to_owned(), json!("a\u{1}b"))]);
@@ -667,8 +462,8 @@ async fn an_id_with_control_characters_cannot_be_sent_and_the_reconnect_goes_wit
 /// restarted from storage: every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_dropped_between_chunks_then_restarted_from_storage_reads_every_event_once() {
-    let (url, _log) = serve(|request, _| {
-        let after: i64 = request.id().map_or(0, |id| id.parse().unwrap());
+    let (url, _log) = serve(|_, request| {
+        let after: i64 = request.last_event_id().map_or(0, |id| id.parse().unwrap());
         match after {
             0 => stream(
                 vec![(event(1) + &event(2)).into_bytes(), event(3).into_bytes()],
@@ -681,13 +476,10 @@ async fn a_pipeline_dropped_between_chunks_then_restarted_from_storage_reads_eve
     .await;
     let dir = tempfile::tempdir().unwrap();
     let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-    let reader = || Reader::json(appended()).autocommit_duration(Duration::from_millis(5));
+    let reader = || Reader::json(appended("v")).autocommit_duration(Duration::from_millis(5));
     let table = pipeline.read("sse", SseSource::new(url.as_str()).reconnect(fast()), reader());
     let running = tokio::spawn(pipeline.run());
-    tokio::time::timeout(Duration::from_secs(5), table.wait_for(|t| t.len() == 3))
-        .await
-        .unwrap()
-        .unwrap();
+    wait_for_rows(&table, 3).await;
     // The offset after the last chunk is committed by the next autocommit.
     tokio::time::sleep(Duration::from_millis(100)).await;
     running.abort();
@@ -724,7 +516,7 @@ async fn the_backoff_between_failures_follows_the_policy_on_a_paused_clock() {
         SseSource::new(url)
             .reconnect(policy)
             .connect_timeout(Duration::from_secs(3600)),
-        Reader::json(appended()),
+        Reader::json(appended("v")),
     );
     let started = Instant::now();
     let error = pipeline.run().await.unwrap_err();
