@@ -382,6 +382,92 @@ async fn a_sink_behind_a_table_that_closes_at_once_still_replays() {
     assert_eq!(times, vec![7, 8, 9, 10]);
 }
 
+/// Sends `{"n": n}` for n from its resume offset + 1 up to `to`, reporting an offset
+/// after every fifth; with `hang`, then waits forever (for a crash to end it).
+struct Counts {
+    to: i64,
+    hang: bool,
+    /// What [`Source::reports_offsets`](intake::Source::reports_offsets) says.
+    declares_offsets: bool,
+    sent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Counts {
+    fn new(to: i64, hang: bool, declares_offsets: bool) -> Self {
+        Counts {
+            to,
+            hang,
+            declares_offsets,
+            sent: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl intake::Source for Counts {
+    async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
+        let from = ctx.resume_offset().and_then(|o| o.as_i64()).unwrap_or(0) + 1;
+        for n in from..=self.to {
+            ctx.next_json(serde_json::json!({ "n": n })).await?;
+            if n % 5 == 0 {
+                ctx.report_offset(n.into()).await?;
+            }
+        }
+        self.sent.store(true, std::sync::atomic::Ordering::Release);
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    fn reports_offsets(&self) -> bool {
+        self.declares_offsets
+    }
+}
+
+fn counted() -> Reader {
+    Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap())
+        .autocommit_duration(Duration::from_millis(5))
+}
+
+/// Runs `source` with persistence in `dir` until it has sent everything, lets many
+/// autocommit periods go by, and kills the pipeline without any shutdown (its runtime
+/// dropped, as a SIGKILL would).
+fn crash_after_sending(dir: &std::path::Path, source: Counts) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = source.sent.clone();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir));
+    pipeline.read("events", source, counted());
+    runtime.spawn(pipeline.run());
+    while !sent.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(runtime);
+}
+
+/// Restarts from `dir` with `source` to its end; the table's values, sorted.
+fn restart_to_the_end(dir: &std::path::Path, source: Counts) -> Vec<i64> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut pipeline = Pipeline::new().persist(Persistence::new(dir));
+    let table = pipeline.read("events", source, counted());
+    runtime.block_on(pipeline.run()).unwrap();
+    let mut values: Vec<i64> = table
+        .snapshot()
+        .rows()
+        .iter()
+        .map(|(_, r)| r["n"].as_int().unwrap())
+        .collect();
+    values.sort_unstable();
+    values
+}
+
 /// Regression: a commit could end between a source's messages and the offset reported
 /// after them, so its record held rows its offsets did not cover; a crash then (before
 /// the next commit) made the restart read those rows again, and an append table held
@@ -390,63 +476,9 @@ async fn a_sink_behind_a_table_that_closes_at_once_still_replays() {
 #[test]
 fn a_crash_between_messages_and_their_offset_repeats_no_row() {
     let dir = tempfile::tempdir().unwrap();
-    let append = || {
-        Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap())
-            .autocommit_duration(Duration::from_millis(5))
-    };
-    // Sends n = resume+1 ..= to, reporting an offset after every `group` messages.
-    let counts = |to: i64, group: i64, then_hang: bool, sent: Arc<std::sync::atomic::AtomicBool>| {
-        source_fn(move |ctx: SourceContext| {
-            let sent = sent.clone();
-            async move {
-                let from = ctx.resume_offset().and_then(|o| o.as_i64()).unwrap_or(0) + 1;
-                for n in from..=to {
-                    ctx.next_json(serde_json::json!({ "n": n })).await?;
-                    if n % group == 0 {
-                        ctx.report_offset(n.into()).await?;
-                    }
-                }
-                sent.store(true, std::sync::atomic::Ordering::Release);
-                if then_hang {
-                    std::future::pending::<()>().await;
-                }
-                Ok(())
-            }
-        })
-    };
-    {
-        // The first run sends 1..=7 with offsets at 5 only, waits for commits to go
-        // by, and dies without any shutdown (its runtime dropped, like a SIGKILL).
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-        pipeline.read("events", counts(7, 5, true, sent.clone()), append());
-        runtime.spawn(pipeline.run());
-        while !sent.load(std::sync::atomic::Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // Many autocommit periods: before the fix, 6 and 7 were committed at offset 5.
-        std::thread::sleep(Duration::from_millis(300));
-        drop(runtime);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let table = pipeline.read("events", counts(10, 5, false, done), append());
-    runtime.block_on(pipeline.run()).unwrap();
-    let mut values: Vec<i64> = table
-        .snapshot()
-        .rows()
-        .iter()
-        .map(|(_, r)| r["n"].as_int().unwrap())
-        .collect();
-    values.sort_unstable();
+    // 1..=7 with an offset at 5 only: before the fix, 6 and 7 were committed at 5.
+    crash_after_sending(dir.path(), Counts::new(7, true, false));
+    let values = restart_to_the_end(dir.path(), Counts::new(10, false, false));
     assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
 }
 
@@ -454,76 +486,9 @@ fn a_crash_between_messages_and_their_offset_repeats_no_row() {
 /// crash before its first offset is stored repeats nothing.
 #[test]
 fn a_crash_before_a_source_s_first_offset_repeats_no_row() {
-    struct Counts {
-        to: i64,
-        hang: bool,
-        sent: Arc<std::sync::atomic::AtomicBool>,
-    }
-    #[async_trait::async_trait]
-    impl intake::Source for Counts {
-        async fn run(&mut self, ctx: SourceContext) -> Result<(), BoxError> {
-            let from = ctx.resume_offset().and_then(|o| o.as_i64()).unwrap_or(0) + 1;
-            for n in from..=self.to {
-                ctx.next_json(serde_json::json!({ "n": n })).await?;
-                if n % 5 == 0 {
-                    ctx.report_offset(n.into()).await?;
-                }
-            }
-            self.sent.store(true, std::sync::atomic::Ordering::Release);
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            Ok(())
-        }
-
-        fn reports_offsets(&self) -> bool {
-            true
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    let append = || {
-        Reader::json(Schema::new([Column::new("n", DataType::Int)]).unwrap())
-            .autocommit_duration(Duration::from_millis(5))
-    };
-    {
-        // 1..=3 and no offset yet; commits fall due, then the process dies.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-        let source = Counts {
-            to: 3,
-            hang: true,
-            sent: sent.clone(),
-        };
-        pipeline.read("events", source, append());
-        runtime.spawn(pipeline.run());
-        while !sent.load(std::sync::atomic::Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        drop(runtime);
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
-    let source = Counts {
-        to: 10,
-        hang: false,
-        sent: Arc::default(),
-    };
-    let table = pipeline.read("events", source, append());
-    runtime.block_on(pipeline.run()).unwrap();
-    let mut values: Vec<i64> = table
-        .snapshot()
-        .rows()
-        .iter()
-        .map(|(_, r)| r["n"].as_int().unwrap())
-        .collect();
-    values.sort_unstable();
+    // 1..=3 and no offset yet.
+    crash_after_sending(dir.path(), Counts::new(3, true, true));
+    let values = restart_to_the_end(dir.path(), Counts::new(10, false, true));
     assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
 }
