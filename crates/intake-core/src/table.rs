@@ -75,8 +75,7 @@ pub(crate) struct TableShared {
 ///
 /// Rows of an append table leave only through retention (sources cannot delete
 /// generated keys), oldest first, so the live rows are the generated keys from
-/// `oldest` up to the last one handed out. The map's positions cannot tell age:
-/// removing a row moves the last slot into its place.
+/// `oldest` up to the last one handed out.
 #[derive(Debug, Default)]
 struct Retained {
     /// The lowest generated key that may still be in the table.
@@ -460,9 +459,9 @@ impl Table {
     ///
     /// Commits go on while the rows are copied: the table's lock is held only to take
     /// a view of them (a reference count per chunk of 16 rows), and a commit that
-    /// changes a chunk while a snapshot is copying it copies that chunk first. A
-    /// snapshot of a million rows holds up commits for microseconds, not for the
-    /// time the copy takes.
+    /// changes a chunk while a snapshot is copying it copies that chunk first. So a
+    /// snapshot holds up commits only while it clones one pointer per 16 rows, not
+    /// for the time the copy and the sort take.
     pub fn snapshot(&self) -> Snapshot {
         let at = self.shared.read().view();
         let (mut rows, time) = (at.copy_rows(), at.time);
