@@ -383,12 +383,14 @@ async fn a_sink_behind_a_table_that_closes_at_once_still_replays() {
 }
 
 /// Sends `{"n": n}` for n from its resume offset + 1 up to `to`, reporting an offset
-/// after every fifth; with `hang`, then waits forever (for a crash to end it).
+/// after every fifth; with `hang`, then waits for the pipeline to stop or die.
 struct Counts {
     to: i64,
     hang: bool,
     /// What [`Source::reports_offsets`](intake::Source::reports_offsets) says.
     declares_offsets: bool,
+    /// How long it takes to stop once the pipeline stops (a source flushing).
+    linger: Duration,
     sent: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -398,6 +400,7 @@ impl Counts {
             to,
             hang,
             declares_offsets,
+            linger: Duration::ZERO,
             sent: Arc::default(),
         }
     }
@@ -415,7 +418,9 @@ impl intake::Source for Counts {
         }
         self.sent.store(true, std::sync::atomic::Ordering::Release);
         if self.hang {
-            std::future::pending::<()>().await;
+            // Until the pipeline stops (or the process dies).
+            ctx.cancelled().await;
+            tokio::time::sleep(self.linger).await;
         }
         Ok(())
     }
@@ -491,4 +496,37 @@ fn a_crash_before_a_source_s_first_offset_repeats_no_row() {
     crash_after_sending(dir.path(), Counts::new(3, true, true));
     let values = restart_to_the_end(dir.path(), Counts::new(10, false, true));
     assert_eq!(values, (1..=10).collect::<Vec<_>>(), "every row once");
+}
+
+/// Regression: dropping `run`'s future (what a service does on Ctrl-C) leaves the
+/// pipeline shutting down in the background, holding its storage for a moment; a
+/// pipeline started right after on the same directory failed with `Locked`. It now
+/// waits for the lock to be released.
+#[test]
+fn a_pipeline_restarted_right_after_its_run_was_dropped_opens_its_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for round in 0..3 {
+            let mut pipeline = Pipeline::new().persist(Persistence::new(dir.path()));
+            let mut source = Counts::new(5 * (round + 1), true, true);
+            // Still stopping for a moment after `run` is dropped.
+            source.linger = Duration::from_millis(200);
+            let table = pipeline.read("events", source, counted());
+            if let Ok(ended) = tokio::time::timeout(Duration::from_millis(300), pipeline.run()).await {
+                panic!("round {round}: the pipeline ended on its own: {ended:?}");
+            }
+            assert!(
+                table.len() as i64 >= 5 * round,
+                "round {round}: {} rows",
+                table.len()
+            );
+        }
+    });
+    let values = restart_to_the_end(dir.path(), Counts::new(20, false, true));
+    assert_eq!(values, (1..=20).collect::<Vec<_>>(), "every row once");
 }

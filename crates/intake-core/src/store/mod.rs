@@ -111,7 +111,9 @@ pub enum PersistenceError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// Another open store (in this process or another) holds the table's lock.
+    /// Another open store (in this process or another) holds the table's lock. A
+    /// store of this process that is being released (a pipeline shutting down in the
+    /// background after its `run` future was dropped) is waited for, up to 2 s.
     #[error(
         "{path} is locked: the table is open elsewhere (another process, or another pipeline in this one); stop that one first, or give each its own storage directory"
     )]
@@ -309,7 +311,7 @@ pub(crate) struct TableStore {
     shape: RowShape,
     sync: SyncPolicy,
     /// Held (and so locked) for as long as the store is open.
-    _lock: File,
+    _lock: DirLock,
     /// The last segment, opened for appending.
     file: File,
     /// Retained segments, consecutive, the last one being appended to.
@@ -835,8 +837,37 @@ impl TableStore {
     }
 }
 
-/// Locks `<dir>/LOCK`; the lock lives as long as the returned file.
-fn lock(dir: &Path) -> Result<File, PersistenceError> {
+/// How long opening a table waits for a store of this same process to release its
+/// lock: a pipeline whose `run` future was dropped finishes shutting down in the
+/// background, and a restart right after it must not fail because of it.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// The lock files held by stores of this process, and a signal when one is released.
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A table's `<dir>/LOCK`, locked for as long as this lives.
+#[derive(Debug)]
+struct DirLock {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Closing the file releases the lock; only then may a waiter take it.
+        drop(self.file.take());
+        let mut held = crate::lifecycle::lock(&HELD);
+        held.retain(|path| *path != self.path);
+        drop(held);
+        RELEASED.notify_all();
+    }
+}
+
+/// Locks `<dir>/LOCK`. When a store of this process holds it, waits up to
+/// [`RELEASE_WAIT`] for it to be released first (blocking: call it off the async
+/// workers).
+fn lock(dir: &Path) -> Result<DirLock, PersistenceError> {
     let path = dir.join(files::LOCK);
     let file = OpenOptions::new()
         .create(true)
@@ -844,10 +875,31 @@ fn lock(dir: &Path) -> Result<File, PersistenceError> {
         .write(true)
         .open(&path)
         .map_err(|e| PersistenceError::io("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(PersistenceError::Locked { path }),
-        Err(fs::TryLockError::Error(e)) => Err(PersistenceError::io("lock", &path, e)),
+    let id = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    let mut held = crate::lifecycle::lock(&HELD);
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                held.push(id.clone());
+                return Ok(DirLock {
+                    file: Some(file),
+                    path: id,
+                });
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let now = std::time::Instant::now();
+                // Another process, or a store of this one that did not let go in time.
+                if !held.contains(&id) || now >= deadline {
+                    return Err(PersistenceError::Locked { path });
+                }
+                held = RELEASED
+                    .wait_timeout(held, deadline - now)
+                    .map(|(guard, _)| guard)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(PersistenceError::io("lock", &path, e)),
+        }
     }
 }
 
