@@ -341,6 +341,14 @@ impl<'a> Scan<'a> {
     /// serde_json's grammar and converted with correct rounding, as serde_json's
     /// `float_roundtrip` does; an infinite result (serde_json: out of range) falls back.
     fn float(&mut self, start: usize) -> Option<f64> {
+        self.fraction_and_exponent()?;
+        let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
+        let value: f64 = text.parse().ok()?;
+        value.is_finite().then_some(value)
+    }
+
+    /// A number's optional fraction and exponent, in serde_json's grammar.
+    fn fraction_and_exponent(&mut self) -> Option<()> {
         if self.eat(b'.') {
             self.digits()?;
         }
@@ -351,9 +359,7 @@ impl<'a> Scan<'a> {
             }
             self.digits()?;
         }
-        let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
-        let value: f64 = text.parse().ok()?;
-        value.is_finite().then_some(value)
+        Some(())
     }
 
     /// At least one digit.
@@ -524,17 +530,7 @@ impl<'a> Scan<'a> {
             }
             _ => return None,
         }
-        if self.eat(b'.') {
-            self.digits()?;
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.pos += 1;
-            }
-            self.digits()?;
-        }
-        Some(())
+        self.fraction_and_exponent()
     }
 }
 
