@@ -11,7 +11,6 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde::de::Visitor;
 use serde::ser::{self, Impossible};
@@ -424,7 +423,7 @@ impl<'a> ser::Serializer for ValueSerializer<'a> {
 
     fn serialize_bytes(self, v: &[u8]) -> Result<Value, Error> {
         match self.column.data_type() {
-            DataType::Bytes => Ok(Value::Bytes(Bytes::copy_from_slice(v))),
+            DataType::Bytes => Ok(Value::Bytes(Arc::from(v))),
             DataType::Json => self.json(v),
             _ => Err(self.wrong_type("an array")),
         }
@@ -574,7 +573,7 @@ impl ser::SerializeSeq for ValueSeq<'_> {
 
     fn end(self) -> Result<Value, Error> {
         match self {
-            ValueSeq::Bytes(_, bytes) => Ok(Value::Bytes(Bytes::from(bytes))),
+            ValueSeq::Bytes(_, bytes) => Ok(Value::Bytes(Arc::from(bytes))),
             ValueSeq::Json(seq) => ser::SerializeSeq::end(seq).map(Value::from),
         }
     }
@@ -1099,7 +1098,8 @@ mod tests {
         let schema = schema();
         let from_value = row_values(&schema, value);
         let text = serde_json::to_string(value).unwrap();
-        let from_text = Parser::new(schema, Format::Json).parse(&Payload::Bytes(Bytes::from(text.clone())));
+        let from_text =
+            Parser::new(schema, Format::Json).parse(&Payload::Bytes(bytes::Bytes::from(text.clone())));
         assert_eq!(from_value, from_text, "typed and text disagree on {text}");
         from_value
     }
@@ -1390,7 +1390,7 @@ mod tests {
                     lenient_numbers: true,
                 },
             );
-            let from_text = parser.parse(&Payload::Bytes(Bytes::from(text.clone())));
+            let from_text = parser.parse(&Payload::Bytes(bytes::Bytes::from(text.clone())));
             assert_eq!(typed, from_text, "typed and text disagree on {text}");
             typed
         }

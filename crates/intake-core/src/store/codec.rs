@@ -31,8 +31,6 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::change::{Change, Offsets};
 use crate::row::{Key, Row};
 use crate::schema::Schema;
@@ -392,7 +390,7 @@ impl<'a> Decoder<'a> {
             INT => Value::Int(unzigzag(self.varint()?)),
             FLOAT => Value::Float(f64::from_bits(self.u64()?)),
             STRING => Value::String(Arc::from(self.str()?)),
-            BYTES => Value::Bytes(Bytes::copy_from_slice(self.len_bytes()?)),
+            BYTES => Value::Bytes(Arc::from(self.len_bytes()?)),
             JSON => Value::Json(Arc::new(self.json()?)),
             TIMESTAMP => Value::Timestamp(Timestamp::from_unix_nanos(self.u64()? as i64)),
             other => {

@@ -2,7 +2,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -171,7 +170,7 @@ fn extreme_rows() -> Vec<(Key, Row)> {
                 Value::from(""),
                 Value::Float(f64::MIN_POSITIVE),
                 Value::Bool(false),
-                Value::Bytes(Bytes::new()),
+                Value::Bytes(Arc::from(&[][..])),
                 Value::from(json!(null)),
                 Value::Timestamp(Timestamp::from_unix_nanos(i64::MIN)),
                 Value::Int(i64::MIN),
@@ -184,7 +183,7 @@ fn extreme_rows() -> Vec<(Key, Row)> {
                 Value::from("ünïcødé 🦀 \u{0} \u{10FFFF}"),
                 Value::Float(-0.0),
                 Value::Bool(true),
-                Value::Bytes(Bytes::from_static(&[0, 255, 128, 10])),
+                Value::Bytes(Arc::from(&[0, 255, 128, 10][..])),
                 Value::from(json!({
                     "a": [1, -1, 1.5, u64::MAX, i64::MIN, "x", true, false, null, {}, []],
                     "": {"nested": {"é": "🦀"}},
@@ -213,7 +212,7 @@ fn extreme_rows() -> Vec<(Key, Row)> {
                 Value::from("\"quoted\", comma\nnewline"),
                 Value::Float(-1e-300),
                 Value::Null,
-                Value::Bytes(Bytes::from(vec![7; 1000])),
+                Value::Bytes(Arc::from(vec![7; 1000])),
                 Value::from(json!(1e300)),
                 Value::Timestamp(Timestamp::from_unix_nanos(0)),
                 Value::Int(1 << 40),
@@ -303,7 +302,7 @@ fn composite_and_generated_keys_round_trip() {
                 Key::generated(id),
                 row(
                     &schema,
-                    vec![Value::Bytes(Bytes::from(id.to_le_bytes().to_vec())), Value::Null],
+                    vec![Value::Bytes(Arc::from(&id.to_le_bytes()[..])), Value::Null],
                 ),
             )
         })
