@@ -10,7 +10,11 @@
 //! **Commits end at offsets.** Once a producer reports offsets (or resumes from one), a
 //! commit never takes its messages past its last offset in the commit: those wait for
 //! the offset that covers them. So the offsets a commit records cover exactly its rows,
-//! and a restart after a crash re-reads nothing that was committed. Two exceptions keep
+//! and a restart after a crash re-reads nothing that was committed. A commit that
+//! holds no offset of a producer, only its messages, runs on to that producer's next
+//! offset when it is already queued, past `max_batch` if need be (never past the
+//! queue's capacity); so does one with messages of a producer that has finished, whose
+//! messages no longer wait. Two exceptions keep
 //! the queue bounded and live: a producer that sends a whole queue of messages without
 //! an offset has them committed anyway (with a warning: after a crash they are read
 //! again), and an explicit commit marker commits what came before it.
@@ -42,6 +46,8 @@ struct State {
     owners: Vec<u32>,
     /// Per producer: whether its messages are held back until its offsets cover them.
     reports_offsets: Vec<bool>,
+    /// Whether an offset was ever queued: until then, no commit needs to look for one.
+    offsets_seen: bool,
     /// The driver found a commit due but nothing it could take; the next offset, a
     /// full queue or a producer leaving wakes it.
     held: bool,
@@ -65,6 +71,7 @@ impl Queue {
                 events: Vec::new(),
                 owners: Vec::new(),
                 reports_offsets: vec![false],
+                offsets_seen: false,
                 held: false,
                 warned: false,
                 first_at: None,
@@ -176,23 +183,26 @@ impl Queue {
                 state.markers -= 1;
                 marker + 1
             }
-            None => match waiting_for_offsets(state, end) {
-                None => end,
-                Some(waits) if waits.iter().all(|&w| w) => {
-                    if state.producers > 0 && state.events.len() < self.capacity {
-                        state.held = true;
-                        return None;
+            None => {
+                let end = run_on_to_offsets(state, end);
+                match waiting_for_offsets(state, end) {
+                    None => end,
+                    Some(waits) if waits.iter().all(|&w| w) => {
+                        if state.producers > 0 && state.events.len() < self.capacity {
+                            state.held = true;
+                            return None;
+                        }
+                        if !std::mem::replace(&mut state.warned, true) {
+                            tracing::warn!(
+                                waiting = state.events.len(),
+                                "a source sent a whole queue of messages without reporting an offset; they are committed without one, so after a crash they are read again (report offsets more often, or raise the reader's channel capacity)"
+                            );
+                        }
+                        end
                     }
-                    if !std::mem::replace(&mut state.warned, true) {
-                        tracing::warn!(
-                            waiting = state.events.len(),
-                            "a source sent a whole queue of messages without reporting an offset; they are committed without one, so after a crash they are read again (report offsets more often, or raise the reader's channel capacity)"
-                        );
-                    }
-                    end
+                    Some(waits) => return Some(self.take_covered(state, &waits, first_at, waiting)),
                 }
-                Some(waits) => return Some(self.take_covered(state, &waits, first_at, waiting)),
-            },
+            }
         };
         state.held = false;
         if !state.owners.is_empty() {
@@ -270,6 +280,53 @@ impl Queue {
 /// by an offset of its own within them. (Only messages wait, so a commit never splits a
 /// producer's messages from an offset before them; producers' messages may be
 /// committed in another order relative to each other, as they arrive concurrently.)
+/// Where a commit of the first `end` events should end so that no producer's
+/// messages in it are committed past their offset when that offset is already queued.
+/// A running producer with an offset among the first `end` events needs nothing: its
+/// messages after that offset wait (see [`waiting_for_offsets`]). One without (a whole
+/// batch of messages before its next offset), or one that has finished (whose
+/// messages never wait), has the commit run on to its first offset after them.
+/// Extending for one producer can take in more messages of another, so this repeats
+/// until the end stays put.
+fn run_on_to_offsets(state: &State, mut end: usize) -> usize {
+    if !state.offsets_seen {
+        return end;
+    }
+    let owner = |i: usize| state.owners.get(i).copied().unwrap_or(0) as usize;
+    let producers = state.reports_offsets.len();
+    loop {
+        // Per producer: whether its last event before `end` is a message, and
+        // whether an offset of its own comes before `end`.
+        let mut uncovered = vec![false; producers];
+        let mut has_offset = vec![false; producers];
+        for (i, event) in state.events[..end].iter().enumerate() {
+            match event {
+                Event::Upsert(..) | Event::Append(..) | Event::Delete(..) => uncovered[owner(i)] = true,
+                Event::Offset(..) => {
+                    uncovered[owner(i)] = false;
+                    has_offset[owner(i)] = true;
+                }
+                Event::Commit => {}
+            }
+        }
+        let mut extend: Vec<bool> = (0..producers)
+            .map(|p| uncovered[p] && !(has_offset[p] && state.reports_offsets[p]))
+            .collect();
+        let mut next_end = end;
+        for (i, event) in state.events.iter().enumerate().skip(end) {
+            let p = owner(i);
+            if extend[p] && matches!(event, Event::Offset(..)) {
+                extend[p] = false;
+                next_end = i + 1;
+            }
+        }
+        if next_end == end {
+            return end;
+        }
+        end = next_end;
+    }
+}
+
 fn waiting_for_offsets(state: &State, end: usize) -> Option<Vec<bool>> {
     if !state.reports_offsets.contains(&true) {
         return None;
@@ -371,6 +428,7 @@ impl Producer {
         let is_offset = matches!(event, Event::Offset(..));
         if is_offset {
             state.reports_offsets[self.index as usize] = true;
+            state.offsets_seen = true;
         }
         if state.reports_offsets.len() > 1 {
             state.owners.push(self.index);
@@ -556,6 +614,50 @@ mod tests {
             "2 and 3 would be past the offset"
         );
         assert_eq!(next(&queue).await, Some(vec![2, 3, 4, -4]));
+    }
+
+    /// Regression: a batch of messages with their offset just past `max_batch` was
+    /// held until the queue filled, then committed without it (and under an older
+    /// offset: read again after a crash).
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_of_messages_runs_on_to_the_offset_queued_after_it() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
+        for event in [
+            message(1),
+            message(2),
+            message(3),
+            message(4),
+            message(5),
+            offset(5),
+            message(6),
+        ] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![1, 2, 3, 4, 5, -5]));
+        let waiting = tokio::time::timeout(Duration::from_secs(1), queue.next_commit()).await;
+        assert!(waiting.is_err(), "6 waits for its offset");
+    }
+
+    /// Regression: once its producer finished, a queue's messages were cut at
+    /// `max_batch` wherever that fell, so a commit could hold messages its offset did
+    /// not cover (the file source reports its last offset and finishes at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_producer_s_messages_are_committed_with_their_offsets() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
+        for event in [
+            message(1),
+            offset(1),
+            message(2),
+            message(3),
+            message(4),
+            message(5),
+            offset(5),
+        ] {
+            assert!(producer.try_push(event).is_ok());
+        }
+        producer.finish();
+        assert_eq!(next(&queue).await, Some(vec![1, -1, 2, 3, 4, 5, -5]));
+        assert_eq!(next(&queue).await, None);
     }
 
     #[tokio::test(start_paused = true)]

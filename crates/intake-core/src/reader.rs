@@ -172,6 +172,12 @@ impl Reader {
 
     /// Commits as soon as this many messages are pending. Default: 10,000.
     ///
+    /// For a source that reports offsets, a commit ends at an offset: it holds back
+    /// the messages after its last one until their offset arrives, and if it holds
+    /// none at all (the source reports offsets more rarely than this), it runs on to
+    /// the next offset already queued, so it can exceed this size by up to
+    /// [`channel_capacity`](Self::channel_capacity) messages.
+    ///
     /// # Panics
     ///
     /// If `size` is zero.

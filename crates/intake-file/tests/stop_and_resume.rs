@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use intake_core::{Pipeline, Reader, Subscriber};
 use intake_file::FileSource;
-use support::{lines, read_all};
+use support::{append, lines, read_all};
 
 const LINES: usize = 200_000;
 
@@ -76,4 +76,43 @@ async fn bad_input_under_the_fail_policy_commits_the_offset_of_the_rows_before_i
     let offsets = table.committed_offsets();
     assert_eq!(offsets.len(), 1, "{offsets:?}");
     assert_eq!(offsets[0].1["position"], 8, "right after the rows committed");
+}
+
+/// Regression: a commit cut at `max_batch_size` could end past the offset it
+/// recorded (messages before the next offset, which was already queued, or all of
+/// them once the source had finished), so resuming from it read rows that commit
+/// already held. For offsets as often as, rarer than and more often than the batch
+/// limit, every commit's offset resumes to exactly the rows after it.
+#[tokio::test]
+async fn every_commit_s_offset_resumes_exactly_after_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lines.log");
+    let expected: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+    append(&path, expected.iter().map(|line| format!("{line}\n")).collect::<String>());
+    for (offset_every, max_batch) in [(10, 10), (25, 10), (7, 10), (1_000, 16)] {
+        let source = || FileSource::raw(&path).offset_every(offset_every);
+        let reader = || Reader::raw().max_batch_size(max_batch);
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let mut pipeline = Pipeline::new();
+        let table = pipeline.read("file", source(), reader());
+        let recorded = commits.clone();
+        let mut rows = 0;
+        table.subscribe(Subscriber::new().on_batch(move |batch| {
+            rows += batch.len();
+            if let Some((_, offset)) = batch.offsets().iter().next() {
+                recorded.lock().unwrap().push((rows, offset.clone()));
+            }
+        }));
+        pipeline.run().await.unwrap();
+        assert_eq!(lines(&table), expected);
+        let commits = commits.lock().unwrap().clone();
+        for (done, offset) in commits {
+            let (rest, _) = read_all(source(), reader().resume_from(offset.clone())).await;
+            assert_eq!(
+                lines(&rest),
+                expected[done..],
+                "offset_every {offset_every}, max_batch_size {max_batch}: resuming after {done} rows from {offset}"
+            );
+        }
+    }
 }
