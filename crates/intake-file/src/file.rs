@@ -41,7 +41,9 @@ const HEAD_BYTES: u64 = 1024;
 ///   pipeline shuts down or the source fails. Given that offset back through `Reader::resume_from`, it
 ///   continues after the last committed line: nothing committed is read twice, nothing
 ///   is skipped. A file that was rotated meanwhile is found beside the path by its
-///   identity and read to its end before the new one. A file that was replaced or
+///   identity and read to its end before the new one; if it was rotated more than
+///   once, the files in between (beside the path, named after it with a suffix, last
+///   modified no earlier than it) are read whole, oldest first, before the new one. A file that was replaced or
 ///   truncated (different device/inode or first bytes, or shorter than the offset) is
 ///   read from its start, with a warning.
 ///
@@ -539,6 +541,10 @@ struct FileReader {
     /// What was sent last; at the start and after every change of the open files,
     /// where reading is then (all before it having been sent).
     sent: Option<Sent>,
+    /// Files rotated away from the path while the source was stopped, after the one
+    /// its offset describes and before the one now at the path, oldest first: each
+    /// is read to its end, in turn, before the file at the path.
+    missed: std::collections::VecDeque<PathBuf>,
 }
 
 impl FileReader {
@@ -553,6 +559,7 @@ impl FileReader {
             unsent: Vec::with_capacity(SEND_BATCH),
             unsent_after: Vec::with_capacity(SEND_BATCH),
             sent: None,
+            missed: std::collections::VecDeque::new(),
         }
     }
 
@@ -659,6 +666,13 @@ impl FileReader {
             // first, and the new one is found at the path like any rotation.
             if let Some(mut moved) = self.locate(&main, None)? {
                 self.seek(&mut moved, &main)?;
+                // Neither the file at the path nor one the offset says was rotated
+                // before is between.
+                let known = [
+                    fresh.as_ref().and_then(|file: &Open| file.identity),
+                    rotated.as_ref().and_then(|part| part.identity),
+                ];
+                self.missed = self.rotated_between(&moved, &known)?;
                 current = Some(moved);
             } else {
                 tracing::warn!(
@@ -845,7 +859,7 @@ impl FileReader {
             self.read_to_end(files, Which::Rotated)?;
             self.close_rotated(files)?;
         }
-        let Some(new) = self.open_path()? else {
+        let Some(new) = self.next_file()? else {
             return Ok(false);
         };
         self.flush()?;
@@ -861,6 +875,87 @@ impl FileReader {
         });
         self.changed(files)?;
         Ok(true)
+    }
+
+    /// The file to read after the current one: the next one rotated away while the
+    /// source was stopped, if any is left, else the one at the path.
+    fn next_file(&mut self) -> Result<Option<Open>, Stop> {
+        while let Some(path) = self.missed.pop_front() {
+            match File::open(&path) {
+                Ok(file) => {
+                    tracing::info!(
+                        path = %self.config.path.display(),
+                        rotated = %path.display(),
+                        "reading a file rotated away while the source was stopped"
+                    );
+                    return self.open(file).map(Some);
+                }
+                Err(error) => tracing::warn!(
+                    path = %self.config.path.display(),
+                    rotated = %path.display(),
+                    %error,
+                    "a file rotated away while the source was stopped is gone; its lines are not read"
+                ),
+            }
+        }
+        self.open_path()
+    }
+
+    /// The files rotated away from the path after `moved` (the file the resume
+    /// offset describes, found under another name) and before the file now at the
+    /// path, oldest first, leaving out the files `known` identifies. A file is taken for one when it is beside the
+    /// path, named after it with a suffix (`app.log.1`, `app.log-20241129`), and was
+    /// last modified no earlier than `moved`: its writer moved on to it when `moved`
+    /// was rotated. Compressed ones (logrotate's `compress`) cannot be read as lines:
+    /// they are named in a warning.
+    fn rotated_between(
+        &self,
+        moved: &Open,
+        known: &[Option<Identity>],
+    ) -> Result<std::collections::VecDeque<PathBuf>, Stop> {
+        let mut found = Vec::new();
+        let (Some(name), Ok(entries)) = (self.config.path.file_name(), std::fs::read_dir(self.directory()))
+        else {
+            return Ok(std::collections::VecDeque::new());
+        };
+        let name = name.as_encoded_bytes();
+        let since = moved.reader.get_ref().metadata()?.modified().ok();
+        for entry in entries.flatten() {
+            let entry_name = entry.file_name();
+            let entry_name = entry_name.as_encoded_bytes();
+            if entry_name.len() <= name.len() || !entry_name.starts_with(name) {
+                continue;
+            }
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            let identity = Identity::of(&metadata);
+            if !metadata.is_file()
+                || identity.is_none()
+                || identity == moved.identity
+                || known.contains(&identity)
+            {
+                continue;
+            }
+            let Ok(modified) = metadata.modified() else {
+                continue;
+            };
+            if since.is_some_and(|since| modified < since) {
+                continue;
+            }
+            let path = entry.path();
+            if is_compressed(entry_name) {
+                tracing::warn!(
+                    path = %self.config.path.display(),
+                    rotated = %path.display(),
+                    "a file rotated away while the source was stopped is compressed; its lines are not read"
+                );
+                continue;
+            }
+            found.push((modified, path));
+        }
+        found.sort();
+        Ok(found.into_iter().map(|(_, path)| path).collect())
     }
 
     /// The rotated file's grace period is over: its last line is read, and it is
@@ -1085,6 +1180,14 @@ impl Part {
             },
         )
     }
+}
+
+/// Whether a file name ends as the compressors logrotate can run name their output.
+fn is_compressed(name: &[u8]) -> bool {
+    const EXTENSIONS: [&[u8]; 8] = [
+        b".gz", b".bz2", b".xz", b".zst", b".lz4", b".lzma", b".Z", b".zip",
+    ];
+    EXTENSIONS.iter().any(|extension| name.ends_with(extension))
 }
 
 /// FNV-1a of the first `length` bytes of `file` (a stable hash: it is persisted).

@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use intake_core::Reader;
+use intake_core::{Pipeline, Reader, Subscriber};
 use intake_file::FileSource;
 use support::{Running, append, committed_offset, eventually, lines, read_all};
 
@@ -126,4 +127,93 @@ async fn a_resume_after_a_rotation_while_stopped_reads_the_rest_of_the_old_file(
     append(&path, "d\n");
     let (table, _) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
     assert_eq!(lines(&table), ["c", "d"]);
+}
+
+/// Two rotations while the source was stopped: the file written between them was
+/// never open, and only its name and age tie it to the path. It is read whole,
+/// between the rest of the old file and the new one; unrelated and older files
+/// beside the path are not.
+#[tokio::test]
+async fn a_resume_after_two_rotations_while_stopped_reads_the_file_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    std::fs::write(dir.path().join("app.log.bak"), "old backup\n").unwrap();
+    std::fs::write(dir.path().join("other.log"), "unrelated\n").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    append(&path, "a\nb\n");
+    let (table, _) = read_all(FileSource::raw(&path), Reader::raw()).await;
+    let offset = committed_offset(&table);
+
+    // First rotation: the writer appends once more to the old file, then to a new one.
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&dir.path().join("app.log.1"), "c\n");
+    std::thread::sleep(Duration::from_millis(20));
+    append(&path, "d\ne\n");
+    std::thread::sleep(Duration::from_millis(20));
+    // Second rotation, as logrotate numbers them; a compressed older one is beside.
+    std::fs::rename(dir.path().join("app.log.1"), dir.path().join("app.log.2")).unwrap();
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    std::fs::write(dir.path().join("app.log.3.gz"), "\x1f\u{8b} not text\n").unwrap();
+    append(&path, "f\n");
+
+    let (table, rejected) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
+    assert!(rejected.is_empty());
+    assert_eq!(lines(&table), ["c", "d", "e", "f"]);
+
+    // Resuming from where that ended reads nothing again.
+    let offset = committed_offset(&table);
+    let (table, _) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
+    assert_eq!(lines(&table), Vec::<String>::new());
+}
+
+/// Stopped while reading the file between two rotations: the resume finds it by its
+/// identity and continues there, then reads the newest.
+#[tokio::test]
+async fn a_stop_while_reading_a_file_rotated_away_while_stopped_resumes_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    append(&path, "a\n");
+    let (table, _) = read_all(FileSource::raw(&path), Reader::raw()).await;
+    let offset = committed_offset(&table);
+
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let between: String = (0..50).map(|i| format!("m{i}\n")).collect();
+    append(&path, &between);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::rename(dir.path().join("app.log.1"), dir.path().join("app.log.2")).unwrap();
+    std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+    append(&path, "z\n");
+
+    // Offsets every 10 lines, commits of 10 rows; every commit's offset recorded
+    // with the number of rows committed up to it.
+    let source = || FileSource::raw(&path).offset_every(10);
+    let reader = || Reader::raw().max_batch_size(10);
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("file", source(), reader().resume_from(offset));
+    let recorded = commits.clone();
+    let mut rows = 0;
+    table.subscribe(Subscriber::new().on_batch(move |batch| {
+        rows += batch.len();
+        if let Some((_, offset)) = batch.offsets().iter().next() {
+            recorded.lock().unwrap().push((rows, offset.clone()));
+        }
+    }));
+    pipeline.run().await.unwrap();
+    let expected: Vec<String> = (0..50).map(|i| format!("m{i}")).chain(["z".to_owned()]).collect();
+    assert_eq!(lines(&table), expected);
+
+    // Every commit's offset resumes to exactly the rest: in the file between, then
+    // in the newest.
+    let commits = commits.lock().unwrap().clone();
+    assert!(commits.len() >= 5, "{commits:?}");
+    for (done, offset) in commits {
+        let (rest, _) = read_all(source(), reader().resume_from(offset.clone())).await;
+        assert_eq!(
+            lines(&rest),
+            expected[done..],
+            "resuming from {offset} after {done} rows"
+        );
+    }
 }

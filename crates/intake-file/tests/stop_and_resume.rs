@@ -3,8 +3,8 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use intake_core::{Pipeline, Reader, Subscriber};
@@ -88,7 +88,13 @@ async fn every_commit_s_offset_resumes_exactly_after_its_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lines.log");
     let expected: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
-    append(&path, expected.iter().map(|line| format!("{line}\n")).collect::<String>());
+    append(
+        &path,
+        expected
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>(),
+    );
     for (offset_every, max_batch) in [(10, 10), (25, 10), (7, 10), (1_000, 16)] {
         let source = || FileSource::raw(&path).offset_every(offset_every);
         let reader = || Reader::raw().max_batch_size(max_batch);
