@@ -47,6 +47,10 @@ const HEAD_BYTES: u64 = 1024;
 ///   truncated (different device/inode or first bytes, or shorter than the offset) is
 ///   read from its start, with a warning.
 ///
+/// The path must name a regular file (or a symbolic link to one): a FIFO, socket,
+/// device or directory fails the source with an error that says so, since reading one
+/// could block past shutdown and no offset into it could be resumed from.
+///
 /// Bad lines (malformed JSON, invalid UTF-8, CSV fields that do not convert to their
 /// column's type, records with the wrong number of fields, lines or records longer
 /// than [`max_line_length`](Self::max_line_length)) go through the reader's
@@ -713,6 +717,22 @@ impl FileReader {
     /// Opens the file at the path; `None` if it does not exist and the source follows
     /// it.
     fn open_path(&self) -> Result<Option<Open>, Stop> {
+        // Opening a FIFO blocks until a writer opens it, and reading one blocks until
+        // data comes: a blocking thread stuck there outlives shutdown, and dropping
+        // the runtime then waits for it for ever. Nor could an offset into a pipe or a
+        // device be resumed from. Refused before opening.
+        if let Ok(metadata) = std::fs::metadata(&self.config.path)
+            && !metadata.is_file()
+        {
+            return Err(Stop::Failed(
+                format!(
+                    "{} is not a regular file ({}): the file source reads regular files only",
+                    self.config.path.display(),
+                    file_kind(&metadata)
+                )
+                .into(),
+            ));
+        }
         match File::open(&self.config.path) {
             Ok(file) => Ok(Some(self.open(file)?)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && self.config.follow => Ok(None),
@@ -1179,6 +1199,27 @@ impl Part {
                 None
             },
         )
+    }
+}
+
+/// What a file that is not a regular file is, for an error message.
+fn file_kind(metadata: &Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = metadata.file_type();
+        if kind.is_fifo() {
+            return "a FIFO";
+        } else if kind.is_socket() {
+            return "a socket";
+        } else if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if metadata.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 

@@ -172,6 +172,40 @@ async fn a_missing_file_fails_the_source() {
     assert!(error.contains("cannot open /nonexistent/cats.jsonl"), "{error}");
 }
 
+/// Regression: a FIFO given as the path blocked the reading thread in `open` (no
+/// writer) for ever: `run` returned only at the shutdown deadline, and dropping the
+/// runtime (the end of `#[tokio::main]`) then hung, waiting for that thread.
+#[cfg(unix)]
+#[test]
+fn a_fifo_or_a_directory_fails_the_source_and_nothing_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, kind) in [(fifo, "a FIFO"), (dir.path().to_path_buf(), "a directory")] {
+        let (done, finished) = std::sync::mpsc::channel();
+        let shown = path.display().to_string();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let result = runtime.block_on(async {
+                let mut pipeline = Pipeline::new();
+                let _table = pipeline.read("file", FileSource::raw(&path).follow(true), Reader::raw());
+                pipeline.run().await.map_err(|e| e.to_string())
+            });
+            drop(runtime);
+            let _ = done.send(result);
+        });
+        let result = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("reading {kind} still runs (or the runtime cannot drop) after 10 s"));
+        let error = result.unwrap_err();
+        assert!(
+            error.contains(&format!("{shown} is not a regular file ({kind})")),
+            "{error}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_under_the_fail_policy_fails_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
