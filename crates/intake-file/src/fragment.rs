@@ -1003,7 +1003,9 @@ impl Ledger {
 ///
 /// Symbolic links are followed, to files and to directories; a directory reached twice
 /// (through a link to it, or a link cycle) is listed once. A file or directory that
-/// disappears while it is listed, or a link that points nowhere, is passed over.
+/// disappears while it is listed, or a link that points nowhere, is passed over, and
+/// so is anything that is not a regular file (a FIFO, socket or device: reading one
+/// could block a thread past shutdown).
 #[derive(Debug, Clone)]
 pub struct DirectoryStore {
     root: PathBuf,
@@ -1082,6 +1084,11 @@ impl DirectoryStore {
                 };
                 if metadata.is_dir() {
                     directories.push(path);
+                    continue;
+                }
+                // A FIFO blocks its reader until a writer comes (and a device may
+                // never end): reading one would hold a thread past shutdown.
+                if !metadata.is_file() {
                     continue;
                 }
                 let Some(name) = relative_name(&self.root, &path) else {

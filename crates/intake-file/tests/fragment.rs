@@ -280,6 +280,43 @@ async fn resume_skips_the_fragments_already_read_unless_changed() {
     assert_eq!(per_file(&table), BTreeMap::from([("b".into(), 2)]));
 }
 
+/// Regression: a FIFO matching the pattern was listed like a file; hashing or reading
+/// it blocked a thread until a writer came, so the source never ended and dropping
+/// the runtime hung. Only regular files are fragments.
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_directory_is_not_a_fragment() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::write(root.join("a.jsonl"), jsonl("a", 2)).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(root.join("b.jsonl"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let counts = runtime.block_on(async {
+            let source = FragmentSource::new(
+                DirectoryStore::new(&root, "*.jsonl").unwrap().content_hash(true),
+                FragmentParser::Lines(FileFormat::JsonLines),
+            )
+            .settle_time(Duration::ZERO);
+            let mut pipeline = Pipeline::new();
+            let table = pipeline.read("dir", source, reader());
+            pipeline.run().await.unwrap();
+            per_file(&table)
+        });
+        drop(runtime);
+        let _ = done.send(counts);
+    });
+    let counts = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the source still runs (or the runtime cannot drop) after 10 s");
+    assert_eq!(counts, BTreeMap::from([("a".into(), 2)]));
+}
+
 #[test]
 fn an_invalid_glob_is_an_error() {
     let error = DirectoryStore::new(".", "a[").unwrap_err().to_string();
