@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use intake_core::{Pipeline, Reader, Subscriber};
+use intake_core::Reader;
 use intake_file::FileSource;
-use support::{Running, append, committed_offset, eventually, lines, read_all};
+use support::{Running, append, committed_offset, eventually, lines, read_all, read_recording_commits};
 
 fn follow(path: &std::path::Path) -> FileSource {
     FileSource::raw(path)
@@ -189,24 +188,12 @@ async fn a_stop_while_reading_a_file_rotated_away_while_stopped_resumes_in_it() 
     // with the number of rows committed up to it.
     let source = || FileSource::raw(&path).offset_every(10);
     let reader = || Reader::raw().max_batch_size(10);
-    let commits = Arc::new(Mutex::new(Vec::new()));
-    let mut pipeline = Pipeline::new();
-    let table = pipeline.read("file", source(), reader().resume_from(offset));
-    let recorded = commits.clone();
-    let mut rows = 0;
-    table.subscribe(Subscriber::new().on_batch(move |batch| {
-        rows += batch.len();
-        if let Some((_, offset)) = batch.offsets().iter().next() {
-            recorded.lock().unwrap().push((rows, offset.clone()));
-        }
-    }));
-    pipeline.run().await.unwrap();
+    let (table, commits) = read_recording_commits(source(), reader().resume_from(offset)).await;
     let expected: Vec<String> = (0..50).map(|i| format!("m{i}")).chain(["z".to_owned()]).collect();
     assert_eq!(lines(&table), expected);
 
     // Every commit's offset resumes to exactly the rest: in the file between, then
     // in the newest.
-    let commits = commits.lock().unwrap().clone();
     assert!(commits.len() >= 5, "{commits:?}");
     for (done, offset) in commits {
         let (rest, _) = read_all(source(), reader().resume_from(offset.clone())).await;

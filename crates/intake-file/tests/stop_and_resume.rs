@@ -3,13 +3,13 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use intake_core::{Pipeline, Reader, Subscriber};
 use intake_file::FileSource;
-use support::{append, lines, read_all};
+use support::{append, lines, read_all, read_recording_commits};
 
 const LINES: usize = 200_000;
 
@@ -98,20 +98,8 @@ async fn every_commit_s_offset_resumes_exactly_after_its_rows() {
     for (offset_every, max_batch) in [(10, 10), (25, 10), (7, 10), (1_000, 16)] {
         let source = || FileSource::raw(&path).offset_every(offset_every);
         let reader = || Reader::raw().max_batch_size(max_batch);
-        let commits = Arc::new(Mutex::new(Vec::new()));
-        let mut pipeline = Pipeline::new();
-        let table = pipeline.read("file", source(), reader());
-        let recorded = commits.clone();
-        let mut rows = 0;
-        table.subscribe(Subscriber::new().on_batch(move |batch| {
-            rows += batch.len();
-            if let Some((_, offset)) = batch.offsets().iter().next() {
-                recorded.lock().unwrap().push((rows, offset.clone()));
-            }
-        }));
-        pipeline.run().await.unwrap();
+        let (table, commits) = read_recording_commits(source(), reader()).await;
         assert_eq!(lines(&table), expected);
-        let commits = commits.lock().unwrap().clone();
         for (done, offset) in commits {
             let (rest, _) = read_all(source(), reader().resume_from(offset.clone())).await;
             assert_eq!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use intake_core::{Error, Reader};
-use intake_core::{Pipeline, Rejected, ShutdownHandle, Source, Table};
+use intake_core::{Pipeline, Rejected, ShutdownHandle, Source, Subscriber, Table};
 use tokio::task::JoinHandle;
 
 /// Reads `source` to its end; the table and every rejected message.
@@ -19,6 +19,28 @@ pub async fn read_all(source: impl Source, reader: Reader) -> (Table, Vec<Reject
     let rejected = tokio::spawn(pipeline.rejected(64).collect::<Vec<_>>());
     pipeline.run().await.unwrap();
     (table, rejected.await.unwrap())
+}
+
+/// Reads `source` to its end into an append table; the table and, for each commit,
+/// the number of rows committed up to it with the offset it recorded.
+pub async fn read_recording_commits(
+    source: impl Source,
+    reader: Reader,
+) -> (Table, Vec<(usize, serde_json::Value)>) {
+    let commits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut pipeline = Pipeline::new();
+    let table = pipeline.read("file", source, reader);
+    let recorded = commits.clone();
+    let mut rows = 0;
+    table.subscribe(Subscriber::new().on_batch(move |batch| {
+        rows += batch.len();
+        if let Some((_, offset)) = batch.offsets().iter().next() {
+            recorded.lock().unwrap().push((rows, offset.clone()));
+        }
+    }));
+    pipeline.run().await.unwrap();
+    let commits = commits.lock().unwrap().clone();
+    (table, commits)
 }
 
 /// A running pipeline reading one source into `table`.
