@@ -43,7 +43,9 @@ const HEAD_BYTES: u64 = 1024;
 ///   is skipped. A file that was rotated meanwhile is found beside the path by its
 ///   identity and read to its end before the new one; if it was rotated more than
 ///   once, the files in between (beside the path, named after it with a suffix, last
-///   modified no earlier than it) are read whole, oldest first, before the new one. A file that was replaced or
+///   modified no earlier than it) are read whole, oldest first, before the new one.
+///   A file copied away and truncated (`copytruncate`) is resumed in the copy beside
+///   the path that holds what the offset describes, then read from its start. A file that was replaced or
 ///   truncated (different device/inode or first bytes, or shorter than the offset) is
 ///   read from its start, with a warning.
 ///
@@ -678,6 +680,13 @@ impl FileReader {
                 ];
                 self.missed = self.rotated_between(&moved, &known)?;
                 current = Some(moved);
+            } else if let Some(mut copy) =
+                self.locate_copy(&main, fresh.as_ref().and_then(|file| file.identity))?
+            {
+                // Copied away and truncated (logrotate's `copytruncate`) while the
+                // source was stopped: the copy holds the rest of what was read from.
+                self.seek(&mut copy, &main)?;
+                current = Some(copy);
             } else {
                 tracing::warn!(
                     path,
@@ -921,40 +930,42 @@ impl FileReader {
         self.open_path()
     }
 
+    /// The regular files beside the path named after it with a suffix (`app.log.1`,
+    /// `app.log-20241129`, `app.log.2.gz`): what rotating it leaves behind.
+    fn rotations_beside(&self) -> Vec<(PathBuf, Metadata)> {
+        let (Some(name), Ok(entries)) = (self.config.path.file_name(), std::fs::read_dir(self.directory()))
+        else {
+            return Vec::new();
+        };
+        let name = name.as_encoded_bytes();
+        entries
+            .flatten()
+            .filter(|entry| {
+                let entry_name = entry.file_name();
+                let entry_name = entry_name.as_encoded_bytes();
+                entry_name.len() > name.len() && entry_name.starts_with(name)
+            })
+            .filter_map(|entry| Some((entry.path(), entry.metadata().ok().filter(Metadata::is_file)?)))
+            .collect()
+    }
+
     /// The files rotated away from the path after `moved` (the file the resume
     /// offset describes, found under another name) and before the file now at the
-    /// path, oldest first, leaving out the files `known` identifies. A file is taken for one when it is beside the
-    /// path, named after it with a suffix (`app.log.1`, `app.log-20241129`), and was
-    /// last modified no earlier than `moved`: its writer moved on to it when `moved`
-    /// was rotated. Compressed ones (logrotate's `compress`) cannot be read as lines:
-    /// they are named in a warning.
+    /// path, oldest first, leaving out the files `known` identifies. A file is taken
+    /// for one when it is among [the rotations beside the path](Self::rotations_beside)
+    /// and was last modified no earlier than `moved`: its writer moved on to it when
+    /// `moved` was rotated. Compressed ones (logrotate's `compress`) cannot be read as
+    /// lines: they are named in a warning.
     fn rotated_between(
         &self,
         moved: &Open,
         known: &[Option<Identity>],
     ) -> Result<std::collections::VecDeque<PathBuf>, Stop> {
-        let mut found = Vec::new();
-        let (Some(name), Ok(entries)) = (self.config.path.file_name(), std::fs::read_dir(self.directory()))
-        else {
-            return Ok(std::collections::VecDeque::new());
-        };
-        let name = name.as_encoded_bytes();
         let since = moved.reader.get_ref().metadata()?.modified().ok();
-        for entry in entries.flatten() {
-            let entry_name = entry.file_name();
-            let entry_name = entry_name.as_encoded_bytes();
-            if entry_name.len() <= name.len() || !entry_name.starts_with(name) {
-                continue;
-            }
-            let Ok(metadata) = entry.metadata() else {
-                continue;
-            };
+        let mut found = Vec::new();
+        for (path, metadata) in self.rotations_beside() {
             let identity = Identity::of(&metadata);
-            if !metadata.is_file()
-                || identity.is_none()
-                || identity == moved.identity
-                || known.contains(&identity)
-            {
+            if identity.is_none() || identity == moved.identity || known.contains(&identity) {
                 continue;
             }
             let Ok(modified) = metadata.modified() else {
@@ -963,8 +974,10 @@ impl FileReader {
             if since.is_some_and(|since| modified < since) {
                 continue;
             }
-            let path = entry.path();
-            if is_compressed(entry_name) {
+            if path
+                .file_name()
+                .is_some_and(|name| is_compressed(name.as_encoded_bytes()))
+            {
                 tracing::warn!(
                     path = %self.config.path.display(),
                     rotated = %path.display(),
@@ -976,6 +989,38 @@ impl FileReader {
         }
         found.sort();
         Ok(found.into_iter().map(|(_, path)| path).collect())
+    }
+
+    /// A copy of the file `part` describes beside the path (logrotate's
+    /// `copytruncate` copies the file, then truncates it): another file whose content
+    /// `part` describes (as long, same first bytes). The most recently modified one if
+    /// several are; never the file at the path (`at_path`).
+    fn locate_copy(&self, part: &Part, at_path: Option<Identity>) -> Result<Option<Open>, Stop> {
+        let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = self
+            .rotations_beside()
+            .into_iter()
+            .filter(|(_, metadata)| {
+                let identity = Identity::of(metadata);
+                metadata.len() >= part.position && (identity.is_none() || identity != at_path)
+            })
+            .filter_map(|(path, metadata)| Some((metadata.modified().ok()?, path)))
+            .collect();
+        candidates.sort();
+        for (_, path) in candidates.into_iter().rev() {
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            let file = self.open(file)?;
+            if part.content_problem(&file)?.is_none() {
+                tracing::info!(
+                    path = %self.config.path.display(),
+                    found = %path.display(),
+                    "the file was copied away and truncated since the offset was reported; reading the rest of the copy"
+                );
+                return Ok(Some(file));
+            }
+        }
+        Ok(None)
     }
 
     /// The rotated file's grace period is over: its last line is read, and it is
@@ -1185,20 +1230,25 @@ impl Part {
 
     /// Why this part does not describe `file` (any more), if it does not.
     fn problem(&self, file: &Open) -> io::Result<Option<&'static str>> {
+        if self.identity.is_some() && file.identity.is_some() && self.identity != file.identity {
+            return Ok(Some("it was replaced (another device/inode)"));
+        }
+        self.content_problem(file)
+    }
+
+    /// Why `file`'s content is not what this part describes (whatever file it is), if
+    /// it is not: shorter than the position, or other first bytes.
+    fn content_problem(&self, file: &Open) -> io::Result<Option<&'static str>> {
         let length = file.reader.get_ref().metadata()?.len();
-        Ok(
-            if self.identity.is_some() && file.identity.is_some() && self.identity != file.identity {
-                Some("it was replaced (another device/inode)")
-            } else if length < self.position || length < self.head_length {
-                Some("it is shorter than the offset (truncated)")
-            } else if self.head_length > HEAD_BYTES
-                || format!("{:016x}", head_hash(file.reader.get_ref(), self.head_length)?) != self.head_hash
-            {
-                Some("its first bytes changed (rewritten)")
-            } else {
-                None
-            },
-        )
+        Ok(if length < self.position || length < self.head_length {
+            Some("it is shorter than the offset (truncated)")
+        } else if self.head_length > HEAD_BYTES
+            || format!("{:016x}", head_hash(file.reader.get_ref(), self.head_length)?) != self.head_hash
+        {
+            Some("its first bytes changed (rewritten)")
+        } else {
+            None
+        })
     }
 }
 

@@ -204,3 +204,31 @@ async fn a_stop_while_reading_a_file_rotated_away_while_stopped_resumes_in_it() 
         );
     }
 }
+
+/// logrotate's `copytruncate` while the source was stopped: the file at the path is
+/// the same file, truncated, and the lines after the offset are only in the copy
+/// beside it. The copy's rest is read, then the path's file from its start.
+#[tokio::test]
+async fn a_resume_after_a_copytruncate_while_stopped_reads_the_rest_of_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    append(&path, "a\nb\n");
+    let (table, _) = read_all(FileSource::raw(&path), Reader::raw()).await;
+    let offset = committed_offset(&table);
+
+    append(&path, "c\n");
+    std::fs::copy(&path, dir.path().join("app.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, "d\n");
+
+    let (table, _) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
+    assert_eq!(lines(&table), ["c", "d"]);
+    let offset = committed_offset(&table);
+    let (table, _) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
+    assert_eq!(lines(&table), Vec::<String>::new());
+}
