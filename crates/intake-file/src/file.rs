@@ -30,7 +30,8 @@ const HEAD_BYTES: u64 = 1024;
 ///   open there is reported as bad input.
 /// - **Follow** ([`follow`](Self::follow)): like `tail -F`, appended lines are sent as
 ///   they are written (woken by file-system notifications, with polling as a fallback);
-///   a truncated file is read again from its start; a rotated file (renamed, and a new
+///   a truncated file is read again from its start (after the lines not read yet from
+///   a copy beside the path, as `copytruncate` leaves one); a rotated file (renamed, and a new
 ///   one created at the path) is still read for [`rotate_wait`](Self::rotate_wait)
 ///   after the rotation is noticed, for the lines its writer appends before reopening
 ///   the path, while the new file is read from its start. A last line is sent only
@@ -1043,14 +1044,53 @@ impl FileReader {
             return Ok(false);
         }
         tracing::warn!(path = %self.config.path.display(), length, position = read, "file truncated; reading it again from the start");
-        self.finish(files, Which::Current)?;
+        // logrotate's `copytruncate` copies the file beside the path before it
+        // truncates it: the copy holds the lines not read yet (and the partial line
+        // whole, so what was read of it is dropped with the old content).
+        let copy = self.copy_of_current(files)?;
+        if copy.is_none() {
+            self.finish(files, Which::Current)?;
+        }
         self.flush()?;
+        if let Some(copy) = copy {
+            if files.rotated.is_some() {
+                self.read_to_end(files, Which::Rotated)?;
+                self.close_rotated(files)?;
+            }
+            // Nothing more will be written to the copy: read to its end and closed.
+            files.rotated = Some(Rotated {
+                file: copy,
+                until: Some(Instant::now()),
+            });
+        }
         let file = &mut files.current;
         file.reader.seek(SeekFrom::Start(0))?;
         file.lines.restart();
         file.head = None;
         self.changed(files)?;
         Ok(true)
+    }
+
+    /// The copy beside the path of what the current file held up to where it was read
+    /// (see [`locate_copy`](Self::locate_copy)), positioned there. `None` unless the
+    /// current file's first bytes were hashed before it was truncated: hashing them
+    /// now would read the new content.
+    fn copy_of_current(&mut self, files: &mut Files) -> Result<Option<Open>, Stop> {
+        let current = &mut files.current;
+        let boundary = current.lines.boundary;
+        if current
+            .head
+            .is_none_or(|(length, _)| length < boundary.position.min(HEAD_BYTES))
+        {
+            return Ok(None);
+        }
+        let part = Part::parse(&current.offset(boundary)?)?;
+        let identity = current.identity;
+        let Some(mut copy) = self.locate_copy(&part, identity)? else {
+            return Ok(None);
+        };
+        self.seek(&mut copy, &part)?;
+        Ok(Some(copy))
     }
 
     /// After a change of the open files (everything before it sent): an offset for the

@@ -232,3 +232,31 @@ async fn a_resume_after_a_copytruncate_while_stopped_reads_the_rest_of_the_copy(
     let (table, _) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
     assert_eq!(lines(&table), Vec::<String>::new());
 }
+
+/// `copytruncate` under a running follower: the lines appended after what it read
+/// and before the copy are only in the copy. They are read from it before the
+/// truncated file is read again from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copytruncate_under_the_follower_reads_the_copy_s_unread_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    append(&path, "first line\n");
+    let run = Running::start(follow(&path), reader());
+    eventually("the first line", || run.table.len() == 1).await;
+    // Its offset at the end of the file is reported with a hash of its first bytes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // "second" was appended and copied before the follower read it.
+    std::fs::write(dir.path().join("app.log.1"), "first line\nsecond\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, "c\n");
+    eventually("the copy's line and the new one", || run.table.len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (table, _) = run.stop().await;
+    assert_eq!(lines(&table), ["first line", "second", "c"]);
+}
