@@ -123,7 +123,12 @@ async fn main() -> anyhow::Result<()> {
         persistence = persistence.compact_after(bytes);
     }
     let mut pipeline = Pipeline::new().persist(persistence);
-    let lines = pipeline.read("lines", FileSource::json_lines(&args.input), reader(lines_schema));
+    // An offset every 50 lines, so that commits (which end at an offset) stay small.
+    let lines = pipeline.read(
+        "lines",
+        FileSource::json_lines(&args.input).offset_every(50),
+        reader(lines_schema),
+    );
     let counter = pipeline.read("counter", Counter { total: args.count }, reader(counter_schema));
     lines.sink("lines.csv", CsvSink::open(args.out.join("lines.csv")).await?);
     counter.sink(
