@@ -448,6 +448,9 @@ struct Open {
     /// (length, hash) of the first bytes, once computed.
     head: Option<(u64, u64)>,
     lines: Lines,
+    /// When it was opened, to the second below (a copy of it made by
+    /// `copytruncate` is modified after that; see [`FileReader::copy_of_current`]).
+    opened_at: std::time::SystemTime,
 }
 
 impl Open {
@@ -682,7 +685,7 @@ impl FileReader {
                 self.missed = self.rotated_between(&moved, &known)?;
                 current = Some(moved);
             } else if let Some(mut copy) =
-                self.locate_copy(&main, fresh.as_ref().and_then(|file| file.identity))?
+                self.locate_copy(&main, fresh.as_ref().and_then(|file| file.identity), None)?
             {
                 // Copied away and truncated (logrotate's `copytruncate`) while the
                 // source was stopped: the copy holds the rest of what was read from.
@@ -765,6 +768,7 @@ impl FileReader {
             identity,
             head: None,
             lines: Lines::new(decoder, self.config.max_line_length),
+            opened_at: whole_seconds(std::time::SystemTime::now()),
         })
     }
 
@@ -994,9 +998,15 @@ impl FileReader {
 
     /// A copy of the file `part` describes beside the path (logrotate's
     /// `copytruncate` copies the file, then truncates it): another file whose content
-    /// `part` describes (as long, same first bytes). The most recently modified one if
-    /// several are; never the file at the path (`at_path`).
-    fn locate_copy(&self, part: &Part, at_path: Option<Identity>) -> Result<Option<Open>, Stop> {
+    /// `part` describes (as long, same first bytes), modified no earlier than
+    /// `not_before` if given. The most recently modified one if several are; never the
+    /// file at the path (`at_path`).
+    fn locate_copy(
+        &self,
+        part: &Part,
+        at_path: Option<Identity>,
+        not_before: Option<std::time::SystemTime>,
+    ) -> Result<Option<Open>, Stop> {
         let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = self
             .rotations_beside()
             .into_iter()
@@ -1005,6 +1015,7 @@ impl FileReader {
                 metadata.len() >= part.position && (identity.is_none() || identity != at_path)
             })
             .filter_map(|(path, metadata)| Some((metadata.modified().ok()?, path)))
+            .filter(|(modified, _)| not_before.is_none_or(|not_before| *modified >= not_before))
             .collect();
         candidates.sort();
         for (_, path) in candidates.into_iter().rev() {
@@ -1074,7 +1085,9 @@ impl FileReader {
     /// The copy beside the path of what the current file held up to where it was read
     /// (see [`locate_copy`](Self::locate_copy)), positioned there. `None` unless the
     /// current file's first bytes were hashed before it was truncated: hashing them
-    /// now would read the new content.
+    /// now would read the new content. Only a file modified since the current one was
+    /// opened is taken: an older generation that happens to begin with the same bytes
+    /// (a startup banner) is not the copy.
     fn copy_of_current(&mut self, files: &mut Files) -> Result<Option<Open>, Stop> {
         let current = &mut files.current;
         let boundary = current.lines.boundary;
@@ -1085,8 +1098,8 @@ impl FileReader {
             return Ok(None);
         }
         let part = Part::parse(&current.offset(boundary)?)?;
-        let identity = current.identity;
-        let Some(mut copy) = self.locate_copy(&part, identity)? else {
+        let (identity, opened_at) = (current.identity, current.opened_at);
+        let Some(mut copy) = self.locate_copy(&part, identity, Some(opened_at))? else {
             return Ok(None);
         };
         self.seek(&mut copy, &part)?;
@@ -1290,6 +1303,12 @@ impl Part {
             None
         })
     }
+}
+
+/// `time` to the whole second below: what a file system with coarse times records.
+fn whole_seconds(time: std::time::SystemTime) -> std::time::SystemTime {
+    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs())
 }
 
 /// What a file that is not a regular file is, for an error message.

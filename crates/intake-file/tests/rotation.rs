@@ -260,3 +260,32 @@ async fn a_copytruncate_under_the_follower_reads_the_copy_s_unread_lines() {
     let (table, _) = run.stop().await;
     assert_eq!(lines(&table), ["first line", "second", "c"]);
 }
+
+/// A truncation with no copy made, beside an older generation that begins with the
+/// same bytes (a startup banner): that file is not a copy of what was read, and
+/// none of it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncation_beside_an_older_file_with_the_same_start_reads_nothing_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let older = dir.path().join("app.log.1");
+    std::fs::write(&older, "banner\nold 1\nold 2\n").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    append(&path, "banner\n");
+    let run = Running::start(follow(&path), reader());
+    eventually("the banner", || run.table.len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    append(&path, "new\n");
+    eventually("the new line", || run.table.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (table, _) = run.stop().await;
+    assert_eq!(lines(&table), ["banner", "new"]);
+}
