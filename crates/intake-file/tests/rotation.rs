@@ -282,7 +282,12 @@ async fn a_truncation_beside_an_older_file_with_the_same_start_reads_nothing_of_
     eventually("the banner", || run.table.len() == 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     append(&path, "new\n");
     eventually("the new line", || run.table.len() == 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
