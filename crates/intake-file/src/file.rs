@@ -672,25 +672,24 @@ impl FileReader {
             }
         }
         if current.is_none() {
+            // Neither the file at the path nor one the offset says was rotated before
+            // is among the files rotated in between.
+            let known = [
+                fresh.as_ref().and_then(|file: &Open| file.identity),
+                rotated.as_ref().and_then(|part| part.identity),
+            ];
             // Rotated while the source was stopped: the rest of the old file is read
-            // first, and the new one is found at the path like any rotation.
-            if let Some(mut moved) = self.locate(&main, None)? {
-                self.seek(&mut moved, &main)?;
-                // Neither the file at the path nor one the offset says was rotated
-                // before is between.
-                let known = [
-                    fresh.as_ref().and_then(|file: &Open| file.identity),
-                    rotated.as_ref().and_then(|part| part.identity),
-                ];
-                self.missed = self.rotated_between(&moved, &known)?;
-                current = Some(moved);
-            } else if let Some(mut copy) =
-                self.locate_copy(&main, fresh.as_ref().and_then(|file| file.identity), None)?
-            {
-                // Copied away and truncated (logrotate's `copytruncate`) while the
-                // source was stopped: the copy holds the rest of what was read from.
-                self.seek(&mut copy, &main)?;
-                current = Some(copy);
+            // first, and the new one is found at the path like any rotation. Or copied
+            // away and truncated (logrotate's `copytruncate`): the copy holds the rest
+            // of what was read from.
+            let found = match self.locate(&main, None)? {
+                Some(moved) => Some(moved),
+                None => self.locate_copy(&main, known[0], None)?,
+            };
+            if let Some(mut file) = found {
+                self.seek(&mut file, &main)?;
+                self.missed = self.rotated_between(&file, &known)?;
+                current = Some(file);
             } else {
                 tracing::warn!(
                     path,

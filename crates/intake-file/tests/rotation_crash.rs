@@ -31,9 +31,19 @@ impl Rng {
     }
 }
 
+/// How the writer rotates its log, as logrotate's modes do.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Rename to `app.log.N`, a few more lines to the renamed file, then a new file
+    /// at the path.
+    Create,
+    /// Copy to `app.log.N`, then truncate the file in place and go on writing to it.
+    CopyTruncate,
+}
+
 /// Writes `LINES` numbered lines to `path`, rotating it every `ROTATE_EVERY` lines;
 /// sets `done` at the end.
-fn write_and_rotate(path: PathBuf, done: Arc<AtomicBool>) {
+fn write_and_rotate(path: PathBuf, mode: Mode, done: Arc<AtomicBool>) {
     let open = |path: &Path| {
         std::fs::OpenOptions::new()
             .append(true)
@@ -51,29 +61,42 @@ fn write_and_rotate(path: PathBuf, done: Arc<AtomicBool>) {
         if n % ROTATE_EVERY == ROTATE_EVERY - 1 && n + 1 < LINES {
             rotations += 1;
             let rotated = path.with_file_name(format!("app.log.{rotations}"));
-            std::fs::rename(&path, &rotated).unwrap();
-            // The writer has not reopened the path yet: a few more lines go to the
-            // renamed file.
-            let mut late = n + 1;
-            for _ in 0..3 {
-                late += 1;
-                // Numbered past the lines the loop writes, so that every number is
-                // written once: 1_000_000 + the line they follow.
-                writeln!(file, "{}", 1_000_000 + late).unwrap();
+            match mode {
+                Mode::Create => {
+                    std::fs::rename(&path, &rotated).unwrap();
+                    // The writer has not reopened the path yet: a few more lines go
+                    // to the renamed file, numbered past the loop's lines.
+                    for late in late_lines(n) {
+                        writeln!(file, "{late}").unwrap();
+                    }
+                    file = open(&path);
+                }
+                Mode::CopyTruncate => {
+                    // The writer itself rotates, so no line falls between the copy
+                    // and the truncation (where copytruncate loses them).
+                    std::fs::copy(&path, &rotated).unwrap();
+                    file.set_len(0).unwrap();
+                }
             }
-            file = open(&path);
         }
     }
     file.sync_all().unwrap();
     done.store(true, Ordering::Release);
 }
 
-fn expected() -> Vec<u64> {
+/// The lines written to a renamed file after line `n` rotated it.
+fn late_lines(n: u64) -> impl Iterator<Item = u64> {
+    (2..=4).map(move |i| 1_000_000 + n + i)
+}
+
+fn expected(mode: Mode) -> Vec<u64> {
     let mut all: Vec<u64> = (0..LINES).collect();
-    let mut n = ROTATE_EVERY - 1;
-    while n + 1 < LINES {
-        all.extend((1..=3).map(|i| 1_000_000 + n + 1 + i));
-        n += ROTATE_EVERY;
+    if mode == Mode::Create {
+        let mut n = ROTATE_EVERY - 1;
+        while n + 1 < LINES {
+            all.extend(late_lines(n));
+            n += ROTATE_EVERY;
+        }
     }
     all.sort_unstable();
     all
@@ -112,13 +135,22 @@ fn counts(table: &Table) -> BTreeMap<u64, usize> {
 
 #[test]
 fn killed_and_restarted_while_the_log_rotates_it_ends_with_every_line_once() {
+    killed_and_restarted_while_the_log_rotates(Mode::Create);
+}
+
+#[test]
+fn killed_and_restarted_while_the_log_is_copied_and_truncated_it_ends_with_every_line_once() {
+    killed_and_restarted_while_the_log_rotates(Mode::CopyTruncate);
+}
+
+fn killed_and_restarted_while_the_log_rotates(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let (path, state) = (dir.path().join("app.log"), dir.path().join("state"));
     std::fs::write(&path, "").unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let (path, done) = (path.clone(), done.clone());
-        std::thread::spawn(move || write_and_rotate(path, done))
+        std::thread::spawn(move || write_and_rotate(path, mode, done))
     };
 
     let seed = std::env::var("ROTATION_CRASH_SEED").map_or(0x5eed_1234_abcd_0001, |s| s.parse().unwrap());
@@ -156,7 +188,7 @@ fn killed_and_restarted_while_the_log_rotates_it_ends_with_every_line_once() {
         .enable_all()
         .build()
         .unwrap();
-    let expected = expected();
+    let expected = expected(mode);
     let table = runtime.block_on(async {
         let (pipeline, table) = pipeline(&state, &path);
         let shutdown = pipeline.shutdown_handle();
