@@ -393,9 +393,10 @@ impl JetStreamSink {
     /// connection lost, an ack that did not come) with the reconnect policy's delays.
     ///
     /// A retry reads the stream's last message again, as `resume` does: a commit found
-    /// complete is done, one found in part is completed. The publishes of the failed
-    /// attempt that are still in flight expect a last sequence the stream has passed, or
-    /// carry message ids it has seen, so none of them lands twice or out of order.
+    /// complete is done, one found in part is completed. A publish of the failed attempt
+    /// still in flight is stored only right after its own predecessor (on the path
+    /// without the chain: it expects a last sequence the stream has passed, or carries a
+    /// message id it has seen), so none of them lands twice or out of order.
     async fn publish(&mut self, batch: &ChangeBatch) -> Result<(), SinkError> {
         let mut delays = self.reconnect.delays();
         let mut retried = false;
@@ -678,9 +679,10 @@ impl JetStreamSink {
         Ok(ours)
     }
 
-    /// Publishes the changes one message at a time, each with a message id and the
-    /// stream's last sequence it expects (a stream without atomic batches), and returns
-    /// the stream's last sequence once every message is stored.
+    /// Publishes the changes with an ack for every message, each with a message id and
+    /// the stream's last sequence it expects (a server older than 2.11, or
+    /// `chain(false)`), and returns the stream's last sequence and subject once every
+    /// message is stored (`None` if there were none).
     async fn send_messages(
         &mut self,
         commit: Commit,
