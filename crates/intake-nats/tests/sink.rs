@@ -1,6 +1,7 @@
-//! The JetStream changelog sink on a real nats-server: what it publishes, restarts
-//! (after the deduplication window, and in the middle of a commit), a second writer,
-//! and streams it must refuse.
+//! The JetStream changelog sink on a real nats-server: what it publishes (the chain, or
+//! message ids without it), restarts (after the deduplication window, and in the middle
+//! of a commit), a broker killed in the middle of a commit, a second writer, and
+//! streams it must refuse.
 //!
 //! The batches come from a real pipeline (`Table::changes`); the sinks are driven
 //! through the `Sink` trait as the pipeline drives them.
