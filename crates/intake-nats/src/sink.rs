@@ -26,8 +26,9 @@ const ACK_WINDOW: usize = 1024;
 /// its predecessor, so the ack of a later one covers them.
 const ACK_EVERY: u64 = 256;
 
-/// Acks of a chained write awaited oldest first once this many are pending (up to
-/// `ACK_EVERY * ACKS_IN_FLIGHT` messages sent and not yet confirmed).
+/// Acks of a chained write awaited oldest first once this many are pending: up to
+/// `ACK_EVERY * ACKS_IN_FLIGHT` messages sent and not yet confirmed (as many when a retry
+/// asks an ack of every message).
 const ACKS_IN_FLIGHT: usize = 4;
 
 /// The first server version that takes `Nats-Expected-Last-Subject-Sequence-Subject`;
@@ -539,7 +540,9 @@ impl JetStreamSink {
         let count = last_values.len();
         let commit_header = commit.value();
         // (index of the acked message, how many messages its ack covers, the ack)
-        let mut in_flight: VecDeque<(usize, u64, PublishAckFuture)> = VecDeque::with_capacity(ACKS_IN_FLIGHT);
+        // The same number of messages unconfirmed however many ask for an ack.
+        let window = usize::try_from(ACK_EVERY / ack_every).map_or(ACKS_IN_FLIGHT, |n| n * ACKS_IN_FLIGHT);
+        let mut in_flight: VecDeque<(usize, u64, PublishAckFuture)> = VecDeque::with_capacity(window);
         let mut last_sequence = position.last_sequence;
         let mut previous: Option<async_nats::Subject> = position.last_subject.as_deref().map(Into::into);
         let mut unacked: u64 = 0;
@@ -555,7 +558,7 @@ impl JetStreamSink {
             previous = Some(subject.clone());
             unacked += 1;
             if unacked == ack_every || i + 1 == count {
-                if in_flight.len() == ACKS_IN_FLIGHT
+                if in_flight.len() >= window
                     && let Some((index, covered, ack)) = in_flight.pop_front()
                 {
                     last_sequence = self
