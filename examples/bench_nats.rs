@@ -50,6 +50,14 @@ fn main() -> anyhow::Result<()> {
         "plain" => (false, true),
         other => anyhow::bail!("unknown mode {other:?}: expected both, intake or plain"),
     };
+    // Retries and other warnings of the sink and the replica, on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let server = Server::start()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -7,11 +7,12 @@ use intake_core::{DataType, Key, Schema, Time, Timestamp, Value};
 
 /// The headers of a changelog message.
 ///
-/// A row's message carries one header of intake's (`Intake-Commit`) beside the two the
-/// guarantees need (`Nats-Msg-Id`, `Nats-Expected-Last-Sequence`): async-nats keeps
-/// headers in a hash map of vectors, so each header costs allocations and hashing on
-/// both ends, and a fourth one grows the map (W7 in docs/benchmarks.md: five headers
-/// per row cost the benchmark's client 67,000 instructions per row, three 57,000).
+/// A row's message carries one header of intake's (`Intake-Commit`) beside the ones the
+/// guarantees need (the expected last sequence, and the subject and sequence of the
+/// message before it; a message id instead of those two on servers older than 2.11):
+/// async-nats keeps headers in a hash map of vectors, so each header costs allocations
+/// and hashing on both ends (W7 in docs/benchmarks.md: five headers per row cost the
+/// benchmark's client 67,000 instructions per row, three 57,000).
 /// Names are `HeaderName` constants rather than `&str`, which async-nats would
 /// validate and copy on every insert and lookup.
 pub(crate) mod header {

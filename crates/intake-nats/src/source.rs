@@ -375,7 +375,7 @@ async fn stream_info(settings: &Settings) -> Result<stream::Info, NatsError> {
 }
 
 /// `major.minor.patch` of a server version such as `2.10.4` or `2.11.0-RC.1`.
-fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+pub(crate) fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
     let core = version.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
     Some((

@@ -1,6 +1,7 @@
-//! The JetStream changelog sink on a real nats-server: what it publishes, restarts
-//! (after the deduplication window, and in the middle of a commit), a second writer,
-//! and streams it must refuse.
+//! The JetStream changelog sink on a real nats-server: what it publishes (the chain, or
+//! message ids without it), restarts (after the deduplication window, and in the middle
+//! of a commit), a broker killed in the middle of a commit, a second writer, and
+//! streams it must refuse.
 //!
 //! The batches come from a real pipeline (`Table::changes`); the sinks are driven
 //! through the `Sink` trait as the pipeline drives them.
@@ -453,4 +454,169 @@ async fn an_interrupted_first_commit_at_the_tables_time_is_completed_without_dup
     assert_eq!(last_sequence(&js, &stream).await, before + table.len() as u64 - 1);
     let messages = messages(&js, &stream).await;
     assert_eq!(messages.len(), table.len(), "every row once");
+}
+
+/// The regression: each message used to expect only a sequence, so a stale writer whose
+/// first message was refused still stored its second and third, whose sequences the
+/// other writer's one message had made the stream's next. Now the stale write stores
+/// nothing: on the chained path each message also expects its predecessor's subject,
+/// and without the chain the first message of a commit is acknowledged alone first.
+#[tokio::test]
+async fn a_stale_writer_stores_nothing_between_the_other_writers_messages() {
+    let client = connect(&support::shared_url()).await;
+    let js = jetstream::new(client.clone());
+    for chain in [true, false] {
+        let stream = unique("stale_many");
+        let mut common = vec![upsert("AAPL", 1), Op::Commit];
+        let stale_commit = vec![upsert("MSFT", 2), upsert("IBM", 3), upsert("ORCL", 4), Op::Commit];
+        let (ours, _) = batches([common.clone(), stale_commit].concat()).await;
+        common.extend([upsert("NVDA", 5), Op::Commit]);
+        let (theirs, _) = batches(common).await;
+
+        let mut stale = JetStreamSink::new(client.clone(), stream.clone(), stream.clone()).chain(chain);
+        stale.resume(Some(Time::from(1))).await.unwrap();
+        stale.write_batch(&ours[0]).await.unwrap();
+        let mut new = JetStreamSink::new(client.clone(), stream.clone(), stream.clone()).chain(chain);
+        new.resume(Some(Time::from(2))).await.unwrap();
+        new.write_batch(&theirs[1]).await.unwrap();
+        let before = messages(&js, &stream).await;
+
+        let error = stale.write_batch(&ours[1]).await.unwrap_err();
+        assert!(
+            matches!(sink_error(&error), SinkError::Conflict { .. }),
+            "chain {chain}: {error}"
+        );
+        // Whatever the stale writer had in flight has been answered by now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            messages(&js, &stream).await,
+            before,
+            "chain {chain}: the stale write stored nothing"
+        );
+        // The writer that owns the changelog carries on.
+        let (next, _) = batches(
+            [
+                vec![upsert("AAPL", 1), Op::Commit, upsert("NVDA", 5), Op::Commit],
+                vec![upsert("AMD", 6), upsert("INTC", 7), Op::Commit],
+            ]
+            .concat(),
+        )
+        .await;
+        new.write_batch(&next[2]).await.unwrap();
+        assert_eq!(last_sequence(&js, &stream).await, 4, "chain {chain}");
+    }
+}
+
+/// What the chain looks like on the wire: every message but the stream's first names the
+/// subject and sequence of the one before it, and carries no message id; without the
+/// chain every message has a message id instead.
+#[tokio::test]
+async fn messages_name_their_predecessor_or_carry_a_message_id() {
+    let client = connect(&support::shared_url()).await;
+    let js = jetstream::new(client.clone());
+    let (batches, _) = batches(changelog::script(3, 0)).await;
+    for chain in [true, false] {
+        let stream = unique("wire");
+        let mut sink = JetStreamSink::new(client.clone(), stream.clone(), stream.clone()).chain(chain);
+        sink.resume(Some(Time::from(3))).await.unwrap();
+        for batch in &batches {
+            sink.write_batch(batch).await.unwrap();
+        }
+        let messages = messages(&js, &stream).await;
+        // Per-key retention keeps the last message of each key; every publish is acked.
+        assert_eq!(
+            sink.published(),
+            last_sequence(&js, &stream).await,
+            "chain {chain}"
+        );
+        let mut previous: Option<&(u64, String, BTreeMap<String, String>, String)> = None;
+        for message in &messages {
+            let (seq, _, headers, _) = message;
+            assert_eq!(
+                headers.get("Nats-Expected-Last-Sequence"),
+                Some(&(seq - 1).to_string())
+            );
+            if chain {
+                assert!(!headers.contains_key("Nats-Msg-Id"), "{headers:?}");
+                let expected = headers.get("Nats-Expected-Last-Subject-Sequence");
+                assert_eq!(expected, (*seq > 1).then(|| (seq - 1).to_string()).as_ref());
+                // Per-key retention may have removed the predecessor since.
+                if let Some(previous) = previous.filter(|p| p.0 + 1 == *seq) {
+                    let named = headers.get("Nats-Expected-Last-Subject-Sequence-Subject");
+                    assert_eq!(named, Some(&previous.1), "{headers:?}");
+                }
+            } else {
+                assert!(headers.contains_key("Nats-Msg-Id"), "{headers:?}");
+                assert!(!headers.contains_key("Nats-Expected-Last-Subject-Sequence-Subject"));
+            }
+            previous = Some(message);
+        }
+    }
+}
+
+/// A broker killed and restarted while a large commit is being published: messages in
+/// flight are lost, the ones after them refused; the sink tells that from another writer
+/// (the stream ends with its own messages), publishes the rest again, and every key is
+/// stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_in_the_middle_of_a_commit_stores_every_key_once() {
+    let mut server = support::NatsServer::start();
+    let client = connect(&server.url()).await;
+    let js = jetstream::new(client.clone());
+    let stream = unique("broker_restart");
+    let keys = 6000;
+    let mut ops: Vec<Op> = (0..keys).map(|i| upsert(&format!("K{i}"), i)).collect();
+    ops.push(Op::Commit);
+    ops.extend([upsert("AFTER", 1), Op::Commit]);
+    let (batches, table) = batches(ops).await;
+
+    let quick = intake_core::Reconnect::default()
+        .min_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(200));
+    let mut sink = JetStreamSink::new(client.clone(), stream.clone(), stream.clone())
+        .reconnect(quick)
+        .ack_timeout(Duration::from_millis(500));
+    sink.resume(Some(Time::from(2))).await.unwrap();
+    let write = tokio::spawn(async move {
+        sink.write_batch(&batches[0]).await?;
+        sink.write_batch(&batches[1]).await?;
+        Ok::<_, intake_core::BoxError>(sink)
+    });
+    // Kill the broker once part of the commit is stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = match js.get_stream(&stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if stored > 0 || write.is_finished() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing was published");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.restart();
+    let sink = tokio::time::timeout(Duration::from_secs(30), write)
+        .await
+        .expect("the write completes after the restart")
+        .unwrap()
+        .unwrap();
+
+    let messages = messages(&js, &stream).await;
+    let mut subjects: Vec<&str> = messages.iter().map(|m| m.1.as_str()).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    assert_eq!(subjects.len(), messages.len(), "no key twice");
+    assert_eq!(messages.len(), table.len(), "every key");
+    assert_eq!(
+        messages.last().map(|m| m.1.clone()),
+        Some(key_subject(&stream, &intake_core::Key::from("AFTER")))
+    );
+    let sequences: Vec<u64> = messages.iter().map(|m| m.0).collect();
+    assert_eq!(
+        sequences,
+        (1..=messages.len() as u64).collect::<Vec<_>>(),
+        "no gap"
+    );
+    drop(sink);
 }
