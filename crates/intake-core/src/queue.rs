@@ -274,12 +274,6 @@ impl Queue {
     }
 }
 
-/// Which of `state.events[..end]` must wait for an offset: the messages of each
-/// producer that reports offsets after its last offset among them. `None` when none
-/// waits. The rest may be committed: every producer's messages among them are followed
-/// by an offset of its own within them. (Only messages wait, so a commit never splits a
-/// producer's messages from an offset before them; producers' messages may be
-/// committed in another order relative to each other, as they arrive concurrently.)
 /// Where a commit of the first `end` events should end so that no producer's
 /// messages in it are committed past their offset when that offset is already queued.
 /// A running producer with an offset among the first `end` events needs nothing: its
@@ -327,6 +321,12 @@ fn run_on_to_offsets(state: &State, mut end: usize) -> usize {
     }
 }
 
+/// Which of `state.events[..end]` must wait for an offset: the messages of each
+/// producer that reports offsets after its last offset among them. `None` when none
+/// waits. The rest may be committed: every producer's messages among them are followed
+/// by an offset of its own within them. (Only messages wait, so a commit never splits a
+/// producer's messages from an offset before them; producers' messages may be
+/// committed in another order relative to each other, as they arrive concurrently.)
 fn waiting_for_offsets(state: &State, end: usize) -> Option<Vec<bool>> {
     if !state.reports_offsets.contains(&true) {
         return None;
