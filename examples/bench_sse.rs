@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release -p intake-http --example bench_sse            # 500,000 events
 //! cargo run --release -p intake-http --example bench_sse -- 200000  # another count
+//! cargo run --release -p intake-http --example bench_sse -- 50000 intake  # one side (intake, struct or value), for callgrind/perf
 //! ```
 
 use std::collections::HashMap;
@@ -43,6 +44,13 @@ fn main() -> anyhow::Result<()> {
         Some(count) => count.parse()?,
         None => 500_000,
     };
+    // One side alone, to profile it; ratios need all three.
+    let only = std::env::args().nth(2);
+    anyhow::ensure!(
+        only.as_deref().is_none_or(|side| ["intake", "struct", "value"].contains(&side)),
+        "the second argument names one side: intake, struct or value"
+    );
+    let runs = |side: &str| only.as_deref().is_none_or(|only| only == side);
     let chunks = stream(events);
     let bytes: usize = chunks.iter().map(Bytes::len).sum();
     println!(
@@ -64,12 +72,29 @@ fn main() -> anyhow::Result<()> {
         let mut best = [0f64; 3];
         let mut ratios = [Vec::new(), Vec::new()];
         for round in 1..=ROUNDS {
-            let typed = plain::<Change>(&client, &url, events, |c| c.title.clone()).await?;
-            let values = plain::<serde_json::Value>(&client, &url, events, |v| {
-                v["title"].as_str().unwrap_or_default().to_owned()
-            })
-            .await?;
-            let intake = through_intake(&client, &url, events).await?;
+            let mut typed = f64::NAN;
+            let mut values = f64::NAN;
+            let mut intake = f64::NAN;
+            // Odd rounds start with the plain loops, even ones with intake, so that
+            // neither side always runs first (or after the same other side).
+            let mut sides = ["struct", "value", "intake"];
+            if round % 2 == 0 {
+                sides.reverse();
+            }
+            for side in sides.into_iter().filter(|&side| runs(side)) {
+                match side {
+                    "struct" => {
+                        typed = plain::<Change>(&client, &url, events, |c| c.title.clone()).await?;
+                    }
+                    "value" => {
+                        values = plain::<serde_json::Value>(&client, &url, events, |v| {
+                            v["title"].as_str().unwrap_or_default().to_owned()
+                        })
+                        .await?;
+                    }
+                    _ => intake = through_intake(&client, &url, events).await?,
+                }
+            }
             println!(
                 "round {round}: plain struct {typed:>8.0}/s   plain Value {values:>8.0}/s   intake {intake:>8.0}/s   \
                  ratios {:.2} (struct) {:.2} (Value)",

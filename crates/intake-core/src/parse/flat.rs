@@ -29,65 +29,105 @@ use super::{Seen, ValueSeed, complete_row, empty_row};
 use crate::schema::{Column, Schema};
 use crate::value::{DataType, Value};
 
-/// Column lookup by field name, precomputed per reader: the name's length and first
-/// byte settle almost every comparison before the bytes are compared.
+/// Column lookup by field name, precomputed per reader: a name is hashed from its length
+/// and its first eight bytes (read as one word) into a small table of columns, and
+/// confirmed against the column found. A field the schema lacks, the commonest case
+/// in wide messages, usually costs one multiplication and one load.
 #[derive(Debug, Clone)]
 pub(super) struct FieldIndex {
-    /// Per column, in schema order: the name's length and first byte.
-    heads: Vec<(usize, u8)>,
-    /// Per column, its name and the closing quote, as the field appears in JSON text,
-    /// when that is the name's only spelling without escapes (no quote, backslash or
-    /// control character in the name).
-    quoted: Vec<Option<Box<[u8]>>>,
+    /// Per column, in schema order: the name's length and [`head`] of it. A name with
+    /// a quote, backslash or control character is never matched, as it should not be:
+    /// the names compared are plain text, which has none (JSON text can only spell
+    /// such a name with escapes, and a message with an escaped name falls back).
+    keys: Vec<(usize, u64)>,
+    /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
+    buckets: [u8; BUCKETS],
 }
 
 /// Above this many columns, field names are looked up through the schema's hash map.
 const SCAN_LIMIT: usize = 16;
+const BUCKETS: usize = 64;
+/// No column's name falls in the bucket.
+const EMPTY: u8 = u8::MAX;
+/// Several columns' names fall in the bucket: they are compared one by one.
+const SHARED: u8 = u8::MAX - 1;
+
+/// The first eight bytes of `name` (fewer, zero-filled, for a shorter name) as a
+/// little-endian word.
+#[inline]
+fn head(name: &[u8]) -> u64 {
+    let mut word = [0_u8; 8];
+    let n = name.len().min(8);
+    word[..n].copy_from_slice(&name[..n]);
+    u64::from_le_bytes(word)
+}
+
+/// [`head`] of the name `rest[..len]`, reading one word when `rest` holds eight bytes.
+#[inline]
+fn head_at(rest: &[u8], len: usize) -> u64 {
+    match rest.first_chunk::<8>() {
+        Some(word) if len >= 8 => u64::from_le_bytes(*word),
+        Some(word) => u64::from_le_bytes(*word) & ((1_u64 << (8 * len)) - 1),
+        None => head(&rest[..len]),
+    }
+}
+
+/// The bucket of a name of length `len` and head `head` (Fibonacci hashing).
+#[inline]
+fn bucket(len: usize, head: u64) -> usize {
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    // The top six bits of the product, which depend on every bit of the head.
+    ((head ^ len as u64).wrapping_mul(GOLDEN) >> 58) as usize
+}
 
 impl FieldIndex {
     pub(super) fn new(schema: &Schema) -> Self {
-        FieldIndex {
-            heads: schema
-                .columns()
-                .iter()
-                .map(|column| {
-                    let name = column.name().as_bytes();
-                    (name.len(), name.first().copied().unwrap_or(0))
-                })
-                .collect(),
-            quoted: schema
-                .columns()
-                .iter()
-                .map(|column| {
-                    let name = column.name().as_bytes();
-                    let plain = !name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
-                    plain.then(|| [name, b"\""].concat().into_boxed_slice())
-                })
-                .collect(),
+        let keys: Vec<(usize, u64)> = schema
+            .columns()
+            .iter()
+            .map(|column| {
+                let name = column.name().as_bytes();
+                (name.len(), head(name))
+            })
+            .collect();
+        let mut buckets = [EMPTY; BUCKETS];
+        if keys.len() <= SCAN_LIMIT {
+            for (i, &(len, head)) in keys.iter().enumerate() {
+                let slot = &mut buckets[bucket(len, head)];
+                // At most SCAN_LIMIT columns: the index fits below SHARED.
+                *slot = match u8::try_from(i) {
+                    Ok(i) if *slot == EMPTY => i,
+                    _ => SHARED,
+                };
+            }
         }
+        FieldIndex { keys, buckets }
     }
 
-    /// Whether the field name at the start of `rest` (after its opening quote) is
-    /// column `i`'s name, and if so, how many bytes it takes with its closing quote.
+    /// The column named by the field name `rest[..len]` (valid UTF-8: a column name is,
+    /// and only a column name can match).
     #[inline]
-    fn is_next(&self, i: usize, rest: &[u8]) -> Option<usize> {
-        let quoted = self.quoted.get(i)?.as_deref()?;
-        rest.starts_with(quoted).then_some(quoted.len())
-    }
-
-    /// The column named `name` (valid UTF-8: a column name is, and only a column name
-    /// can match).
-    #[inline]
-    fn find(&self, columns: &[Column], schema: &Schema, name: &[u8]) -> Option<usize> {
-        if self.heads.len() > SCAN_LIMIT {
-            return std::str::from_utf8(name)
+    fn find(&self, columns: &[Column], schema: &Schema, rest: &[u8], len: usize) -> Option<usize> {
+        if self.keys.len() > SCAN_LIMIT {
+            return std::str::from_utf8(&rest[..len])
                 .ok()
                 .and_then(|name| schema.index_of(name));
         }
-        let first = name.first().copied().unwrap_or(0);
-        self.heads.iter().zip(columns).position(|(&(len, head), column)| {
-            len == name.len() && head == first && column.name().as_bytes() == name
-        })
+        let word = head_at(rest, len);
+        match self.buckets[bucket(len, word)] {
+            EMPTY => None,
+            SHARED => (0..self.keys.len()).find(|&i| self.is(columns, i, rest, len, word)),
+            i => {
+                let i = usize::from(i);
+                self.is(columns, i, rest, len, word).then_some(i)
+            }
+        }
+    }
+
+    /// Whether column `i` is named `rest[..len]`, whose head is `word`.
+    #[inline]
+    fn is(&self, columns: &[Column], i: usize, rest: &[u8], len: usize, word: u64) -> bool {
+        self.keys[i] == (len, word) && (len <= 8 || columns[i].name().as_bytes()[8..] == rest[8..len])
     }
 }
 
@@ -119,23 +159,15 @@ pub(super) fn parse(
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
     scan.whitespace();
-    // Fields usually come in the order of the columns: the column after the last one
-    // read is tried first, by comparing its name with the text as it stands.
-    let mut next = 0;
     if !scan.eat(b'}') {
         loop {
             if !scan.eat(b'"') {
                 return None;
             }
-            let column = match index.is_next(next, &bytes[scan.pos..]) {
-                Some(length) => {
-                    scan.pos += length;
-                    Some(next)
-                }
-                None => {
-                    let name = scan.name()?;
-                    index.find(columns, schema, name)
-                }
+            let column = {
+                let start = scan.pos;
+                let len = scan.name()?.len();
+                index.find(columns, schema, &bytes[start..], len)
             };
             scan.whitespace();
             if !scan.eat(b':') {
@@ -147,7 +179,6 @@ pub(super) fn parse(
                     if !seen.insert(i) {
                         return None;
                     }
-                    next = i + 1;
                     let seed = ValueSeed {
                         column: &columns[i],
                         failure: &failure,
@@ -774,6 +805,54 @@ mod tests {
                 .map(|end| (end, bytes[..end].is_ascii()));
             prop_assert_eq!(string_end(&bytes), naive);
         }
+    }
+
+    proptest! {
+        /// Every name is found as the schema's own lookup finds it: names that share
+        /// their first eight bytes, prefixes of each other, names in one bucket, the
+        /// empty name, and names at the very end of the text.
+        #[test]
+        fn field_names_are_found_as_the_schema_finds_them(
+            names in prop::collection::btree_set("[ab]{0,10}", 1..=SCAN_LIMIT),
+            queries in prop::collection::vec("[ab]{0,11}", 1..20),
+        ) {
+            let schema = Schema::new(
+                names.iter().map(|name| Column::new(name.as_str(), DataType::Int).nullable()),
+            )
+            .unwrap();
+            let index = FieldIndex::new(&schema);
+            for query in queries.iter().chain(&names) {
+                let expected = schema.index_of(query);
+                // Followed by the rest of a member, and alone at the end of the text.
+                for text in [format!("{query}\": 1, \"more\": 2}}"), query.clone()] {
+                    let found = index.find(schema.columns(), &schema, text.as_bytes(), query.len());
+                    prop_assert_eq!(found, expected, "{:?} in {:?}", query, names);
+                }
+            }
+        }
+    }
+
+    /// Schemas with many columns, whose names go through the schema's map, and names
+    /// that fill one bucket.
+    #[test]
+    fn field_names_of_wide_schemas_and_crowded_buckets_are_found() {
+        let wide = Schema::new((0..40).map(|i| Column::new(format!("field_{i}"), DataType::Int))).unwrap();
+        let index = FieldIndex::new(&wide);
+        for i in 0..40 {
+            let name = format!("field_{i}");
+            let text = format!("{name}\": 1}}");
+            assert_eq!(index.find(wide.columns(), &wide, text.as_bytes(), name.len()), Some(i));
+        }
+        assert_eq!(index.find(wide.columns(), &wide, b"field_40\"", 8), None);
+        // Sixteen names of one length: some buckets hold two or more.
+        let names: Vec<String> = (0..16).map(|i| format!("n{i:02}")).collect();
+        let narrow = Schema::new(names.iter().map(|name| Column::new(name.as_str(), DataType::Int))).unwrap();
+        let index = FieldIndex::new(&narrow);
+        assert!(index.buckets.contains(&SHARED) || index.buckets.iter().filter(|&&b| b != EMPTY).count() == 16);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(index.find(narrow.columns(), &narrow, name.as_bytes(), name.len()), Some(i));
+        }
+        assert_eq!(index.find(narrow.columns(), &narrow, b"n16", 3), None);
     }
 
     /// A column name that JSON text can only spell with escapes is never matched by
