@@ -149,8 +149,7 @@ pub(super) fn parse(
 ) -> Option<Arc<[Value]>> {
     let columns = schema.columns();
     let mut scan = Scan { bytes, pos: 0 };
-    scan.whitespace();
-    if !scan.eat(b'{') {
+    if !scan.eat_after_space(b'{') {
         return None;
     }
     let mut row = empty_row(columns.len());
@@ -158,19 +157,13 @@ pub(super) fn parse(
     let mut seen = Seen::new(columns.len());
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
-    scan.whitespace();
-    if !scan.eat(b'}') {
+    if !scan.eat_after_space(b'}') {
         loop {
-            if !scan.eat(b'"') {
+            if !scan.eat_after_space(b'"') {
                 return None;
             }
-            let column = {
-                let start = scan.pos;
-                let len = scan.name()?.len();
-                index.find(columns, schema, &bytes[start..], len)
-            };
-            scan.whitespace();
-            if !scan.eat(b':') {
+            let column = scan.column(index, columns, schema)?;
+            if !scan.eat_after_space(b':') {
                 return None;
             }
             scan.whitespace();
@@ -188,9 +181,8 @@ pub(super) fn parse(
                 }
                 None => scan.skip_value()?,
             }
-            scan.whitespace();
-            match scan.next()? {
-                b',' => scan.whitespace(),
+            match scan.next_after_space()? {
+                b',' => {}
                 b'}' => break,
                 _ => return None,
             }
@@ -285,10 +277,51 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Eats `byte` after any whitespace; compact JSON has none, so the byte is looked
+    /// for first.
+    #[inline(always)]
+    fn eat_after_space(&mut self, byte: u8) -> bool {
+        if self.eat(byte) {
+            return true;
+        }
+        self.whitespace();
+        self.eat(byte)
+    }
+
+    /// The next byte that is not whitespace.
+    #[inline(always)]
+    fn next_after_space(&mut self) -> Option<u8> {
+        match self.next()? {
+            b' ' | b'\n' | b'\t' | b'\r' => {
+                self.whitespace();
+                self.next()
+            }
+            byte => Some(byte),
+        }
+    }
+
+    /// Reads a field name (after its opening quote), as serde_json reads one (valid
+    /// UTF-8), and finds its column.
+    #[inline(always)]
+    fn column(&mut self, index: &FieldIndex, columns: &[Column], schema: &Schema) -> Option<Option<usize>> {
+        let rest = self.bytes.get(self.pos..)?;
+        let (len, ascii) = string_end(rest)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        if !ascii {
+            std::str::from_utf8(&rest[..len]).ok()?;
+        }
+        self.pos += len + 1;
+        Some(index.find(columns, schema, rest, len))
+    }
+
     /// The rest of a string whose opening quote was read, when it has no escape and no
     /// control character, and whether it is ASCII; `None` otherwise. Not checked for
     /// UTF-8.
-    #[inline]
+    // Always inlined: called for every field name and string, and a call costs more
+    // than the scan of a short string.
+    #[inline(always)]
     fn plain_string(&mut self) -> Option<(&'a [u8], bool)> {
         let rest = self.bytes.get(self.pos..)?;
         let (end, ascii) = string_end(rest)?;
@@ -297,16 +330,6 @@ impl<'a> Scan<'a> {
         }
         self.pos += end + 1;
         Some((&rest[..end], ascii))
-    }
-
-    /// A field name (after its opening quote), as serde_json reads one: valid UTF-8.
-    #[inline]
-    fn name(&mut self) -> Option<&'a [u8]> {
-        let (name, ascii) = self.plain_string()?;
-        if !ascii {
-            std::str::from_utf8(name).ok()?;
-        }
-        Some(name)
     }
 
     /// A string value (after its opening quote), as serde_json reads one: valid UTF-8.
@@ -522,6 +545,7 @@ impl<'a> Scan<'a> {
 
     /// The rest of a skipped string: escapes must be valid, the bytes need not be
     /// UTF-8 (serde_json's `ignore_str`).
+    #[inline(always)]
     fn skip_string(&mut self) -> Option<()> {
         loop {
             let (end, _) = string_end(self.bytes.get(self.pos..)?)?;
