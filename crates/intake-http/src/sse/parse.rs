@@ -278,14 +278,19 @@ impl SseParser {
         };
         match name {
             b"data" if !self.oversized => {
-                if std::mem::replace(&mut self.has_data, true) {
-                    self.data.push('\n');
-                }
                 // from_utf8 first: it is much faster than the lossy decoder on the
                 // valid text that nearly every stream is.
-                match std::str::from_utf8(value) {
-                    Ok(text) => self.data.push_str(text),
-                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                let text = match std::str::from_utf8(value) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(value),
+                };
+                if std::mem::replace(&mut self.has_data, true) {
+                    self.data.push('\n');
+                    self.data.push_str(&text);
+                } else {
+                    // The first line allocated at its size (`push_str` would round a
+                    // short one up), so that the data becomes `Bytes` as it is.
+                    self.data = text.into_owned();
                 }
             }
             b"event" => self.event_type = Some(shared(value, &self.last_type)),
@@ -379,6 +384,40 @@ mod tests {
             items,
             [event("message", "a\nb\n", ""), event("add", " two spaces", "1")]
         );
+    }
+
+    #[test]
+    fn empty_data_lines_make_events_with_empty_lines() {
+        // One empty `data:` line is an event whose data is empty; each more adds a
+        // line feed; an event without any `data:` line is not dispatched.
+        let items = parse(b"data\n\ndata:\ndata:\n\ndata:\ndata: x\ndata:\n\nevent: e\n\n");
+        assert_eq!(
+            items,
+            [
+                event("message", "", ""),
+                event("message", "\n", ""),
+                event("message", "\nx\n", "")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_event_is_allocated_once_and_types_and_ids_are_shared() {
+        let items = parse(b"event: add\nid: 1\ndata: {\"a\": 1}\n\nevent: add\ndata: {\"a\": 2}\n\ndata: x\n\ndata: y\n\n");
+        let events: Vec<&SseEvent> = items
+            .iter()
+            .map(|item| match item {
+                SseItem::Event(event) => event,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // A one-line event's data has no spare capacity, so it becomes `Bytes`
+        // without another allocation.
+        assert!(events.iter().all(|e| e.data.capacity() == e.data.len()), "{events:?}");
+        assert!(Arc::ptr_eq(&events[0].event_type, &events[1].event_type));
+        assert!(Arc::ptr_eq(&events[2].event_type, &events[3].event_type));
+        assert!(events[1..].iter().all(|e| Arc::ptr_eq(&e.last_event_id, &events[0].last_event_id)));
+        assert_eq!((&*events[2].event_type, &*events[3].last_event_id), ("message", "1"));
     }
 
     #[test]
