@@ -47,7 +47,8 @@ fn main() -> anyhow::Result<()> {
     // One side alone, to profile it; ratios need all three.
     let only = std::env::args().nth(2);
     anyhow::ensure!(
-        only.as_deref().is_none_or(|side| ["intake", "struct", "value"].contains(&side)),
+        only.as_deref()
+            .is_none_or(|side| ["intake", "struct", "value"].contains(&side)),
         "the second argument names one side: intake, struct or value"
     );
     let runs = |side: &str| only.as_deref().is_none_or(|only| only == side);

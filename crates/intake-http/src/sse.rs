@@ -402,7 +402,10 @@ impl SseSource {
                             continue;
                         }
                         let wanted = self.event_types.is_empty()
-                            || self.event_types.iter().any(|wanted| **wanted == *event.event_type);
+                            || self
+                                .event_types
+                                .iter()
+                                .any(|wanted| **wanted == *event.event_type);
                         let sent = if wanted {
                             // The n-th event the source received; made only if it is rejected.
                             let number = self.stats.events();

@@ -865,16 +865,24 @@ mod tests {
         for i in 0..40 {
             let name = format!("field_{i}");
             let text = format!("{name}\": 1}}");
-            assert_eq!(index.find(wide.columns(), &wide, text.as_bytes(), name.len()), Some(i));
+            assert_eq!(
+                index.find(wide.columns(), &wide, text.as_bytes(), name.len()),
+                Some(i)
+            );
         }
         assert_eq!(index.find(wide.columns(), &wide, b"field_40\"", 8), None);
         // Sixteen names of one length: some buckets hold two or more.
         let names: Vec<String> = (0..16).map(|i| format!("n{i:02}")).collect();
         let narrow = Schema::new(names.iter().map(|name| Column::new(name.as_str(), DataType::Int))).unwrap();
         let index = FieldIndex::new(&narrow);
-        assert!(index.buckets.contains(&SHARED) || index.buckets.iter().filter(|&&b| b != EMPTY).count() == 16);
+        assert!(
+            index.buckets.contains(&SHARED) || index.buckets.iter().filter(|&&b| b != EMPTY).count() == 16
+        );
         for (i, name) in names.iter().enumerate() {
-            assert_eq!(index.find(narrow.columns(), &narrow, name.as_bytes(), name.len()), Some(i));
+            assert_eq!(
+                index.find(narrow.columns(), &narrow, name.as_bytes(), name.len()),
+                Some(i)
+            );
         }
         assert_eq!(index.find(narrow.columns(), &narrow, b"n16", 3), None);
     }

@@ -403,7 +403,9 @@ mod tests {
 
     #[test]
     fn an_event_is_allocated_once_and_types_and_ids_are_shared() {
-        let items = parse(b"event: add\nid: 1\ndata: {\"a\": 1}\n\nevent: add\ndata: {\"a\": 2}\n\ndata: x\n\ndata: y\n\n");
+        let items = parse(
+            b"event: add\nid: 1\ndata: {\"a\": 1}\n\nevent: add\ndata: {\"a\": 2}\n\ndata: x\n\ndata: y\n\n",
+        );
         let events: Vec<&SseEvent> = items
             .iter()
             .map(|item| match item {
@@ -413,11 +415,21 @@ mod tests {
             .collect();
         // A one-line event's data has no spare capacity, so it becomes `Bytes`
         // without another allocation.
-        assert!(events.iter().all(|e| e.data.capacity() == e.data.len()), "{events:?}");
+        assert!(
+            events.iter().all(|e| e.data.capacity() == e.data.len()),
+            "{events:?}"
+        );
         assert!(Arc::ptr_eq(&events[0].event_type, &events[1].event_type));
         assert!(Arc::ptr_eq(&events[2].event_type, &events[3].event_type));
-        assert!(events[1..].iter().all(|e| Arc::ptr_eq(&e.last_event_id, &events[0].last_event_id)));
-        assert_eq!((&*events[2].event_type, &*events[3].last_event_id), ("message", "1"));
+        assert!(
+            events[1..]
+                .iter()
+                .all(|e| Arc::ptr_eq(&e.last_event_id, &events[0].last_event_id))
+        );
+        assert_eq!(
+            (&*events[2].event_type, &*events[3].last_event_id),
+            ("message", "1")
+        );
     }
 
     #[test]
