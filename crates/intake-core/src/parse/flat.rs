@@ -36,13 +36,16 @@ use crate::value::{DataType, Value};
 #[derive(Debug, Clone)]
 pub(super) struct FieldIndex {
     /// Per column, in schema order: the name's length and [`head`] of it. A name with
-    /// a quote, backslash or control character is never matched, as it should not be:
-    /// the names compared are plain text, which has none (JSON text can only spell
-    /// such a name with escapes, and a message with an escaped name falls back).
+    /// a quote, backslash or control character, which JSON text can only spell with
+    /// escapes (and a message with an escaped name falls back), has [`NEVER`]: it is
+    /// never matched by the raw bytes of the text.
     keys: Vec<(usize, u64)>,
     /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
     buckets: [u8; BUCKETS],
 }
+
+/// The key of a column whose name is never matched: no name in the text is that long.
+const NEVER: (usize, u64) = (usize::MAX, 0);
 
 /// Above this many columns, field names are looked up through the schema's hash map.
 const SCAN_LIMIT: usize = 16;
@@ -87,12 +90,13 @@ impl FieldIndex {
             .iter()
             .map(|column| {
                 let name = column.name().as_bytes();
-                (name.len(), head(name))
+                let plain = !name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                if plain { (name.len(), head(name)) } else { NEVER }
             })
             .collect();
         let mut buckets = [EMPTY; BUCKETS];
         if keys.len() <= SCAN_LIMIT {
-            for (i, &(len, head)) in keys.iter().enumerate() {
+            for (i, &(len, head)) in keys.iter().enumerate().filter(|&(_, &key)| key != NEVER) {
                 let slot = &mut buckets[bucket(len, head)];
                 // At most SCAN_LIMIT columns: the index fits below SHARED.
                 *slot = match u8::try_from(i) {
@@ -102,6 +106,20 @@ impl FieldIndex {
             }
         }
         FieldIndex { keys, buckets }
+    }
+
+    /// If the field name at the start of `rest` (after its opening quote) is column
+    /// `i`'s, how many bytes it takes with its closing quote. Messages often list
+    /// their fields in the order of the columns: trying the column after the last one
+    /// read costs a few comparisons, and on a match the name is neither scanned nor
+    /// hashed.
+    #[inline(always)]
+    fn is_next(&self, columns: &[Column], i: usize, rest: &[u8]) -> Option<usize> {
+        let &(len, head) = self.keys.get(i)?;
+        let matches = rest.get(len) == Some(&b'"')
+            && head_at(rest, len) == head
+            && (len <= 8 || columns[i].name().as_bytes()[8..] == rest[8..len]);
+        matches.then(|| len + 1)
     }
 
     /// The column named by the field name `rest[..len]` (valid UTF-8: a column name is,
@@ -157,12 +175,30 @@ pub(super) fn parse(
     let mut seen = Seen::new(columns.len());
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
+    // The column after the last one read is tried first, until a guess misses; a
+    // column found by its name starts the guessing again.
+    let mut next = 0;
+    let mut guess = true;
     if !scan.eat_after_space(b'}') {
         loop {
             if !scan.eat_after_space(b'"') {
                 return None;
             }
-            let column = scan.column(index, columns, schema)?;
+            let guessed = match guess {
+                true => index.is_next(columns, next, bytes.get(scan.pos..)?),
+                false => None,
+            };
+            let column = match guessed {
+                Some(length) => {
+                    scan.pos += length;
+                    Some(next)
+                }
+                None => {
+                    let found = scan.column(index, columns, schema)?;
+                    guess = found.is_some();
+                    found
+                }
+            };
             if !scan.eat_after_space(b':') {
                 return None;
             }
@@ -172,6 +208,7 @@ pub(super) fn parse(
                     if !seen.insert(i) {
                         return None;
                     }
+                    next = i + 1;
                     let seed = ValueSeed {
                         column: &columns[i],
                         failure: &failure,
@@ -851,6 +888,14 @@ mod tests {
                 for text in [format!("{query}\": 1, \"more\": 2}}"), query.clone()] {
                     let found = index.find(schema.columns(), &schema, text.as_bytes(), query.len());
                     prop_assert_eq!(found, expected, "{:?} in {:?}", query, names);
+                    // The guess of a column matches exactly that column's name, and
+                    // only when the closing quote follows.
+                    for i in 0..=names.len() {
+                        let guessed = index.is_next(schema.columns(), i, text.as_bytes());
+                        let closed = text.len() > query.len();
+                        let right = closed && expected == Some(i);
+                        prop_assert_eq!(guessed, right.then_some(query.len() + 1), "{:?} as column {}", query, i);
+                    }
                 }
             }
         }
