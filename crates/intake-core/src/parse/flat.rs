@@ -22,6 +22,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::de::Visitor;
 
@@ -33,7 +34,11 @@ use crate::value::{DataType, Value};
 /// and its first eight bytes (read as one word) into a small table of columns, and
 /// confirmed against the column found. A field the schema lacks, the commonest case
 /// in wide messages, usually costs one multiplication and one load.
-#[derive(Debug, Clone)]
+///
+/// Before that, the column the field at the same position had in the last message
+/// is tried: the messages of one feed list their fields in one order, so a column
+/// is usually found by comparing its name with the text as it stands.
+#[derive(Debug)]
 pub(super) struct FieldIndex {
     /// Per column, in schema order: the name's length and [`head`] of it. A name with
     /// a quote, backslash or control character, which JSON text can only spell with
@@ -42,7 +47,28 @@ pub(super) struct FieldIndex {
     keys: Vec<(usize, u64)>,
     /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
     buckets: [u8; BUCKETS],
+    /// By position in a message (the first [`ORDER`] fields), the column of the field
+    /// at that position in the last message read, or [`NO_COLUMN`]; at first, the
+    /// columns in schema order. Relaxed atomics, as it is only ever a guess: a reader
+    /// whose messages are parsed on several threads at once guesses worse, never
+    /// wrong.
+    order: [AtomicU8; ORDER],
 }
+
+impl Clone for FieldIndex {
+    fn clone(&self) -> Self {
+        FieldIndex {
+            keys: self.keys.clone(),
+            buckets: self.buckets,
+            order: std::array::from_fn(|i| AtomicU8::new(self.order[i].load(Ordering::Relaxed))),
+        }
+    }
+}
+
+/// How many leading fields of a message have their column remembered.
+const ORDER: usize = 32;
+/// In [`FieldIndex::order`]: the field at that position was none of the columns.
+const NO_COLUMN: u8 = u8::MAX;
 
 /// The key of a column whose name is never matched: no name in the text is that long.
 const NEVER: (usize, u64) = (usize::MAX, 0);
@@ -105,14 +131,37 @@ impl FieldIndex {
                 };
             }
         }
-        FieldIndex { keys, buckets }
+        let order = std::array::from_fn(|i| {
+            let column = u8::try_from(i).ok().filter(|_| i < keys.len());
+            AtomicU8::new(column.unwrap_or(NO_COLUMN))
+        });
+        FieldIndex { keys, buckets, order }
+    }
+
+    /// The column the field at `position` had in the last message, if any.
+    #[inline(always)]
+    fn guess(&self, position: usize) -> Option<usize> {
+        let column = self.order.get(position)?.load(Ordering::Relaxed);
+        (column != NO_COLUMN).then_some(usize::from(column))
+    }
+
+    /// Remembers `column` for the field at `position`, if it is not what was guessed.
+    #[inline(always)]
+    fn learn(&self, position: usize, guessed: Option<usize>, column: Option<usize>) {
+        if column == guessed {
+            return;
+        }
+        if let Some(slot) = self.order.get(position) {
+            let column = column
+                .and_then(|i| u8::try_from(i).ok())
+                .filter(|&i| i != NO_COLUMN);
+            slot.store(column.unwrap_or(NO_COLUMN), Ordering::Relaxed);
+        }
     }
 
     /// If the field name at the start of `rest` (after its opening quote) is column
-    /// `i`'s, how many bytes it takes with its closing quote. Messages often list
-    /// their fields in the order of the columns: trying the column after the last one
-    /// read costs a few comparisons, and on a match the name is neither scanned nor
-    /// hashed.
+    /// `i`'s, how many bytes it takes with its closing quote: a few comparisons, and
+    /// on a match the name is neither scanned nor hashed.
     #[inline(always)]
     fn is_next(&self, columns: &[Column], i: usize, rest: &[u8]) -> Option<usize> {
         let &(len, head) = self.keys.get(i)?;
@@ -175,30 +224,29 @@ pub(super) fn parse(
     let mut seen = Seen::new(columns.len());
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
-    // The column after the last one read is tried first, until a guess misses; a
-    // column found by its name starts the guessing again.
-    let mut next = 0;
-    let mut guess = true;
+    let mut position = 0;
     if !scan.eat_after_space(b'}') {
         loop {
             if !scan.eat_after_space(b'"') {
                 return None;
             }
-            let guessed = match guess {
-                true => index.is_next(columns, next, bytes.get(scan.pos..)?),
-                false => None,
+            let guess = index.guess(position);
+            let matched = match guess {
+                Some(i) => index.is_next(columns, i, bytes.get(scan.pos..)?),
+                None => None,
             };
-            let column = match guessed {
+            let column = match matched {
                 Some(length) => {
                     scan.pos += length;
-                    Some(next)
+                    guess
                 }
                 None => {
                     let found = scan.column(index, columns, schema)?;
-                    guess = found.is_some();
+                    index.learn(position, guess, found);
                     found
                 }
             };
+            position += 1;
             if !scan.eat_after_space(b':') {
                 return None;
             }
@@ -208,7 +256,6 @@ pub(super) fn parse(
                     if !seen.insert(i) {
                         return None;
                     }
-                    next = i + 1;
                     let seed = ValueSeed {
                         column: &columns[i],
                         failure: &failure,
@@ -831,6 +878,18 @@ mod tests {
             }
         }
 
+        /// One reader, many messages: what it remembers of the order of the fields of
+        /// one message never changes how it reads the next.
+        #[test]
+        fn a_sequence_of_messages_is_read_as_each_alone(messages in prop::collection::vec(message(), 1..12)) {
+            let shared = parsers();
+            for bytes in &messages {
+                for parser in &shared {
+                    agrees(parser, bytes)?;
+                }
+            }
+        }
+
         #[test]
         fn floats_are_read_as_serde_json_reads_them(bits in any::<u64>(), digits in 1_usize..25) {
             let x = f64::from_bits(bits);
@@ -899,6 +958,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Fields in another order than the columns', with fields the schema lacks
+    /// between them: after the first message, every column is found at the position
+    /// it had in the message before; a change of order is learned again.
+    #[test]
+    fn the_order_of_the_last_message_is_guessed_first() {
+        let parser = &parsers()[0];
+        let first = br#"{"unknown": 0, "score": 2.5, "name": "a", "key": 1, "more": [1]}"#;
+        let other = br#"{"key": 2, "name": "b", "unknown": {"a": 1}, "score": 1}"#;
+        for message in [&first[..], first, other, other, first, other] {
+            assert!(
+                agrees(parser, message).unwrap(),
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        let index = &parser.fields;
+        let remembered: Vec<Option<usize>> = (0..5).map(|p| index.guess(p)).collect();
+        let (key, name, score) = (
+            parser.schema.index_of("key"),
+            parser.schema.index_of("name"),
+            parser.schema.index_of("score"),
+        );
+        assert_eq!(remembered, [key, name, None, score, None]);
+        // A clone starts from what its original learned.
+        let clone = index.clone();
+        assert_eq!((0..5).map(|p| clone.guess(p)).collect::<Vec<_>>(), remembered);
     }
 
     /// Schemas with many columns, whose names go through the schema's map, and names
