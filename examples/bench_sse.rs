@@ -3,7 +3,11 @@
 //! as fast as the client reads. Measured in the same run, alternating: through
 //! intake (`SseSource` into a table keyed by `title`) and through two plain loops
 //! (reqwest, the same SSE parser, serde_json into a struct of the table's columns or
-//! into a `serde_json::Value`, a `HashMap` upsert by title), and the ratios.
+//! into a `serde_json::Value`, a `HashMap` upsert by title), and the ratios. Five
+//! rounds, each side once a round (odd rounds start with the plain loops, even ones
+//! with intake); the figure to quote is the median of the rounds' ratios. Each side
+//! also reports its CPU time per event (the whole process, the in-process server
+//! included), which other tenants of the machine's cores do not change as much.
 //!
 //! ```text
 //! cargo run --release -p intake-http --example bench_sse            # 500,000 events
