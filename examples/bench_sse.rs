@@ -3,11 +3,16 @@
 //! as fast as the client reads. Measured in the same run, alternating: through
 //! intake (`SseSource` into a table keyed by `title`) and through two plain loops
 //! (reqwest, the same SSE parser, serde_json into a struct of the table's columns or
-//! into a `serde_json::Value`, a `HashMap` upsert by title), and the ratios.
+//! into a `serde_json::Value`, a `HashMap` upsert by title), and the ratios. Five
+//! rounds, each side once a round (odd rounds start with the plain loops, even ones
+//! with intake); the figure to quote is the median of the rounds' ratios. Each side
+//! also reports its CPU time per event (the whole process, the in-process server
+//! included), which other tenants of the machine's cores do not change as much.
 //!
 //! ```text
 //! cargo run --release -p intake-http --example bench_sse            # 500,000 events
 //! cargo run --release -p intake-http --example bench_sse -- 200000  # another count
+//! cargo run --release -p intake-http --example bench_sse -- 50000 intake  # one side (intake, struct or value), for callgrind/perf
 //! ```
 
 use std::collections::HashMap;
@@ -43,6 +48,14 @@ fn main() -> anyhow::Result<()> {
         Some(count) => count.parse()?,
         None => 500_000,
     };
+    // One side alone, to profile it; ratios need all three.
+    let only = std::env::args().nth(2);
+    anyhow::ensure!(
+        only.as_deref()
+            .is_none_or(|side| ["intake", "struct", "value"].contains(&side)),
+        "the second argument names one side: intake, struct or value"
+    );
+    let runs = |side: &str| only.as_deref().is_none_or(|only| only == side);
     let chunks = stream(events);
     let bytes: usize = chunks.iter().map(Bytes::len).sum();
     println!(
@@ -63,27 +76,58 @@ fn main() -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let mut best = [0f64; 3];
         let mut ratios = [Vec::new(), Vec::new()];
+        // Microseconds of CPU per event (this process: the side measured and the
+        // server), struct loop and intake: what other tenants of the cores cannot take.
+        let mut cpu = [Vec::new(), Vec::new()];
         for round in 1..=ROUNDS {
-            let typed = plain::<Change>(&client, &url, events, |c| c.title.clone()).await?;
-            let values = plain::<serde_json::Value>(&client, &url, events, |v| {
-                v["title"].as_str().unwrap_or_default().to_owned()
-            })
-            .await?;
-            let intake = through_intake(&client, &url, events).await?;
+            let mut typed = f64::NAN;
+            let mut values = f64::NAN;
+            let mut intake = f64::NAN;
+            let mut cpu_typed = f64::NAN;
+            let mut cpu_intake = f64::NAN;
+            // Odd rounds start with the plain loops, even ones with intake, so that
+            // neither side always runs first (or after the same other side).
+            let mut sides = ["struct", "value", "intake"];
+            if round % 2 == 0 {
+                sides.reverse();
+            }
+            for side in sides.into_iter().filter(|&side| runs(side)) {
+                let before = cpu_time()?;
+                match side {
+                    "struct" => {
+                        typed = plain::<Change>(&client, &url, events, |c| c.title.clone()).await?;
+                    }
+                    "value" => {
+                        values = plain::<serde_json::Value>(&client, &url, events, |v| {
+                            v["title"].as_str().unwrap_or_default().to_owned()
+                        })
+                        .await?;
+                    }
+                    _ => intake = through_intake(&client, &url, events).await?,
+                }
+                let used = cpu_time()?.saturating_sub(before).as_secs_f64() * 1e6 / events as f64;
+                match side {
+                    "struct" => cpu_typed = used,
+                    "intake" => cpu_intake = used,
+                    _ => {}
+                }
+            }
             println!(
                 "round {round}: plain struct {typed:>8.0}/s   plain Value {values:>8.0}/s   intake {intake:>8.0}/s   \
-                 ratios {:.2} (struct) {:.2} (Value)",
+                 ratios {:.2} (struct) {:.2} (Value)   CPU µs/event: struct {cpu_typed:.2}, intake {cpu_intake:.2}",
                 intake / typed,
                 intake / values
             );
+            cpu[0].push(cpu_typed);
+            cpu[1].push(cpu_intake);
             for (best, figure) in best.iter_mut().zip([typed, values, intake]) {
                 *best = best.max(figure);
             }
             ratios[0].push(intake / typed);
             ratios[1].push(intake / values);
         }
-        for ratios in &mut ratios {
-            ratios.sort_by(f64::total_cmp);
+        for figures in ratios.iter_mut().chain(&mut cpu) {
+            figures.sort_by(f64::total_cmp);
         }
         println!(
             "best rounds (events/s): plain struct {:.0}, plain Value {:.0}, intake {:.0}; \
@@ -96,8 +140,30 @@ fn main() -> anyhow::Result<()> {
             best[2] / best[1],
             ratios[1][ROUNDS / 2],
         );
+        println!(
+            "CPU µs/event (median of rounds; this process, server included): plain struct {:.2}, intake {:.2}",
+            cpu[0][ROUNDS / 2],
+            cpu[1][ROUNDS / 2],
+        );
         anyhow::Ok(())
     })
+}
+
+/// utime + stime of this process, from `/proc/self/stat` (10 ms steps).
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may hold spaces; the fields after it do not.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/stat: unexpected format"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: u64 = fields.get(11).zip(fields.get(12)).map_or(Ok(0), |(u, s)| {
+        Ok::<_, std::num::ParseIntError>(u.parse::<u64>()? + s.parse::<u64>()?)
+    })?;
+    // Linux reports them in USER_HZ, 100 on every architecture intake runs on.
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// The event stream, pre-serialized and cut into chunks.

@@ -22,6 +22,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::de::Visitor;
 
@@ -29,65 +30,171 @@ use super::{Seen, ValueSeed, complete_row, empty_row};
 use crate::schema::{Column, Schema};
 use crate::value::{DataType, Value};
 
-/// Column lookup by field name, precomputed per reader: the name's length and first
-/// byte settle almost every comparison before the bytes are compared.
-#[derive(Debug, Clone)]
+/// Column lookup by field name, precomputed per reader: a name is hashed from its length
+/// and its first eight bytes (read as one word) into a small table of columns, and
+/// confirmed against the column found. A field the schema lacks, the commonest case
+/// in wide messages, usually costs one multiplication and one load.
+///
+/// Before that, the column the field at the same position had in the last message
+/// is tried: the messages of one feed list their fields in one order, so a column
+/// is usually found by comparing its name with the text as it stands.
+#[derive(Debug)]
 pub(super) struct FieldIndex {
-    /// Per column, in schema order: the name's length and first byte.
-    heads: Vec<(usize, u8)>,
-    /// Per column, its name and the closing quote, as the field appears in JSON text,
-    /// when that is the name's only spelling without escapes (no quote, backslash or
-    /// control character in the name).
-    quoted: Vec<Option<Box<[u8]>>>,
+    /// Per column, in schema order: the name's length and [`head`] of it. A name with
+    /// a quote, backslash or control character, which JSON text can only spell with
+    /// escapes (and a message with an escaped name falls back), has [`NEVER`]: it is
+    /// never matched by the raw bytes of the text.
+    keys: Vec<(usize, u64)>,
+    /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
+    buckets: [u8; BUCKETS],
+    /// By position in a message (the first [`ORDER`] fields), the column of the field
+    /// at that position in the last message read, or [`NO_COLUMN`]; at first, the
+    /// columns in schema order. Relaxed atomics, as it is only ever a guess: a reader
+    /// whose messages are parsed on several threads at once guesses worse, never
+    /// wrong.
+    order: [AtomicU8; ORDER],
 }
+
+impl Clone for FieldIndex {
+    fn clone(&self) -> Self {
+        FieldIndex {
+            keys: self.keys.clone(),
+            buckets: self.buckets,
+            order: std::array::from_fn(|i| AtomicU8::new(self.order[i].load(Ordering::Relaxed))),
+        }
+    }
+}
+
+/// How many leading fields of a message have their column remembered.
+const ORDER: usize = 32;
+/// In [`FieldIndex::order`]: the field at that position was none of the columns.
+const NO_COLUMN: u8 = u8::MAX;
+
+/// The key of a column whose name is never matched: no name in the text is that long.
+const NEVER: (usize, u64) = (usize::MAX, 0);
 
 /// Above this many columns, field names are looked up through the schema's hash map.
 const SCAN_LIMIT: usize = 16;
+const BUCKETS: usize = 64;
+/// No column's name falls in the bucket.
+const EMPTY: u8 = u8::MAX;
+/// Several columns' names fall in the bucket: they are compared one by one.
+const SHARED: u8 = u8::MAX - 1;
+
+/// The first eight bytes of `name` (fewer, zero-filled, for a shorter name) as a
+/// little-endian word.
+#[inline]
+fn head(name: &[u8]) -> u64 {
+    let mut word = [0_u8; 8];
+    let n = name.len().min(8);
+    word[..n].copy_from_slice(&name[..n]);
+    u64::from_le_bytes(word)
+}
+
+/// [`head`] of the name `rest[..len]`, reading one word when `rest` holds eight bytes.
+#[inline]
+fn head_at(rest: &[u8], len: usize) -> u64 {
+    match rest.first_chunk::<8>() {
+        Some(word) if len >= 8 => u64::from_le_bytes(*word),
+        Some(word) => u64::from_le_bytes(*word) & ((1_u64 << (8 * len)) - 1),
+        None => head(&rest[..len]),
+    }
+}
+
+/// The bucket of a name of length `len` and head `head` (Fibonacci hashing).
+#[inline]
+fn bucket(len: usize, head: u64) -> usize {
+    const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+    // The top six bits of the product, which depend on every bit of the head.
+    ((head ^ len as u64).wrapping_mul(GOLDEN) >> 58) as usize
+}
 
 impl FieldIndex {
     pub(super) fn new(schema: &Schema) -> Self {
-        FieldIndex {
-            heads: schema
-                .columns()
-                .iter()
-                .map(|column| {
-                    let name = column.name().as_bytes();
-                    (name.len(), name.first().copied().unwrap_or(0))
-                })
-                .collect(),
-            quoted: schema
-                .columns()
-                .iter()
-                .map(|column| {
-                    let name = column.name().as_bytes();
-                    let plain = !name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
-                    plain.then(|| [name, b"\""].concat().into_boxed_slice())
-                })
-                .collect(),
+        let keys: Vec<(usize, u64)> = schema
+            .columns()
+            .iter()
+            .map(|column| {
+                let name = column.name().as_bytes();
+                let plain = !name.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+                if plain { (name.len(), head(name)) } else { NEVER }
+            })
+            .collect();
+        let mut buckets = [EMPTY; BUCKETS];
+        if keys.len() <= SCAN_LIMIT {
+            for (i, &(len, head)) in keys.iter().enumerate().filter(|&(_, &key)| key != NEVER) {
+                let slot = &mut buckets[bucket(len, head)];
+                // At most SCAN_LIMIT columns: the index fits below SHARED.
+                *slot = match u8::try_from(i) {
+                    Ok(i) if *slot == EMPTY => i,
+                    _ => SHARED,
+                };
+            }
+        }
+        let order = std::array::from_fn(|i| {
+            let column = u8::try_from(i).ok().filter(|_| i < keys.len());
+            AtomicU8::new(column.unwrap_or(NO_COLUMN))
+        });
+        FieldIndex { keys, buckets, order }
+    }
+
+    /// The column the field at `position` had in the last message, if any.
+    #[inline(always)]
+    fn guess(&self, position: usize) -> Option<usize> {
+        let column = self.order.get(position)?.load(Ordering::Relaxed);
+        (column != NO_COLUMN).then_some(usize::from(column))
+    }
+
+    /// Remembers `column` for the field at `position`, if it is not what was guessed.
+    #[inline(always)]
+    fn learn(&self, position: usize, guessed: Option<usize>, column: Option<usize>) {
+        if column == guessed {
+            return;
+        }
+        if let Some(slot) = self.order.get(position) {
+            let column = column
+                .and_then(|i| u8::try_from(i).ok())
+                .filter(|&i| i != NO_COLUMN);
+            slot.store(column.unwrap_or(NO_COLUMN), Ordering::Relaxed);
         }
     }
 
-    /// Whether the field name at the start of `rest` (after its opening quote) is
-    /// column `i`'s name, and if so, how many bytes it takes with its closing quote.
-    #[inline]
-    fn is_next(&self, i: usize, rest: &[u8]) -> Option<usize> {
-        let quoted = self.quoted.get(i)?.as_deref()?;
-        rest.starts_with(quoted).then_some(quoted.len())
+    /// If the field name at the start of `rest` (after its opening quote) is column
+    /// `i`'s, how many bytes it takes with its closing quote: a few comparisons, and
+    /// on a match the name is neither scanned nor hashed.
+    #[inline(always)]
+    fn is_next(&self, columns: &[Column], i: usize, rest: &[u8]) -> Option<usize> {
+        let &(len, head) = self.keys.get(i)?;
+        let matches = rest.get(len) == Some(&b'"')
+            && head_at(rest, len) == head
+            && (len <= 8 || columns[i].name().as_bytes()[8..] == rest[8..len]);
+        matches.then(|| len + 1)
     }
 
-    /// The column named `name` (valid UTF-8: a column name is, and only a column name
-    /// can match).
+    /// The column named by the field name `rest[..len]` (valid UTF-8: a column name is,
+    /// and only a column name can match).
     #[inline]
-    fn find(&self, columns: &[Column], schema: &Schema, name: &[u8]) -> Option<usize> {
-        if self.heads.len() > SCAN_LIMIT {
-            return std::str::from_utf8(name)
+    fn find(&self, columns: &[Column], schema: &Schema, rest: &[u8], len: usize) -> Option<usize> {
+        if self.keys.len() > SCAN_LIMIT {
+            return std::str::from_utf8(&rest[..len])
                 .ok()
                 .and_then(|name| schema.index_of(name));
         }
-        let first = name.first().copied().unwrap_or(0);
-        self.heads.iter().zip(columns).position(|(&(len, head), column)| {
-            len == name.len() && head == first && column.name().as_bytes() == name
-        })
+        let word = head_at(rest, len);
+        match self.buckets[bucket(len, word)] {
+            EMPTY => None,
+            SHARED => (0..self.keys.len()).find(|&i| self.is(columns, i, rest, len, word)),
+            i => {
+                let i = usize::from(i);
+                self.is(columns, i, rest, len, word).then_some(i)
+            }
+        }
+    }
+
+    /// Whether column `i` is named `rest[..len]`, whose head is `word`.
+    #[inline]
+    fn is(&self, columns: &[Column], i: usize, rest: &[u8], len: usize, word: u64) -> bool {
+        self.keys[i] == (len, word) && (len <= 8 || columns[i].name().as_bytes()[8..] == rest[8..len])
     }
 }
 
@@ -109,8 +216,7 @@ pub(super) fn parse(
 ) -> Option<Arc<[Value]>> {
     let columns = schema.columns();
     let mut scan = Scan { bytes, pos: 0 };
-    scan.whitespace();
-    if !scan.eat(b'{') {
+    if !scan.eat_after_space(b'{') {
         return None;
     }
     let mut row = empty_row(columns.len());
@@ -118,27 +224,30 @@ pub(super) fn parse(
     let mut seen = Seen::new(columns.len());
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
-    scan.whitespace();
-    // Fields usually come in the order of the columns: the column after the last one
-    // read is tried first, by comparing its name with the text as it stands.
-    let mut next = 0;
-    if !scan.eat(b'}') {
+    let mut position = 0;
+    if !scan.eat_after_space(b'}') {
         loop {
-            if !scan.eat(b'"') {
+            if !scan.eat_after_space(b'"') {
                 return None;
             }
-            let column = match index.is_next(next, &bytes[scan.pos..]) {
+            let guess = index.guess(position);
+            let matched = match guess {
+                Some(i) => index.is_next(columns, i, bytes.get(scan.pos..)?),
+                None => None,
+            };
+            let column = match matched {
                 Some(length) => {
                     scan.pos += length;
-                    Some(next)
+                    guess
                 }
                 None => {
-                    let name = scan.name()?;
-                    index.find(columns, schema, name)
+                    let found = scan.column(index, columns, schema)?;
+                    index.learn(position, guess, found);
+                    found
                 }
             };
-            scan.whitespace();
-            if !scan.eat(b':') {
+            position += 1;
+            if !scan.eat_after_space(b':') {
                 return None;
             }
             scan.whitespace();
@@ -147,7 +256,6 @@ pub(super) fn parse(
                     if !seen.insert(i) {
                         return None;
                     }
-                    next = i + 1;
                     let seed = ValueSeed {
                         column: &columns[i],
                         failure: &failure,
@@ -157,9 +265,8 @@ pub(super) fn parse(
                 }
                 None => scan.skip_value()?,
             }
-            scan.whitespace();
-            match scan.next()? {
-                b',' => scan.whitespace(),
+            match scan.next_after_space()? {
+                b',' => {}
                 b'}' => break,
                 _ => return None,
             }
@@ -254,10 +361,51 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Eats `byte` after any whitespace; compact JSON has none, so the byte is looked
+    /// for first.
+    #[inline(always)]
+    fn eat_after_space(&mut self, byte: u8) -> bool {
+        if self.eat(byte) {
+            return true;
+        }
+        self.whitespace();
+        self.eat(byte)
+    }
+
+    /// The next byte that is not whitespace.
+    #[inline(always)]
+    fn next_after_space(&mut self) -> Option<u8> {
+        match self.next()? {
+            b' ' | b'\n' | b'\t' | b'\r' => {
+                self.whitespace();
+                self.next()
+            }
+            byte => Some(byte),
+        }
+    }
+
+    /// Reads a field name (after its opening quote), as serde_json reads one (valid
+    /// UTF-8), and finds its column.
+    #[inline(always)]
+    fn column(&mut self, index: &FieldIndex, columns: &[Column], schema: &Schema) -> Option<Option<usize>> {
+        let rest = self.bytes.get(self.pos..)?;
+        let (len, ascii) = string_end(rest)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        if !ascii {
+            std::str::from_utf8(&rest[..len]).ok()?;
+        }
+        self.pos += len + 1;
+        Some(index.find(columns, schema, rest, len))
+    }
+
     /// The rest of a string whose opening quote was read, when it has no escape and no
     /// control character, and whether it is ASCII; `None` otherwise. Not checked for
     /// UTF-8.
-    #[inline]
+    // Always inlined: called for every field name and string, and a call costs more
+    // than the scan of a short string.
+    #[inline(always)]
     fn plain_string(&mut self) -> Option<(&'a [u8], bool)> {
         let rest = self.bytes.get(self.pos..)?;
         let (end, ascii) = string_end(rest)?;
@@ -266,16 +414,6 @@ impl<'a> Scan<'a> {
         }
         self.pos += end + 1;
         Some((&rest[..end], ascii))
-    }
-
-    /// A field name (after its opening quote), as serde_json reads one: valid UTF-8.
-    #[inline]
-    fn name(&mut self) -> Option<&'a [u8]> {
-        let (name, ascii) = self.plain_string()?;
-        if !ascii {
-            std::str::from_utf8(name).ok()?;
-        }
-        Some(name)
     }
 
     /// A string value (after its opening quote), as serde_json reads one: valid UTF-8.
@@ -491,6 +629,7 @@ impl<'a> Scan<'a> {
 
     /// The rest of a skipped string: escapes must be valid, the bytes need not be
     /// UTF-8 (serde_json's `ignore_str`).
+    #[inline(always)]
     fn skip_string(&mut self) -> Option<()> {
         loop {
             let (end, _) = string_end(self.bytes.get(self.pos..)?)?;
@@ -739,6 +878,18 @@ mod tests {
             }
         }
 
+        /// One reader, many messages: what it remembers of the order of the fields of
+        /// one message never changes how it reads the next.
+        #[test]
+        fn a_sequence_of_messages_is_read_as_each_alone(messages in prop::collection::vec(message(), 1..12)) {
+            let shared = parsers();
+            for bytes in &messages {
+                for parser in &shared {
+                    agrees(parser, bytes)?;
+                }
+            }
+        }
+
         #[test]
         fn floats_are_read_as_serde_json_reads_them(bits in any::<u64>(), digits in 1_usize..25) {
             let x = f64::from_bits(bits);
@@ -774,6 +925,98 @@ mod tests {
                 .map(|end| (end, bytes[..end].is_ascii()));
             prop_assert_eq!(string_end(&bytes), naive);
         }
+    }
+
+    proptest! {
+        /// Every name is found as the schema's own lookup finds it: names that share
+        /// their first eight bytes, prefixes of each other, names in one bucket, the
+        /// empty name, and names at the very end of the text.
+        #[test]
+        fn field_names_are_found_as_the_schema_finds_them(
+            names in prop::collection::btree_set("[ab]{0,10}", 1..=SCAN_LIMIT),
+            queries in prop::collection::vec("[ab]{0,11}", 1..20),
+        ) {
+            let schema = Schema::new(
+                names.iter().map(|name| Column::new(name.as_str(), DataType::Int).nullable()),
+            )
+            .unwrap();
+            let index = FieldIndex::new(&schema);
+            for query in queries.iter().chain(&names) {
+                let expected = schema.index_of(query);
+                // Followed by the rest of a member, and alone at the end of the text.
+                for text in [format!("{query}\": 1, \"more\": 2}}"), query.clone()] {
+                    let found = index.find(schema.columns(), &schema, text.as_bytes(), query.len());
+                    prop_assert_eq!(found, expected, "{:?} in {:?}", query, names);
+                    // The guess of a column matches exactly that column's name, and
+                    // only when the closing quote follows.
+                    for i in 0..=names.len() {
+                        let guessed = index.is_next(schema.columns(), i, text.as_bytes());
+                        let closed = text.len() > query.len();
+                        let right = closed && expected == Some(i);
+                        prop_assert_eq!(guessed, right.then_some(query.len() + 1), "{:?} as column {}", query, i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fields in another order than the columns', with fields the schema lacks
+    /// between them: after the first message, every column is found at the position
+    /// it had in the message before; a change of order is learned again.
+    #[test]
+    fn the_order_of_the_last_message_is_guessed_first() {
+        let parser = &parsers()[0];
+        let first = br#"{"unknown": 0, "score": 2.5, "name": "a", "key": 1, "more": [1]}"#;
+        let other = br#"{"key": 2, "name": "b", "unknown": {"a": 1}, "score": 1}"#;
+        for message in [&first[..], first, other, other, first, other] {
+            assert!(
+                agrees(parser, message).unwrap(),
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        let index = &parser.fields;
+        let remembered: Vec<Option<usize>> = (0..5).map(|p| index.guess(p)).collect();
+        let (key, name, score) = (
+            parser.schema.index_of("key"),
+            parser.schema.index_of("name"),
+            parser.schema.index_of("score"),
+        );
+        assert_eq!(remembered, [key, name, None, score, None]);
+        // A clone starts from what its original learned.
+        let clone = index.clone();
+        assert_eq!((0..5).map(|p| clone.guess(p)).collect::<Vec<_>>(), remembered);
+    }
+
+    /// Schemas with many columns, whose names go through the schema's map, and names
+    /// that fill one bucket.
+    #[test]
+    fn field_names_of_wide_schemas_and_crowded_buckets_are_found() {
+        let wide = Schema::new((0..40).map(|i| Column::new(format!("field_{i}"), DataType::Int))).unwrap();
+        let index = FieldIndex::new(&wide);
+        for i in 0..40 {
+            let name = format!("field_{i}");
+            let text = format!("{name}\": 1}}");
+            assert_eq!(
+                index.find(wide.columns(), &wide, text.as_bytes(), name.len()),
+                Some(i)
+            );
+        }
+        assert_eq!(index.find(wide.columns(), &wide, b"field_40\"", 8), None);
+        // Sixteen names of one length: some buckets hold two or more.
+        let names: Vec<String> = (0..16).map(|i| format!("n{i:02}")).collect();
+        let narrow = Schema::new(names.iter().map(|name| Column::new(name.as_str(), DataType::Int))).unwrap();
+        let index = FieldIndex::new(&narrow);
+        assert!(
+            index.buckets.contains(&SHARED) || index.buckets.iter().filter(|&&b| b != EMPTY).count() == 16
+        );
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                index.find(narrow.columns(), &narrow, name.as_bytes(), name.len()),
+                Some(i)
+            );
+        }
+        assert_eq!(index.find(narrow.columns(), &narrow, b"n16", 3), None);
     }
 
     /// A column name that JSON text can only spell with escapes is never matched by

@@ -2,18 +2,22 @@
 //! algorithm (section 9.2.6, "Parsing an event stream"), fed chunk by chunk, with a
 //! bound on the memory one event may take.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One event of a `text/event-stream`, as the HTML standard dispatches it.
+///
+/// The type and the ID are shared (`Arc<str>`): events of one type share its text, and
+/// events after an `id:` share the ID, so dispatching an event allocates only its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
     /// The event type: the last `event:` field of the event, or `message` without one.
-    pub event_type: String,
+    pub event_type: Arc<str>,
     /// The `data:` fields of the event joined with `\n`.
     pub data: String,
     /// The last event ID when the event was dispatched: the last `id:` field of the
     /// stream so far (it persists across events), or empty.
-    pub last_event_id: String,
+    pub last_event_id: Arc<str>,
 }
 
 /// What [`SseParser::feed`] finds in a stream, in stream order.
@@ -26,16 +30,16 @@ pub enum SseItem {
     /// its end (the blank line) was found, so the stream goes on after it.
     Oversized {
         /// The `event:` field of the event (`message` without one), if that line fit.
-        event_type: String,
+        event_type: Arc<str>,
         /// The last event ID after it (its own `id:` field, if it had one that fit).
-        last_event_id: String,
+        last_event_id: Arc<str>,
         /// How many bytes the event's lines had, line ends included and comments
         /// aside.
         size: usize,
     },
     /// A blank line changed the last event ID without dispatching an event (an event
     /// with an `id:` field but no `data:`): the stream's position moved on.
-    LastEventId(String),
+    LastEventId(Arc<str>),
     /// A `retry:` field: the server's reconnection time.
     Retry(Duration),
     /// A comment line (`:` first), such as a keep-alive.
@@ -71,8 +75,8 @@ pub enum SseItem {
 /// parser.feed(b"id: 7\r\ndata: {\"a\":", &mut items);
 /// parser.feed(b"1}\r\n\r\n: keep-alive\n", &mut items);
 /// let SseItem::Event(event) = &items[0] else { panic!() };
-/// assert_eq!((event.event_type.as_str(), event.data.as_str()), ("message", "{\"a\":1}"));
-/// assert_eq!(event.last_event_id, "7");
+/// assert_eq!((&*event.event_type, event.data.as_str()), ("message", "{\"a\":1}"));
+/// assert_eq!(&*event.last_event_id, "7");
 /// assert_eq!(items[1], SseItem::Comment);
 /// ```
 #[derive(Debug, Clone)]
@@ -86,12 +90,25 @@ pub struct SseParser {
     first_line: bool,
     /// The current line is too long: skip it up to its end.
     skipping: Option<Skip>,
+    /// The standard's data buffer without its last line feed: each `data:` line but
+    /// the first adds one before its value, so that an event of one line is allocated
+    /// once, at its size (the standard appends one after each value and removes the
+    /// last at dispatch).
     data: String,
-    event_type: String,
+    /// The event has a `data:` field (the standard's data buffer is not empty), which
+    /// `data` alone cannot tell for a single empty `data:` line.
+    has_data: bool,
+    /// The standard's event type buffer, or `None` when empty.
+    event_type: Option<Arc<str>>,
+    /// The type of the last event dispatched, kept so that the next event of the same
+    /// type shares its text.
+    last_type: Arc<str>,
+    /// `message`, the type of events without one, allocated once.
+    message: Arc<str>,
     /// The standard's "last event ID buffer".
-    id_buffer: String,
+    id_buffer: Arc<str>,
     /// The last event ID as of the last blank line.
-    last_event_id: String,
+    last_event_id: Arc<str>,
     /// The current event passed the size limit.
     oversized: bool,
     /// Bytes of the current event's lines (comments aside), for the size limit.
@@ -99,6 +116,9 @@ pub struct SseParser {
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The type of an event without an `event:` field.
+const MESSAGE: &str = "message";
 
 /// What kind of line over the limit is being skipped.
 #[derive(Debug, Clone, Copy)]
@@ -124,9 +144,12 @@ impl SseParser {
             first_line: true,
             skipping: None,
             data: String::new(),
-            event_type: String::new(),
-            id_buffer: String::new(),
-            last_event_id: String::new(),
+            has_data: false,
+            event_type: None,
+            last_type: Arc::from(MESSAGE),
+            message: Arc::from(MESSAGE),
+            id_buffer: Arc::from(""),
+            last_event_id: Arc::from(""),
             oversized: false,
             event_size: 0,
         }
@@ -215,6 +238,7 @@ impl SseParser {
         if !self.oversized {
             self.oversized = true;
             self.data = String::new();
+            self.has_data = false;
         }
     }
 
@@ -256,16 +280,21 @@ impl SseParser {
             b"data" if !self.oversized => {
                 // from_utf8 first: it is much faster than the lossy decoder on the
                 // valid text that nearly every stream is.
-                match std::str::from_utf8(value) {
-                    Ok(text) => self.data.push_str(text),
-                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                let text = match std::str::from_utf8(value) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(value),
+                };
+                if std::mem::replace(&mut self.has_data, true) {
+                    self.data.push('\n');
+                    self.data.push_str(&text);
+                } else {
+                    // The first line allocated at its size (`push_str` would round a
+                    // short one up), so that the data becomes `Bytes` as it is.
+                    self.data = text.into_owned();
                 }
-                self.data.push('\n');
             }
-            b"event" => self.event_type = String::from_utf8_lossy(value).into_owned(),
-            b"id" if !value.contains(&0) => {
-                self.id_buffer = String::from_utf8_lossy(value).into_owned();
-            }
+            b"event" => self.event_type = Some(shared(value, &self.last_type)),
+            b"id" if !value.contains(&0) => self.id_buffer = shared(value, &self.id_buffer),
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 // More digits than a u64 holds: longer than anyone waits.
                 let millis = std::str::from_utf8(value)
@@ -283,35 +312,43 @@ impl SseParser {
     fn dispatch(&mut self, items: &mut Vec<SseItem>) {
         let id_changed = self.last_event_id != self.id_buffer;
         if id_changed {
-            self.last_event_id.clone_from(&self.id_buffer);
+            self.last_event_id = Arc::clone(&self.id_buffer);
         }
-        let event_type = match std::mem::take(&mut self.event_type) {
-            name if name.is_empty() => "message".to_owned(),
-            name => name,
+        // An empty `event:` field leaves the type buffer empty: the type is `message`.
+        let event_type = match self.event_type.take() {
+            Some(name) if !name.is_empty() => name,
+            _ => Arc::clone(&self.message),
         };
+        self.last_type = Arc::clone(&event_type);
         if std::mem::take(&mut self.oversized) {
             items.push(SseItem::Oversized {
                 event_type,
-                last_event_id: self.last_event_id.clone(),
+                last_event_id: Arc::clone(&self.last_event_id),
                 size: std::mem::take(&mut self.event_size),
             });
             return;
         }
         self.event_size = 0;
-        if self.data.is_empty() {
+        if !std::mem::take(&mut self.has_data) {
             if id_changed {
-                items.push(SseItem::LastEventId(self.last_event_id.clone()));
+                items.push(SseItem::LastEventId(Arc::clone(&self.last_event_id)));
             }
             return;
         }
-        let mut data = std::mem::take(&mut self.data);
-        data.pop();
         items.push(SseItem::Event(SseEvent {
             event_type,
-            data,
-            last_event_id: self.last_event_id.clone(),
+            data: std::mem::take(&mut self.data),
+            last_event_id: Arc::clone(&self.last_event_id),
         }));
     }
+}
+
+/// `value` as text (invalid UTF-8 replaced), sharing `known` when it is the same text.
+fn shared(value: &[u8], known: &Arc<str>) -> Arc<str> {
+    if value == known.as_bytes() {
+        return Arc::clone(known);
+    }
+    Arc::from(String::from_utf8_lossy(value))
 }
 
 #[cfg(test)]
@@ -346,6 +383,52 @@ mod tests {
         assert_eq!(
             items,
             [event("message", "a\nb\n", ""), event("add", " two spaces", "1")]
+        );
+    }
+
+    #[test]
+    fn empty_data_lines_make_events_with_empty_lines() {
+        // One empty `data:` line is an event whose data is empty; each more adds a
+        // line feed; an event without any `data:` line is not dispatched.
+        let items = parse(b"data\n\ndata:\ndata:\n\ndata:\ndata: x\ndata:\n\nevent: e\n\n");
+        assert_eq!(
+            items,
+            [
+                event("message", "", ""),
+                event("message", "\n", ""),
+                event("message", "\nx\n", "")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_event_is_allocated_once_and_types_and_ids_are_shared() {
+        let items = parse(
+            b"event: add\nid: 1\ndata: {\"a\": 1}\n\nevent: add\ndata: {\"a\": 2}\n\ndata: x\n\ndata: y\n\n",
+        );
+        let events: Vec<&SseEvent> = items
+            .iter()
+            .map(|item| match item {
+                SseItem::Event(event) => event,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // A one-line event's data has no spare capacity, so it becomes `Bytes`
+        // without another allocation.
+        assert!(
+            events.iter().all(|e| e.data.capacity() == e.data.len()),
+            "{events:?}"
+        );
+        assert!(Arc::ptr_eq(&events[0].event_type, &events[1].event_type));
+        assert!(Arc::ptr_eq(&events[2].event_type, &events[3].event_type));
+        assert!(
+            events[1..]
+                .iter()
+                .all(|e| Arc::ptr_eq(&e.last_event_id, &events[0].last_event_id))
+        );
+        assert_eq!(
+            (&*events[2].event_type, &*events[3].last_event_id),
+            ("message", "1")
         );
     }
 
@@ -429,7 +512,7 @@ mod tests {
             let items = parse_chunks(&chunks, 64);
             assert!(
                 matches!(&items[0], SseItem::Oversized { event_type, last_event_id, size }
-                    if event_type == "message" && last_event_id == "9" && *size > 64),
+                    if &**event_type == "message" && &**last_event_id == "9" && *size > 64),
                 "{items:?}"
             );
             assert_eq!(items[1], event("message", "ok", "9"));
