@@ -19,6 +19,16 @@ fn reader() -> Reader {
     Reader::raw().autocommit_duration(Duration::from_millis(5))
 }
 
+/// Truncates `path` in place, as `copytruncate` does after copying it.
+fn truncate(path: &std::path::Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
 fn sorted(mut lines: Vec<String>) -> Vec<String> {
     lines.sort();
     lines
@@ -218,12 +228,7 @@ async fn a_resume_after_a_copytruncate_while_stopped_reads_the_rest_of_the_copy(
 
     append(&path, "c\n");
     std::fs::copy(&path, dir.path().join("app.log.1")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate(&path);
     append(&path, "d\n");
 
     let (table, _) = read_all(FileSource::raw(&path), Reader::raw().resume_from(offset)).await;
@@ -248,12 +253,7 @@ async fn a_copytruncate_under_the_follower_reads_the_copy_s_unread_lines() {
 
     // "second" was appended and copied before the follower read it.
     std::fs::write(dir.path().join("app.log.1"), "first line\nsecond\n").unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate(&path);
     append(&path, "c\n");
     eventually("the copy's line and the new one", || run.table.len() == 3).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -282,12 +282,7 @@ async fn a_truncation_beside_an_older_file_with_the_same_start_reads_nothing_of_
     eventually("the banner", || run.table.len() == 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate(&path);
     append(&path, "new\n");
     eventually("the new line", || run.table.len() == 2).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
