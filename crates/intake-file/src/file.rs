@@ -193,6 +193,11 @@ impl FileSource {
         self
     }
 
+    /// Whether the source follows its file ([`follow`](Self::follow)).
+    pub(crate) fn follows(&self) -> bool {
+        self.follow
+    }
+
     /// In follow mode, how long a rotated file (renamed, with a new file created at
     /// the path, as logrotate's `create` mode does) is still read after the rotation is
     /// noticed: its writer may append to it until it reopens the path. Meanwhile the

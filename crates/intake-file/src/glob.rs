@@ -33,7 +33,11 @@ type Configure = Arc<dyn Fn(FileSource) -> FileSource + Send + Sync>;
 ///   directory itself.
 /// - **Settings**: every file is read in the same [`FileFormat`] (a CSV or TSV file
 ///   each with its own header), with the settings [`configure`](Self::configure) gives
-///   its `FileSource`, such as [`follow`](FileSource::follow).
+///   its `FileSource`, such as [`follow`](FileSource::follow). In follow mode the glob
+///   should match only the live files (`*.log`), not their rotations (`app.log*`):
+///   each follower reads its own file's rotations, and one following a rotated name
+///   would read the next rotated file again. A glob that matches both is warned about
+///   when the partitions are listed.
 /// - **Resume**: each file resumes from its own offset, as a `FileSource` does, when
 ///   the offsets of a batch are given back to
 ///   [`Pipeline::resume_from`](intake_core::Pipeline::resume_from).
@@ -122,6 +126,39 @@ impl FileGlob {
     }
 }
 
+impl FileGlob {
+    /// Whether the files are read in follow mode, as [`configure`](Self::configure)
+    /// sets them up.
+    fn follows(&self) -> bool {
+        self.configure
+            .as_ref()
+            .is_some_and(|configure| configure(FileSource::new(self.root.join("_"), self.format)).follows())
+    }
+}
+
+/// The pairs (rotated, live) of relative paths among `names` where `rotated` is `live`
+/// with a suffix that starts with `.`, `-` or `_`, in the same directory (`app.log.1`
+/// and `app.log`, `app.log-20241129`): the names logrotate gives a file's rotations.
+fn rotations_among<'a>(names: impl Iterator<Item = &'a String> + Clone) -> Vec<(&'a str, &'a str)> {
+    let mut pairs = Vec::new();
+    for rotated in names.clone() {
+        let live = names
+            .clone()
+            .filter(|live| {
+                rotated.len() > live.len()
+                    && rotated.starts_with(live.as_str())
+                    && rotated[live.len()..].starts_with(['.', '-', '_'])
+                    && !rotated[live.len()..].contains('/')
+            })
+            .max_by_key(|live| live.len());
+        if let Some(live) = live {
+            pairs.push((rotated.as_str(), live.as_str()));
+        }
+    }
+    pairs.sort_unstable();
+    pairs
+}
+
 /// A relative path as a partition name: without `/`, and distinct for distinct paths.
 fn partition_name(relative: &str) -> String {
     relative.replace('%', "%25").replace('/', "%2F")
@@ -140,6 +177,16 @@ impl PartitionedSource for FileGlob {
             .into_iter()
             .map(|fragment| (partition_name(&fragment.name), fragment.name))
             .collect();
+        if self.follows() {
+            for (rotated, live) in rotations_among(self.listed.values()) {
+                tracing::warn!(
+                    root = %self.root.display(),
+                    rotated,
+                    live,
+                    "the glob matches a file named like a rotation of another one it matches: in follow mode each is followed at its own path, so after the next rotation the rotated name's partition reads again what the live one read; match only the live files' names (such as `*.log`)"
+                );
+            }
+        }
         Ok(self.listed.keys().cloned().collect())
     }
 
@@ -178,6 +225,29 @@ impl fmt::Debug for FileGlob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotations_are_names_of_the_same_directory_with_a_suffix() {
+        let names: Vec<String> = [
+            "app.log",
+            "app.log.1",
+            "app.log.2.gz",
+            "app.logger",
+            "x/app.log.1",
+            "x/app.log",
+            "x/app.log/y",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            rotations_among(names.iter()),
+            [
+                ("app.log.1", "app.log"),
+                ("app.log.2.gz", "app.log"),
+                ("x/app.log.1", "x/app.log"),
+            ]
+        );
+    }
 
     #[test]
     fn partition_names_have_no_slash_and_stay_distinct() {

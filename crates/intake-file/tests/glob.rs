@@ -258,3 +258,34 @@ async fn a_directory_without_matching_files_gives_an_empty_table() {
     pipeline.run().await.unwrap();
     assert!(table.is_empty());
 }
+
+/// A glob in follow mode that matches a file and its rotations (`app.log*`) would read
+/// a file again once it is rotated onto a matched name: the pipeline says so when it
+/// starts (docs/files.md), and not for a glob that does not follow.
+#[tokio::test]
+async fn a_following_glob_that_matches_rotated_names_is_warned_about() {
+    let logs = support::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("warned");
+    std::fs::create_dir_all(&root).unwrap();
+    append(&root.join("app.log"), "a\n");
+    append(&root.join("app.log.1"), "old\n");
+    for follow in [false, true] {
+        let glob = FileGlob::new(&root, "app.log*", FileFormat::Raw)
+            .unwrap()
+            .configure(move |file| file.follow(follow));
+        let mut pipeline = Pipeline::new();
+        let _table = pipeline.read_partitioned("logs", glob, Reader::raw());
+        let shutdown = pipeline.shutdown_handle();
+        let running = tokio::spawn(pipeline.run());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        shutdown.shutdown();
+        running.await.unwrap().unwrap();
+        let warned = logs.text().lines().any(|line| {
+            line.contains("WARN")
+                && line.contains(&root.display().to_string())
+                && line.contains("rotated=\"app.log.1\"")
+        });
+        assert_eq!(warned, follow, "follow {follow}: {}", logs.text());
+    }
+}
