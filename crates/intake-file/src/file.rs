@@ -460,23 +460,24 @@ struct Open {
 
 impl Open {
     /// The part of an offset that describes this file at `boundary`.
-    fn offset(&mut self, boundary: Boundary) -> io::Result<Json> {
+    fn part(&mut self, boundary: Boundary) -> io::Result<Part> {
         let head_length = boundary.position.min(HEAD_BYTES);
         if self.head.is_none_or(|(length, _)| length < head_length) {
             self.head = Some((head_length, head_hash(self.reader.get_ref(), head_length)?));
         }
         let (head_length, head_hash) = self.head.unwrap_or_default();
-        let mut offset = json!({
-            "position": boundary.position,
-            "line": boundary.line,
-            "head_length": head_length,
-            "head_hash": format!("{head_hash:016x}"),
-        });
-        if let Some(identity) = self.identity {
-            offset["device"] = identity.device.into();
-            offset["inode"] = identity.inode.into();
-        }
-        Ok(offset)
+        Ok(Part {
+            position: boundary.position,
+            line: boundary.line,
+            identity: self.identity,
+            head_length,
+            head_hash: format!("{head_hash:016x}"),
+        })
+    }
+
+    /// [`part`](Self::part) as it is written in an offset.
+    fn offset(&mut self, boundary: Boundary) -> io::Result<Json> {
+        self.part(boundary).map(|part| part.to_json())
     }
 }
 
@@ -1101,7 +1102,7 @@ impl FileReader {
         {
             return Ok(None);
         }
-        let part = Part::parse(&current.offset(boundary)?)?;
+        let part = current.part(boundary)?;
         let (identity, opened_at) = (current.identity, current.opened_at);
         let Some(mut copy) = self.locate_copy(&part, identity, Some(opened_at))? else {
             return Ok(None);
@@ -1262,6 +1263,20 @@ struct Part {
 }
 
 impl Part {
+    fn to_json(&self) -> Json {
+        let mut offset = json!({
+            "position": self.position,
+            "line": self.line,
+            "head_length": self.head_length,
+            "head_hash": self.head_hash,
+        });
+        if let Some(identity) = self.identity {
+            offset["device"] = identity.device.into();
+            offset["inode"] = identity.inode.into();
+        }
+        offset
+    }
+
     fn parse(offset: &Json) -> Result<Part, Stop> {
         let number = |name: &str| offset.get(name).and_then(Json::as_u64);
         let Some(position) = number("position") else {
