@@ -36,8 +36,8 @@ type Configure = Arc<dyn Fn(FileSource) -> FileSource + Send + Sync>;
 ///   its `FileSource`, such as [`follow`](FileSource::follow). In follow mode the glob
 ///   should match only the live files (`*.log`), not their rotations (`app.log*`):
 ///   each follower reads its own file's rotations, and one following a rotated name
-///   would read the next rotated file again. A glob that matches both is warned about
-///   when the partitions are listed.
+///   would read the next rotated file again. Such a partition is warned about when
+///   it is built.
 /// - **Resume**: each file resumes from its own offset, as a `FileSource` does, when
 ///   the offsets of a batch are given back to
 ///   [`Pipeline::resume_from`](intake_core::Pipeline::resume_from).
@@ -126,37 +126,19 @@ impl FileGlob {
     }
 }
 
-impl FileGlob {
-    /// Whether the files are read in follow mode, as [`configure`](Self::configure)
-    /// sets them up.
-    fn follows(&self) -> bool {
-        self.configure
-            .as_ref()
-            .is_some_and(|configure| configure(FileSource::new(self.root.join("_"), self.format)).follows())
-    }
-}
-
-/// The pairs (rotated, live) of relative paths among `names` where `rotated` is `live`
-/// with a suffix that starts with `.`, `-` or `_`, in the same directory (`app.log.1`
-/// and `app.log`, `app.log-20241129`): the names logrotate gives a file's rotations.
-fn rotations_among<'a>(names: impl Iterator<Item = &'a String> + Clone) -> Vec<(&'a str, &'a str)> {
-    let mut pairs = Vec::new();
-    for rotated in names.clone() {
-        let live = names
-            .clone()
-            .filter(|live| {
-                rotated.len() > live.len()
-                    && rotated.starts_with(live.as_str())
-                    && rotated[live.len()..].starts_with(['.', '-', '_'])
-                    && !rotated[live.len()..].contains('/')
-            })
-            .max_by_key(|live| live.len());
-        if let Some(live) = live {
-            pairs.push((rotated.as_str(), live.as_str()));
-        }
-    }
-    pairs.sort_unstable();
-    pairs
+/// The name among `names` of which `rotated` is a rotation: the longest that `rotated`
+/// extends with a suffix starting with `.`, `-` or `_`, in the same directory
+/// (`app.log` for `app.log.1` or `app.log-20241129`), as logrotate names rotations.
+fn live_file_of<'a>(rotated: &str, names: impl Iterator<Item = &'a String>) -> Option<&'a str> {
+    names
+        .filter(|live| {
+            rotated.len() > live.len()
+                && rotated.starts_with(live.as_str())
+                && rotated[live.len()..].starts_with(['.', '-', '_'])
+                && !rotated[live.len()..].contains('/')
+        })
+        .max_by_key(|live| live.len())
+        .map(String::as_str)
 }
 
 /// A relative path as a partition name: without `/`, and distinct for distinct paths.
@@ -177,16 +159,6 @@ impl PartitionedSource for FileGlob {
             .into_iter()
             .map(|fragment| (partition_name(&fragment.name), fragment.name))
             .collect();
-        if self.follows() {
-            for (rotated, live) in rotations_among(self.listed.values()) {
-                tracing::warn!(
-                    root = %self.root.display(),
-                    rotated,
-                    live,
-                    "the glob matches a file named like a rotation of another one it matches: in follow mode each is followed at its own path, so after the next rotation the rotated name's partition reads again what the live one read; match only the live files' names (such as `*.log`)"
-                );
-            }
-        }
         Ok(self.listed.keys().cloned().collect())
     }
 
@@ -204,10 +176,21 @@ impl PartitionedSource for FileGlob {
             return Err(format!("no file was listed as partition `{partition}`").into());
         };
         let source = FileSource::new(self.root.join(relative), self.format);
-        Ok(Box::new(match &self.configure {
+        let source = match &self.configure {
             Some(configure) => configure(source),
             None => source,
-        }))
+        };
+        if source.follows()
+            && let Some(live) = live_file_of(relative, self.listed.values())
+        {
+            tracing::warn!(
+                root = %self.root.display(),
+                rotated = relative.as_str(),
+                live,
+                "the glob matches a file named like a rotation of another one it matches: in follow mode each is followed at its own path, so after the next rotation the rotated name's partition reads again what the live one read; match only the live files' names (such as `*.log`)"
+            );
+        }
+        Ok(Box::new(source))
     }
 }
 
@@ -228,25 +211,17 @@ mod tests {
 
     #[test]
     fn rotations_are_names_of_the_same_directory_with_a_suffix() {
-        let names: Vec<String> = [
-            "app.log",
-            "app.log.1",
-            "app.log.2.gz",
-            "app.logger",
-            "x/app.log.1",
-            "x/app.log",
-            "x/app.log/y",
-        ]
-        .map(String::from)
-        .to_vec();
-        assert_eq!(
-            rotations_among(names.iter()),
-            [
-                ("app.log.1", "app.log"),
-                ("app.log.2.gz", "app.log"),
-                ("x/app.log.1", "x/app.log"),
-            ]
-        );
+        let names: Vec<String> = ["app.log", "app.log.1", "app.logger", "x/app.log", "x/app.log/y"]
+            .map(String::from)
+            .to_vec();
+        let live = |rotated| live_file_of(rotated, names.iter());
+        assert_eq!(live("app.log.1"), Some("app.log"));
+        assert_eq!(live("app.log.2.gz"), Some("app.log"));
+        assert_eq!(live("app.log-20241129"), Some("app.log"));
+        assert_eq!(live("x/app.log.1"), Some("x/app.log"));
+        assert_eq!(live("app.logger"), None);
+        assert_eq!(live("x/app.log/y"), None);
+        assert_eq!(live("app.log"), None);
     }
 
     #[test]
