@@ -208,12 +208,12 @@ impl Queue {
         if !state.owners.is_empty() {
             state.owners.drain(..end);
         }
-        let taken = if end == state.events.len() {
-            let spare = std::mem::take(&mut state.spare);
-            std::mem::replace(&mut state.events, spare)
-        } else {
-            state.events.drain(..end).collect()
-        };
+        // The commit takes the queue's block; what stays behind (at most the queue's
+        // capacity beyond a batch) moves to the spare block, so that no block is
+        // allocated or copied per commit.
+        let mut rest = std::mem::take(&mut state.spare);
+        rest.extend(state.events.drain(end..));
+        let taken = std::mem::replace(&mut state.events, rest);
         // Events left behind arrived after the commit became due, moments ago.
         state.first_at = (!state.events.is_empty()).then(Instant::now);
         self.room.notify_waiters();
@@ -593,6 +593,27 @@ mod tests {
             Some(vec![1, 2, 3, 4]),
             "bounded, so taken without an offset"
         );
+    }
+
+    /// The commit takes the queue's block and the rest moves to the spare one: the
+    /// rest must stay whole and in order, with a recycled block and without one.
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_cut_at_the_batch_limit_leaves_the_rest_in_order() {
+        let (queue, producer) = Queue::new(Duration::from_millis(10), 3, 100);
+        for n in 1..=8 {
+            assert!(producer.try_push(message(n)).is_ok());
+        }
+        let first = queue.next_commit().await.expect("a commit");
+        assert_eq!(numbers(&first), [1, 2, 3]);
+        // Pushed while the first commit is out: the spare block is in use.
+        assert!(producer.try_push(message(9)).is_ok());
+        assert_eq!(next(&queue).await, Some(vec![4, 5, 6]));
+        queue.recycle(first.events);
+        for n in 10..=11 {
+            assert!(producer.try_push(message(n)).is_ok());
+        }
+        assert_eq!(next(&queue).await, Some(vec![7, 8, 9]));
+        assert_eq!(next(&queue).await, Some(vec![10, 11]));
     }
 
     #[tokio::test(start_paused = true)]

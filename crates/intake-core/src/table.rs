@@ -137,6 +137,10 @@ pub(crate) struct Applied {
     pub(crate) offsets_moved: bool,
 }
 
+/// The largest block of insertions a table keeps between commits (3 MiB of
+/// changes): a commit larger than this, such as a restore, frees its own.
+const KEPT_INSERTIONS: usize = 1 << 16;
+
 struct TableState {
     rows: Rows,
     /// Number of commits applied so far, changing or not; marks slots touched by the
@@ -144,6 +148,10 @@ struct TableState {
     applied: u64,
     /// Slots touched by the commit being applied, with their rows before it.
     touched: Vec<(usize, Option<Row>)>,
+    /// The insertions of the commit being applied, before they are moved into its
+    /// batch behind the retractions; empty between commits, its block kept for the
+    /// next (up to [`KEPT_INSERTIONS`]).
+    insertions: Vec<Change>,
     /// Rows appended under generated keys so far.
     generated: u64,
     /// Per source, the last offset reported within a commit.
@@ -349,6 +357,7 @@ impl Table {
                     rows: Rows::new(keyed),
                     applied: 0,
                     touched: Vec::new(),
+                    insertions: Vec::new(),
                     generated: 0,
                     offsets: Offsets::new(),
                     time: None,
@@ -1004,12 +1013,12 @@ impl TableShared {
         if self.retention.is_bounded() {
             self.retire(state, generated_before);
         }
-        let mut retractions = Vec::new();
-        let mut insertions = if passed.is_empty() {
-            Vec::with_capacity(state.touched.len())
-        } else {
-            passed
-        };
+        // One block for the batch: every touched key makes at most a retraction and an
+        // insertion, and the insertions are moved in behind the retractions without
+        // growing it (a block grown by doubling is copied a dozen times per commit).
+        let mut retractions = Vec::with_capacity(2 * state.touched.len() + passed.len());
+        let mut insertions = std::mem::take(&mut state.insertions);
+        insertions.append(&mut passed);
         let mut emptied = Vec::new();
         for (index, before) in state.touched.drain(..) {
             let Some((key, slot)) = state.rows.get_index(index) else {
@@ -1055,6 +1064,13 @@ impl TableShared {
         let time = Time::next(state.time);
         state.time = Some(time);
         retractions.append(&mut insertions);
+        if retractions.len() < retractions.capacity() / 2 {
+            // Mostly new keys: the batch lives as long as its slowest subscriber.
+            retractions.shrink_to_fit();
+        }
+        if insertions.capacity() <= KEPT_INSERTIONS {
+            state.insertions = insertions;
+        }
         let batch = ChangeBatch::new(self.schema.clone(), time, retractions, state.offsets.clone());
         let subscribers = state.subscribers.clone();
         drop(guard);
