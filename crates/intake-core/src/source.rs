@@ -195,6 +195,18 @@ struct ContextShared {
     lifecycle: Arc<Lifecycle>,
 }
 
+/// The end of every sending method: done if [`SourceContext::send_now`] or
+/// [`SourceContext::push_now`] queued the event, else wait for room. A macro rather
+/// than an `async fn`, whose future would copy the event once more on every send.
+macro_rules! queue_or_wait {
+    ($ctx:ident, $now:expr) => {
+        match $now? {
+            None => Ok(()),
+            Some(event) => $ctx.push_when_room(event).await,
+        }
+    };
+}
+
 impl SourceContext {
     pub(crate) fn new(
         name: Arc<str>,
@@ -263,13 +275,7 @@ impl SourceContext {
     /// [`SendError::Rejected`] for bad input under [`ErrorPolicy::Fail`]. Bad input
     /// under [`ErrorPolicy::SkipAndReport`] is reported, not returned.
     pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        // The common path (parse, append to a queue with room) is synchronous, so large
-        // values are not moved through nested futures; awaiting happens only when the
-        // queue is full or a message is rejected.
-        match self.prepare(message.into())? {
-            Prepared::Event(event) => self.enqueue(event).await,
-            Prepared::Rejected(raw, reason) => self.refuse(raw, reason, None),
-        }
+        queue_or_wait!(self, self.send_now(message.into()))
     }
 
     /// Sends one message, as [`send`](Self::send), with where it came from: if the
@@ -307,10 +313,11 @@ impl SourceContext {
     where
         F: FnOnce() -> Location + Send,
     {
-        match self.prepare(message.into())? {
-            Prepared::Event(event) => self.enqueue(event).await,
-            Prepared::Rejected(raw, reason) => self.refuse(raw, reason, Some(locate())),
-        }
+        let event = match self.prepare(message.into())? {
+            Prepared::Event(event) => event,
+            Prepared::Rejected(raw, reason) => return self.refuse(raw, reason, Some(locate())),
+        };
+        queue_or_wait!(self, self.push_now(event))
     }
 
     /// Sends a message the source decoded from `raw`, such as a CSV record turned into
@@ -335,27 +342,51 @@ impl SourceContext {
     where
         F: FnOnce() -> Location + Send,
     {
-        match self.prepare(message.into())? {
-            Prepared::Event(event) => self.enqueue(event).await,
-            Prepared::Rejected(_, reason) => self.refuse(raw.into(), reason, Some(locate())),
+        let event = match self.prepare(message.into())? {
+            Prepared::Event(event) => event,
+            Prepared::Rejected(_, reason) => return self.refuse(raw.into(), reason, Some(locate())),
+        };
+        queue_or_wait!(self, self.push_now(event))
+    }
+
+    /// Parses `message` and appends it to the queue if there is room: the whole of a
+    /// send but its wait, which the caller does for the event returned, if any.
+    ///
+    /// Synchronous, and called directly by each sending method rather than through
+    /// one another: a nested future would copy the message and the event into each
+    /// level's state, and those copies cost more than the rest of a send's own work.
+    #[inline]
+    fn send_now(&self, message: Message) -> Result<Option<Event>, SendError> {
+        match self.prepare(message)? {
+            Prepared::Event(event) => self.push_now(event),
+            Prepared::Rejected(raw, reason) => self.refuse(raw, reason, None).map(|()| None),
         }
     }
 
-    /// Appends an event to the table's queue, waiting only if it is full: until
-    /// shutdown begins for messages, until the shutdown deadline for offsets.
-    async fn enqueue(&self, event: Event) -> Result<(), SendError> {
+    /// Appends `event` to the queue if there is room; otherwise returns it for
+    /// [`push_when_room`](Self::push_when_room).
+    #[inline]
+    fn push_now(&self, event: Event) -> Result<Option<Event>, SendError> {
+        match self.shared.producer.try_push(event) {
+            Ok(()) => Ok(None),
+            Err(PushError::Full(event)) => Ok(Some(event)),
+            Err(PushError::Finished) => Err(SendError::Finished),
+            Err(PushError::Stopped) => Err(SendError::ShuttingDown),
+        }
+    }
+
+    /// Waits for room in the queue and appends `event`: until shutdown begins for
+    /// messages, until the shutdown deadline for offsets.
+    async fn push_when_room(&self, event: Event) -> Result<(), SendError> {
         let producer = &self.shared.producer;
         let lifecycle = &*self.shared.lifecycle;
-        let pushed = match producer.try_push(event) {
-            Err(PushError::Full(event @ Event::Offset(..))) => {
-                producer.push_when_room(event, lifecycle.deadline()).await
-            }
-            Err(PushError::Full(event)) => {
+        let pushed = match event {
+            Event::Offset(..) => producer.push_when_room(event, lifecycle.deadline()).await,
+            _ => {
                 producer
                     .push_when_room(event, lifecycle.shutdown_token().cancelled())
                     .await
             }
-            pushed => pushed,
         };
         match pushed {
             Ok(()) => Ok(()),
@@ -398,7 +429,7 @@ impl SourceContext {
     ///
     /// As [`send`](Self::send).
     pub async fn next_bytes(&self, bytes: impl Into<Bytes>) -> Result<(), SendError> {
-        self.send(Message::Bytes(bytes.into())).await
+        queue_or_wait!(self, self.send_now(Message::Bytes(bytes.into())))
     }
 
     /// Sends a message given as text (Pathway's `next_str`).
@@ -407,7 +438,7 @@ impl SourceContext {
     ///
     /// As [`send`](Self::send).
     pub async fn next_str(&self, text: impl Into<String>) -> Result<(), SendError> {
-        self.send(Message::Bytes(Bytes::from(text.into()))).await
+        queue_or_wait!(self, self.send_now(Message::Bytes(Bytes::from(text.into()))))
     }
 
     /// Sends a JSON value (Pathway's `next_json`). With the JSON format the value is
@@ -417,7 +448,7 @@ impl SourceContext {
     ///
     /// As [`send`](Self::send).
     pub async fn next_json(&self, json: serde_json::Value) -> Result<(), SendError> {
-        self.send(Message::Json(json)).await
+        queue_or_wait!(self, self.send_now(Message::Json(json)))
     }
 
     /// Sends any serializable value, such as a `#[derive(Serialize, RowType)]` struct
@@ -438,7 +469,7 @@ impl SourceContext {
     pub async fn next<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         if self.shared.parser.format() != Format::Json {
             return match serde_json::to_value(value) {
-                Ok(json) => self.send(Message::Json(json)).await,
+                Ok(json) => queue_or_wait!(self, self.send_now(Message::Json(json))),
                 Err(e) => {
                     self.check_open()?;
                     self.shared.counters.message(0);
@@ -450,7 +481,7 @@ impl SourceContext {
         self.shared.counters.message(0);
         let schema = self.shared.parser.schema();
         match crate::typed::read_row(schema, self.shared.parser.lenient_numbers, value) {
-            Ok(values) => self.enqueue(self.event(values)).await,
+            Ok(values) => queue_or_wait!(self, self.push_now(self.event(values))),
             Err(reason) => {
                 // Writing a value nested too deeply would recurse as deeply.
                 let raw = match reason {
@@ -470,7 +501,7 @@ impl SourceContext {
     /// As [`send`](Self::send); a key that does not match the primary key's columns and
     /// types (or a table without a primary key) is bad input.
     pub async fn delete(&self, key: impl Into<Key>) -> Result<(), SendError> {
-        self.send(Message::Delete(key.into())).await
+        queue_or_wait!(self, self.send_now(Message::Delete(key.into())))
     }
 
     /// Commits everything sent so far now, rather than at the next automatic commit.
@@ -482,7 +513,7 @@ impl SourceContext {
     ///
     /// As [`send`](Self::send).
     pub async fn commit(&self) -> Result<(), SendError> {
-        self.send(Message::Commit).await
+        queue_or_wait!(self, self.send_now(Message::Commit))
     }
 
     /// Reports input the source itself found bad, such as a CSV row with the wrong
@@ -555,8 +586,10 @@ impl SourceContext {
     ///
     /// Cancel safe: if the future is dropped before it completes, no offset was recorded.
     pub async fn report_offset(&self, offset: serde_json::Value) -> Result<(), SendError> {
-        self.enqueue(Event::Offset(self.shared.name.clone(), offset))
-            .await
+        queue_or_wait!(
+            self,
+            self.push_now(Event::Offset(self.shared.name.clone(), offset))
+        )
     }
 
     /// Where the source should resume, set before `run` is called: the offset of the
