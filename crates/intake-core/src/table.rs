@@ -1056,6 +1056,7 @@ impl TableShared {
             state.rows.remove_index(index);
         }
         if retractions.is_empty() && insertions.is_empty() {
+            state.insertions = insertions;
             return Applied {
                 batch: None,
                 offsets_moved,
