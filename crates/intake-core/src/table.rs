@@ -1017,8 +1017,10 @@ impl TableShared {
         // insertion, and the insertions are moved in behind the retractions without
         // growing it (a block grown by doubling is copied a dozen times per commit).
         let mut retractions = Vec::with_capacity(2 * state.touched.len() + passed.len());
-        let mut insertions = std::mem::take(&mut state.insertions);
-        insertions.append(&mut passed);
+        let mut insertions = match passed.is_empty() {
+            true => std::mem::take(&mut state.insertions),
+            false => passed,
+        };
         let mut emptied = Vec::new();
         for (index, before) in state.touched.drain(..) {
             let Some((key, slot)) = state.rows.get_index(index) else {
