@@ -10,10 +10,14 @@
 //! ```text
 //! cargo run --release --example bench_upsert [-- MESSAGES]
 //! cargo run --release --example bench_upsert -- 200000 intake   # only the intake part
+//! cargo run --release --example bench_upsert -- 1000000 rounds 7 # 7 alternating rounds
 //! ```
 //!
 //! The `intake` mode runs only the pipeline, so that an instruction count of the whole
-//! program (`valgrind --tool=callgrind`) is intake's alone.
+//! program (`valgrind --tool=callgrind`) is intake's alone. The `rounds` mode runs intake
+//! and the baseline in turn, each round's ratio from its own pair, and prints the
+//! medians: on a machine whose speed drifts between runs (other tenants, frequency),
+//! the median of paired ratios is steadier than any single run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,45 +118,94 @@ fn run_baseline(messages: &Messages) -> anyhow::Result<f64> {
     Ok(messages.ends.len() as f64 / elapsed)
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() % 2 {
+        1 => values[middle],
+        _ => (values[middle - 1] + values[middle]) / 2.0,
+    }
+}
+
+fn run_intake_on_runtime(messages: &Arc<Messages>) -> anyhow::Result<(f64, u64, usize)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_intake(messages.clone()))
+}
+
 fn main() -> anyhow::Result<()> {
-    let count: u64 = match std::env::args().nth(1) {
+    let mut args = std::env::args().skip(1);
+    let count: u64 = match args.next() {
         Some(arg) => arg.parse()?,
         None => 1_000_000,
     };
-    let intake_only = match std::env::args().nth(2).as_deref() {
-        None => false,
-        Some("intake") => true,
-        Some(other) => anyhow::bail!("unknown mode `{other}`; the only mode is `intake`"),
+    let mode = args.next();
+    let rounds: usize = match (mode.as_deref(), args.next()) {
+        (Some("rounds"), Some(n)) => n.parse()?,
+        (Some("rounds"), None) => 5,
+        (None | Some("intake"), _) => 1,
+        (Some(other), _) => anyhow::bail!("unknown mode `{other}`; the modes are `intake` and `rounds`"),
     };
+    anyhow::ensure!(rounds > 0, "at least one round");
     let messages = Arc::new(Messages::generate(count));
     let rss_before = peak_rss_mib().unwrap_or(f64::NAN);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (intake_rate, changes, rows) = runtime.block_on(run_intake(messages.clone()))?;
-    drop(runtime);
-    let rss_intake = peak_rss_mib().unwrap_or(f64::NAN);
-    if intake_only {
+    if mode.as_deref() == Some("intake") {
+        let (intake_rate, changes, rows) = run_intake_on_runtime(&messages)?;
         println!(
             "W1 (intake only): {count} messages, {intake_rate:.0} msgs/s ({changes} changes delivered, {rows} rows)"
         );
         return Ok(());
     }
 
-    let baseline_rate = run_baseline(&messages)?;
-
     println!(
         "W1: {count} messages, {KEYS} keys, {} worker threads",
         std::thread::available_parallelism()?
     );
-    println!(
-        "  intake:   {:>12.0} msgs/s  ({changes} changes delivered, {rows} rows)",
-        intake_rate
-    );
-    println!(
-        "  baseline: {:>12.0} msgs/s  (serde_json into a struct + HashMap, one thread)",
-        baseline_rate
-    );
-    println!("  ratio intake/baseline: {:.2}", intake_rate / baseline_rate);
+    let (mut intake_rates, mut baseline_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rss_intake = f64::NAN;
+    for round in 1..=rounds {
+        let (intake_rate, changes, rows) = run_intake_on_runtime(&messages)?;
+        if round == 1 {
+            // The peak after the first intake run, before the baseline's table exists.
+            rss_intake = peak_rss_mib().unwrap_or(f64::NAN);
+        }
+        let baseline_rate = run_baseline(&messages)?;
+        if rounds > 1 {
+            println!(
+                "  round {round}: intake {intake_rate:>10.0} msgs/s, baseline {baseline_rate:>10.0} msgs/s, ratio {:.2}",
+                intake_rate / baseline_rate
+            );
+        } else {
+            println!(
+                "  intake:   {:>12.0} msgs/s  ({changes} changes delivered, {rows} rows)",
+                intake_rate
+            );
+            println!(
+                "  baseline: {:>12.0} msgs/s  (serde_json into a struct + HashMap, one thread)",
+                baseline_rate
+            );
+        }
+        intake_rates.push(intake_rate);
+        baseline_rates.push(baseline_rate);
+        ratios.push(intake_rate / baseline_rate);
+    }
+    if rounds > 1 {
+        println!(
+            "  median of {rounds} rounds: intake {:.0} msgs/s, baseline {:.0} msgs/s (serde_json into a struct + HashMap, one thread)",
+            median(intake_rates),
+            median(baseline_rates)
+        );
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+        println!(
+            "  ratio intake/baseline: {:.2} (median of the rounds' own ratios; {low:.2}-{high:.2})",
+            median(ratios)
+        );
+    } else {
+        println!("  ratio intake/baseline: {:.2}", ratios[0]);
+    }
     println!(
         "  peak RSS: {rss_intake:.1} MiB after intake ({rss_before:.1} MiB before it, holding the {:.1} MiB of input)",
         messages.buffer.len() as f64 / (1024.0 * 1024.0)
