@@ -225,6 +225,8 @@ pub(super) fn parse(
     // Set by a refused value; never read, as the serde_json path then reports.
     let failure = Cell::new(None);
     let mut position = 0;
+    // Whether a column was set to null, which `complete_row` then decides.
+    let mut nulls = false;
     if !scan.eat_after_space(b'}') {
         loop {
             if !scan.eat_after_space(b'"') {
@@ -261,7 +263,9 @@ pub(super) fn parse(
                         failure: &failure,
                         lenient_numbers,
                     };
-                    values[i] = scan.value(seed)?;
+                    let value = scan.value(seed)?;
+                    nulls |= value.is_null();
+                    values[i] = value;
                 }
                 None => scan.skip_value()?,
             }
@@ -278,7 +282,7 @@ pub(super) fn parse(
         return None;
     }
     // A message that set every column, none to null, is complete as it is.
-    if !seen.is_full(columns.len()) || values.iter().any(Value::is_null) {
+    if nulls || !seen.is_full(columns.len()) {
         complete_row(columns, values, &seen).ok()?;
     }
     Some(row)
@@ -451,17 +455,20 @@ impl<'a> Scan<'a> {
             digit @ b'1'..=b'9' => u64::from(digit - b'0'),
             _ => return None,
         };
+        // One pass over the digits after the first, accumulating as it goes: at most
+        // 17 more (18 in all, below 10^18, so no overflow); a 19th digit falls back.
         let rest = self.bytes.get(self.pos..)?;
-        let more = rest
-            .iter()
-            .position(|byte| !byte.is_ascii_digit())
-            .unwrap_or(rest.len());
-        // With the first, at most 18 digits: no overflow.
-        if more > 17 {
-            return None;
-        }
-        for &digit in &rest[..more] {
-            significand = significand * 10 + u64::from(digit - b'0');
+        let mut more = 0;
+        while let Some(&byte) = rest.get(more) {
+            let digit = byte.wrapping_sub(b'0');
+            if digit > 9 {
+                break;
+            }
+            if more == 17 {
+                return None;
+            }
+            significand = significand * 10 + u64::from(digit);
+            more += 1;
         }
         self.pos += more;
         match self.peek() {
@@ -679,7 +686,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::parse::{Format, ParseOptions, Parser, Payload};
+    use crate::parse::{Format, ParseError, ParseOptions, Parser, Payload};
 
     /// Pieces of JSON that the fast path reads, that it leaves to serde_json, and that
     /// serde_json refuses: edge cases of every rule the fast path copies.
@@ -1043,6 +1050,44 @@ mod tests {
             .parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#)
             .unwrap();
         assert_eq!(&values[..], &[Value::Int(1), Value::Int(2), Value::Int(3)]);
+    }
+
+    /// A message that sets every column, some of them to null: a null takes its
+    /// column's default, stays null where the column is nullable, and refuses the row
+    /// where it is neither, as on the serde_json path.
+    #[test]
+    fn nulls_in_a_message_that_sets_every_column_are_completed() {
+        let schema = Schema::new([
+            Column::new("key", DataType::Int).primary_key(),
+            Column::new("name", DataType::String),
+            Column::new("n", DataType::Int).nullable(),
+            Column::new("d", DataType::Float).default(0.5),
+        ])
+        .unwrap();
+        let parser = Parser::new(schema, Format::Json);
+        for (message, row) in [
+            (
+                r#"{"key": 1, "name": "a", "n": 2, "d": null}"#,
+                [Value::Int(1), Value::from("a"), Value::Int(2), Value::Float(0.5)],
+            ),
+            (
+                r#"{"key": 1, "name": "a", "n": null, "d": 1.5}"#,
+                [Value::Int(1), Value::from("a"), Value::Null, Value::Float(1.5)],
+            ),
+        ] {
+            assert!(agrees(&parser, message.as_bytes()).unwrap(), "{message}");
+            assert_eq!(
+                &parser.parse_json_slice(message.as_bytes()).unwrap()[..],
+                &row,
+                "{message}"
+            );
+        }
+        let refused = br#"{"key": 1, "name": null, "n": 2, "d": 1.5}"#;
+        assert!(!agrees(&parser, refused).unwrap());
+        assert!(matches!(
+            parser.parse_json_slice(refused),
+            Err(ParseError::NullNotAllowed { column }) if column == "name"
+        ));
     }
 
     #[test]
