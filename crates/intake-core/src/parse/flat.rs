@@ -28,7 +28,7 @@ use serde::de::Visitor;
 
 use super::{Seen, ValueSeed, complete_row, empty_row};
 use crate::schema::{Column, Schema};
-use crate::value::{DataType, Value};
+use crate::value::{DataType, Timestamp, Value};
 
 /// Column lookup by field name, precomputed per reader: a name is hashed from its length
 /// and its first eight bytes (read as one word) into a small table of columns, and
@@ -222,8 +222,6 @@ pub(super) fn parse(
     let mut row = empty_row(columns.len());
     let values = Arc::get_mut(&mut row)?;
     let mut seen = Seen::new(columns.len());
-    // Set by a refused value; never read, as the serde_json path then reports.
-    let failure = Cell::new(None);
     let mut position = 0;
     // Whether a column was set to null, which `complete_row` then decides.
     let mut nulls = false;
@@ -258,14 +256,12 @@ pub(super) fn parse(
                     if !seen.insert(i) {
                         return None;
                     }
-                    let seed = ValueSeed {
-                        column: &columns[i],
-                        failure: &failure,
-                        lenient_numbers,
-                    };
-                    let value = scan.value(seed)?;
+                    let value = scan.value(&columns[i], lenient_numbers)?;
                     nulls |= value.is_null();
-                    values[i] = value;
+                    // The slot holds the null of `empty_row` (each column is set once,
+                    // as `seen` checks), which has nothing to drop: no drop glue for
+                    // the value replaced.
+                    std::mem::forget(std::mem::replace(&mut values[i], value));
                 }
                 None => scan.skip_value()?,
             }
@@ -331,6 +327,61 @@ fn string_end(rest: &[u8]) -> Option<(usize, bool)> {
         high |= u64::from(byte);
     }
     None
+}
+
+/// What `ValueSeed::visit_u64`, `visit_i64` and `visit_f64` make of `number` for a
+/// column of `data_type`, or `None` where they refuse it.
+#[inline(always)]
+fn number_value(data_type: DataType, number: Number) -> Option<Value> {
+    #[allow(clippy::cast_precision_loss)]
+    match (number, data_type) {
+        (Number::U64(n), DataType::Int) => i64::try_from(n).ok().map(Value::Int),
+        (Number::I64(n), DataType::Int) => Some(Value::Int(n)),
+        (Number::U64(n), DataType::Float) => Some(Value::Float(n as f64)),
+        (Number::I64(n), DataType::Float) => Some(Value::Float(n as f64)),
+        (Number::F64(x), DataType::Float) if x.is_finite() => Some(Value::Float(x)),
+        (Number::U64(n), DataType::Timestamp) => millis(i64::try_from(n).ok()?),
+        (Number::I64(n), DataType::Timestamp) => millis(n),
+        _ => None,
+    }
+}
+
+/// `ValueSeed::millis`.
+fn millis(millis: i64) -> Option<Value> {
+    Timestamp::from_unix_millis(millis).map(Value::Timestamp)
+}
+
+/// What `ValueSeed::visit_str` makes of `text` for `column`, or `None` where it
+/// refuses it.
+#[inline(always)]
+fn string_value(column: &Column, lenient_numbers: bool, text: &str) -> Option<Value> {
+    match column.data_type() {
+        DataType::String => Some(Value::String(Arc::from(text))),
+        DataType::Bytes => Some(Value::Bytes(Arc::from(text.as_bytes()))),
+        DataType::Timestamp => Timestamp::parse_rfc3339(text).ok().map(Value::Timestamp),
+        DataType::Int | DataType::Float if lenient_numbers => number_in_string(column, text),
+        _ => None,
+    }
+}
+
+/// A number in a string for an int or float column of a lenient reader: read by
+/// `ValueSeed` itself, as this is rare and its rules are many.
+#[inline(never)]
+fn number_in_string(column: &Column, text: &str) -> Option<Value> {
+    // Set by a refusal; never read, as the serde_json path then reports.
+    let failure = Cell::new(None);
+    let seed = ValueSeed {
+        column,
+        failure: &failure,
+        lenient_numbers: true,
+    };
+    seed.visit_str::<serde_json::Error>(text).ok()
+}
+
+/// What `ValueSeed::visit_bool` makes of `v`, or `None` where it refuses it.
+#[inline(always)]
+fn bool_value(data_type: DataType, v: bool) -> Option<Value> {
+    (data_type == DataType::Bool).then_some(Value::Bool(v))
 }
 
 struct Scan<'a> {
@@ -485,6 +536,9 @@ impl<'a> Scan<'a> {
     /// The fraction and exponent of a number that began at `start`, read with
     /// serde_json's grammar and converted with correct rounding, as serde_json's
     /// `float_roundtrip` does; an infinite result (serde_json: out of range) falls back.
+    // Out of line, as it calls the standard library's float parser: inlined, it only
+    // crowds the registers of the loop that reads every field.
+    #[inline(never)]
     fn float(&mut self, start: usize) -> Option<f64> {
         self.fraction_and_exponent()?;
         let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
@@ -516,52 +570,46 @@ impl<'a> Scan<'a> {
         (self.pos > start).then_some(())
     }
 
-    /// A column's value, through the conversions of the serde_json path.
+    /// A column's value, converted as `ValueSeed`'s visitor methods convert what
+    /// serde_json hands them (see [`number_value`] and [`string_value`]); `None` for a
+    /// value they refuse, and for JSON columns, which the serde_json path reads.
     #[inline]
-    fn value(&mut self, seed: ValueSeed<'_>) -> Option<Value> {
-        if seed.column.data_type() == DataType::Json {
+    fn value(&mut self, column: &Column, lenient_numbers: bool) -> Option<Value> {
+        let data_type = column.data_type();
+        if data_type == DataType::Json {
             return None;
         }
-        let read: Result<Value, serde_json::Error> = match self.peek()? {
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => number_value(data_type, self.number()?),
             b'"' => {
                 self.pos += 1;
                 let text = self.text()?;
-                // What `visit_str` does for a string column, without its result type.
-                if seed.column.data_type() == DataType::String {
-                    return Some(Value::String(Arc::from(text)));
-                }
-                seed.visit_str(text)
+                string_value(column, lenient_numbers, text)
             }
-            b'-' | b'0'..=b'9' => match (self.number()?, seed.column.data_type()) {
-                // What `visit_u64` and `visit_i64` do for an int column.
-                (Number::U64(n), DataType::Int) => return i64::try_from(n).ok().map(Value::Int),
-                (Number::I64(n), DataType::Int) => return Some(Value::Int(n)),
-                (Number::U64(n), _) => seed.visit_u64(n),
-                (Number::I64(n), _) => seed.visit_i64(n),
-                (Number::F64(x), _) => seed.visit_f64(x),
-            },
             b't' => {
                 self.pos += 1;
                 self.literal(b"rue")?;
-                seed.visit_bool(true)
+                bool_value(data_type, true)
             }
             b'f' => {
                 self.pos += 1;
                 self.literal(b"alse")?;
-                seed.visit_bool(false)
+                bool_value(data_type, false)
             }
             b'n' => {
                 self.pos += 1;
                 self.literal(b"ull")?;
-                seed.visit_unit()
+                // `visit_unit`.
+                Some(Value::Null)
             }
-            _ => return None,
-        };
-        read.ok()
+            _ => None,
+        }
     }
 
     /// Skips the value of a field the schema lacks, as serde_json's `ignore_value`
     /// does; `None` for what it would refuse, and for nesting beyond 64 levels.
+    // Out of line for the same reason as `float`.
+    #[inline(never)]
     fn skip_value(&mut self) -> Option<()> {
         // One bit per open container: set for an object, clear for an array.
         let mut objects: u64 = 0;
@@ -1050,6 +1098,108 @@ mod tests {
             .parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#)
             .unwrap();
         assert_eq!(&values[..], &[Value::Int(1), Value::Int(2), Value::Int(3)]);
+    }
+
+    /// The fast path's conversions are `ValueSeed`'s: for every column type but JSON
+    /// and every kind of scalar, at the edges of each conversion, the same value or a
+    /// refusal.
+    #[test]
+    fn conversions_are_the_visitor_s() {
+        let types = [
+            DataType::Bool,
+            DataType::Int,
+            DataType::Float,
+            DataType::String,
+            DataType::Bytes,
+            DataType::Timestamp,
+        ];
+        #[allow(clippy::cast_sign_loss)]
+        let unsigned = [
+            0,
+            1,
+            999_999_999_999_999_999,
+            9_223_372_036_854,
+            9_223_372_036_855,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX,
+        ];
+        let signed = [
+            -1,
+            -999_999_999_999_999_999,
+            -9_223_372_036_854,
+            -9_223_372_036_855,
+            i64::MIN,
+        ];
+        let floats = [
+            -0.0,
+            0.0,
+            4.0,
+            1.5,
+            -2.5e-3,
+            1e300,
+            9.3e18,
+            -9.3e18,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let texts = [
+            "",
+            "x",
+            "12",
+            "-0.5",
+            "1e400",
+            " 1",
+            "99999999999999999999",
+            "2024-01-01T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "caf\u{e9}",
+        ];
+        for data_type in types {
+            let column = Column::new("c", data_type).nullable();
+            for lenient_numbers in [false, true] {
+                let failure = Cell::new(None);
+                let seed = || ValueSeed {
+                    column: &column,
+                    failure: &failure,
+                    lenient_numbers,
+                };
+                for n in unsigned {
+                    let expected = seed().visit_u64::<serde_json::Error>(n).ok();
+                    assert_eq!(
+                        number_value(data_type, Number::U64(n)),
+                        expected,
+                        "{data_type} {n}"
+                    );
+                }
+                for n in signed {
+                    let expected = seed().visit_i64::<serde_json::Error>(n).ok();
+                    assert_eq!(
+                        number_value(data_type, Number::I64(n)),
+                        expected,
+                        "{data_type} {n}"
+                    );
+                }
+                for x in floats {
+                    let expected = seed().visit_f64::<serde_json::Error>(x).ok();
+                    assert_eq!(
+                        number_value(data_type, Number::F64(x)),
+                        expected,
+                        "{data_type} {x}"
+                    );
+                }
+                for text in texts {
+                    let expected = seed().visit_str::<serde_json::Error>(text).ok();
+                    let value = string_value(&column, lenient_numbers, text);
+                    assert_eq!(value, expected, "{data_type} {text:?} lenient {lenient_numbers}");
+                }
+                for v in [true, false] {
+                    let expected = seed().visit_bool::<serde_json::Error>(v).ok();
+                    assert_eq!(bool_value(data_type, v), expected, "{data_type} {v}");
+                }
+            }
+        }
     }
 
     /// A message that sets every column, some of them to null: a null takes its
