@@ -256,12 +256,7 @@ pub(super) fn parse(
                     if !seen.insert(i) {
                         return None;
                     }
-                    let value = scan.value(&columns[i], lenient_numbers)?;
-                    nulls |= value.is_null();
-                    // The slot holds the null of `empty_row` (each column is set once,
-                    // as `seen` checks), which has nothing to drop: no drop glue for
-                    // the value replaced.
-                    std::mem::forget(std::mem::replace(&mut values[i], value));
+                    nulls |= scan.value(&columns[i], lenient_numbers, &mut values[i])?;
                 }
                 None => scan.skip_value()?,
             }
@@ -533,13 +528,26 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// [`Scan::read_float`], out of line: it calls the standard library's float
+    /// parser, and inlined it only crowds the registers of the loop that reads every
+    /// field. The scan is passed by value so that the caller's stays in registers.
+    #[inline]
+    fn float(&mut self, start: usize) -> Option<f64> {
+        #[inline(never)]
+        fn float_at(bytes: &[u8], pos: usize, start: usize) -> Option<(f64, usize)> {
+            let mut scan = Scan { bytes, pos };
+            let value = scan.read_float(start)?;
+            Some((value, scan.pos))
+        }
+        let (value, pos) = float_at(self.bytes, self.pos, start)?;
+        self.pos = pos;
+        Some(value)
+    }
+
     /// The fraction and exponent of a number that began at `start`, read with
     /// serde_json's grammar and converted with correct rounding, as serde_json's
     /// `float_roundtrip` does; an infinite result (serde_json: out of range) falls back.
-    // Out of line, as it calls the standard library's float parser: inlined, it only
-    // crowds the registers of the loop that reads every field.
-    #[inline(never)]
-    fn float(&mut self, start: usize) -> Option<f64> {
+    fn read_float(&mut self, start: usize) -> Option<f64> {
         self.fraction_and_exponent()?;
         let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
         let value: f64 = text.parse().ok()?;
@@ -570,47 +578,69 @@ impl<'a> Scan<'a> {
         (self.pos > start).then_some(())
     }
 
-    /// A column's value, converted as `ValueSeed`'s visitor methods convert what
-    /// serde_json hands them (see [`number_value`] and [`string_value`]); `None` for a
-    /// value they refuse, and for JSON columns, which the serde_json path reads.
+    /// Reads a column's value into `slot`, converted as `ValueSeed`'s visitor methods
+    /// convert what serde_json hands them (see [`number_value`] and [`string_value`]),
+    /// and says whether it is null; `None` for a value they refuse, and for JSON
+    /// columns, which the serde_json path reads.
+    ///
+    /// `slot` must hold a null (as `empty_row` makes it): it is overwritten without
+    /// being dropped. Each branch writes its own value into it, rather than one
+    /// `Option<Value>` being moved there, which costs a copy through the stack.
     #[inline]
-    fn value(&mut self, column: &Column, lenient_numbers: bool) -> Option<Value> {
+    fn value(&mut self, column: &Column, lenient_numbers: bool, slot: &mut Value) -> Option<bool> {
+        /// Moves `value` into the slot of a null, which has nothing to drop.
+        #[inline(always)]
+        fn put(slot: &mut Value, value: Value) {
+            std::mem::forget(std::mem::replace(slot, value));
+        }
         let data_type = column.data_type();
         if data_type == DataType::Json {
             return None;
         }
         match self.peek()? {
-            b'-' | b'0'..=b'9' => number_value(data_type, self.number()?),
+            b'-' | b'0'..=b'9' => put(slot, number_value(data_type, self.number()?)?),
             b'"' => {
                 self.pos += 1;
                 let text = self.text()?;
-                string_value(column, lenient_numbers, text)
+                put(slot, string_value(column, lenient_numbers, text)?);
             }
             b't' => {
                 self.pos += 1;
                 self.literal(b"rue")?;
-                bool_value(data_type, true)
+                put(slot, bool_value(data_type, true)?);
             }
             b'f' => {
                 self.pos += 1;
                 self.literal(b"alse")?;
-                bool_value(data_type, false)
+                put(slot, bool_value(data_type, false)?);
             }
             b'n' => {
                 self.pos += 1;
                 self.literal(b"ull")?;
-                // `visit_unit`.
-                Some(Value::Null)
+                // `visit_unit`: the slot's null stays.
+                return Some(true);
             }
-            _ => None,
+            _ => return None,
         }
+        Some(false)
+    }
+
+    /// [`Scan::skip`], out of line for the same reasons as [`Scan::float`].
+    #[inline]
+    fn skip_value(&mut self) -> Option<()> {
+        #[inline(never)]
+        fn skip_at(bytes: &[u8], pos: usize) -> Option<usize> {
+            let mut scan = Scan { bytes, pos };
+            scan.skip()?;
+            Some(scan.pos)
+        }
+        self.pos = skip_at(self.bytes, self.pos)?;
+        Some(())
     }
 
     /// Skips the value of a field the schema lacks, as serde_json's `ignore_value`
     /// does; `None` for what it would refuse, and for nesting beyond 64 levels.
-    // Out of line for the same reason as `float`.
-    #[inline(never)]
-    fn skip_value(&mut self) -> Option<()> {
+    fn skip(&mut self) -> Option<()> {
         // One bit per open container: set for an object, clear for an array.
         let mut objects: u64 = 0;
         let mut depth = 0_u32;
