@@ -45,6 +45,7 @@ pub(super) struct FieldIndex {
     /// escapes (and a message with an escaped name falls back), has [`NEVER`]: it is
     /// never matched by the raw bytes of the text.
     keys: Vec<(usize, u64)>,
+
     /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
     buckets: [u8; BUCKETS],
     /// By position in a message (the first [`ORDER`] fields), the column of the field
@@ -223,8 +224,9 @@ pub(super) fn parse(
     let values = Arc::get_mut(&mut row)?;
     let mut seen = Seen::new(columns.len());
     let mut position = 0;
-    // Whether a column was set to null, which `complete_row` then decides.
-    let mut nulls = false;
+    // How many columns the message set (each once, as `seen` checks) to a value
+    // other than null: if fewer than all, `complete_row` decides the rest.
+    let mut set = 0;
     if !scan.eat_after_space(b'}') {
         loop {
             if !scan.eat_after_space(b'"') {
@@ -250,13 +252,14 @@ pub(super) fn parse(
             if !scan.eat_after_space(b':') {
                 return None;
             }
-            scan.whitespace();
+            scan.space_after_colon();
             match column {
                 Some(i) => {
                     if !seen.insert(i) {
                         return None;
                     }
-                    nulls |= scan.value(&columns[i], lenient_numbers, &mut values[i])?;
+                    let null = scan.value(&columns[i], lenient_numbers, &mut values[i])?;
+                    set += usize::from(!null);
                 }
                 None => scan.skip_value()?,
             }
@@ -273,7 +276,7 @@ pub(super) fn parse(
         return None;
     }
     // A message that set every column, none to null, is complete as it is.
-    if nulls || !seen.is_full(columns.len()) {
+    if set != columns.len() {
         complete_row(columns, values, &seen).ok()?;
     }
     Some(row)
@@ -411,11 +414,24 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Eats `byte` after any whitespace; compact JSON has none, so the byte is looked
-    /// for first.
+    /// The whitespace between a field's colon and its value: in most JSON text none or
+    /// one space, which is looked for first.
+    #[inline(always)]
+    fn space_after_colon(&mut self) {
+        self.eat(b' ');
+        if let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.whitespace();
+        }
+    }
+
+    /// Eats `byte` after any whitespace; compact JSON has none and most other JSON
+    /// one space, so the byte is looked for first, then after one space.
     #[inline(always)]
     fn eat_after_space(&mut self, byte: u8) -> bool {
         if self.eat(byte) {
+            return true;
+        }
+        if self.eat(b' ') && self.eat(byte) {
             return true;
         }
         self.whitespace();
@@ -1268,6 +1284,26 @@ mod tests {
             parser.parse_json_slice(refused),
             Err(ParseError::NullNotAllowed { column }) if column == "name"
         ));
+    }
+
+    /// Whitespace of every kind and length between the tokens of a message: the fast
+    /// path reads it all (it looks for no space and one space first, then skips any).
+    #[test]
+    fn whitespace_between_tokens_takes_the_fast_path() {
+        let parser = &parsers()[2];
+        for space in ["", " ", "  ", "\n", "\t", "\r\n", " \n\t ", "\n  "] {
+            let message = [
+                "", "{", "\"i\"", ":", "1", ",", "\"f\"", ":", "2.5", ",", "\"key\"", ":", "-3", "}", "",
+            ]
+            .join(space);
+            assert!(agrees(parser, message.as_bytes()).unwrap(), "{message:?}");
+            let values = parser.parse_json_slice(message.as_bytes()).unwrap();
+            assert_eq!(
+                &values[..],
+                &[Value::Int(1), Value::Float(2.5), Value::Int(-3)],
+                "{message:?}"
+            );
+        }
     }
 
     #[test]
