@@ -227,47 +227,51 @@ pub(super) fn parse(
     // How many columns the message set (each once, as `seen` checks) to a value
     // other than null: if fewer than all, `complete_row` decides the rest.
     let mut set = 0;
-    if !scan.eat_after_space(b'}') {
-        loop {
-            if !scan.eat_after_space(b'"') {
-                return None;
+    loop {
+        if !scan.eat_after_space(b'"') {
+            // Only the first member may instead be the end of an empty object
+            // (whose whitespace was just eaten): looked for after the name's quote,
+            // which most messages have.
+            if position == 0 && scan.eat(b'}') {
+                break;
             }
-            let guess = index.guess(position);
-            let matched = match guess {
-                Some(i) => index.is_next(columns, i, bytes.get(scan.pos..)?),
-                None => None,
-            };
-            let column = match matched {
-                Some(length) => {
-                    scan.pos += length;
-                    guess
+            return None;
+        }
+        let guess = index.guess(position);
+        let matched = match guess {
+            Some(i) => index.is_next(columns, i, bytes.get(scan.pos..)?),
+            None => None,
+        };
+        let column = match matched {
+            Some(length) => {
+                scan.pos += length;
+                guess
+            }
+            None => {
+                let found = scan.column(index, columns, schema)?;
+                index.learn(position, guess, found);
+                found
+            }
+        };
+        position += 1;
+        if !scan.eat_after_space(b':') {
+            return None;
+        }
+        scan.space_after_colon();
+        match column {
+            Some(i) => {
+                if !seen.insert(i) {
+                    return None;
                 }
-                None => {
-                    let found = scan.column(index, columns, schema)?;
-                    index.learn(position, guess, found);
-                    found
-                }
-            };
-            position += 1;
-            if !scan.eat_after_space(b':') {
-                return None;
+                let null = scan.value(&columns[i], lenient_numbers, &mut values[i])?;
+                set += usize::from(!null);
             }
-            scan.space_after_colon();
-            match column {
-                Some(i) => {
-                    if !seen.insert(i) {
-                        return None;
-                    }
-                    let null = scan.value(&columns[i], lenient_numbers, &mut values[i])?;
-                    set += usize::from(!null);
-                }
-                None => scan.skip_value()?,
-            }
-            match scan.next_after_space()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
-            }
+            None => scan.skip_value()?,
+        }
+        match scan.next_after_space()? {
+            b',' => {}
+            b'}' => break,
+            _ => return None,
         }
     }
     // Only whitespace may follow the object.
@@ -1301,6 +1305,29 @@ mod tests {
             assert_eq!(
                 &values[..],
                 &[Value::Int(1), Value::Float(2.5), Value::Int(-3)],
+                "{message:?}"
+            );
+        }
+    }
+
+    /// An empty object is read by the fast path (its end is looked for only where the
+    /// first member's name would start); a comma before the end is refused.
+    #[test]
+    fn empty_objects_are_read_and_trailing_commas_refused() {
+        let parser = &parsers()[2];
+        for message in ["{}", "{ }", " {\n\t} ", "{  }"] {
+            assert!(agrees(parser, message.as_bytes()).unwrap(), "{message:?}");
+            let values = parser.parse_json_slice(message.as_bytes()).unwrap();
+            assert_eq!(
+                &values[..],
+                &[Value::Null, Value::Null, Value::Int(-1)],
+                "{message:?}"
+            );
+        }
+        for message in [r#"{"i": 1,}"#, r#"{"i": 1, }"#, "{,}", "{}}", r#"{"i": 1}}"#] {
+            assert!(!agrees(parser, message.as_bytes()).unwrap(), "{message:?}");
+            assert!(
+                parser.parse_json_slice(message.as_bytes()).is_err(),
                 "{message:?}"
             );
         }
