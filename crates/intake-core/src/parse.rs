@@ -1974,4 +1974,22 @@ pub(crate) mod tests {
         assert_eq!(values[3], Value::Int(1));
         assert_eq!(values[0], Value::Int(-1));
     }
+
+    /// A set of columns is full only when every column is in it, at every width: one
+    /// column missing, whichever, leaves it not full.
+    #[test]
+    fn seen_is_full_only_with_every_column() {
+        for columns in [1, 2, 63, 64, 65, 127, 128, 129, 200] {
+            for missing in 0..columns {
+                let mut seen = Seen::new(columns);
+                for i in (0..columns).filter(|&i| i != missing) {
+                    assert!(seen.insert(i));
+                }
+                assert!(!seen.is_full(columns), "{columns} columns, {missing} missing");
+                assert!(seen.insert(missing));
+                assert!(seen.is_full(columns), "{columns} columns");
+                assert!(!seen.insert(missing));
+            }
+        }
+    }
 }
