@@ -45,6 +45,10 @@ pub(super) struct FieldIndex {
     /// escapes (and a message with an escaped name falls back), has [`NEVER`]: it is
     /// never matched by the raw bytes of the text.
     keys: Vec<(usize, u64)>,
+    /// Per column whose name is plain and at most seven bytes long: the bits of a word
+    /// of text that the name and its closing quote cover, and those bytes, so that
+    /// [`FieldIndex::is_next`] compares one word; `(0, 0)` for the others.
+    quoted: Vec<(u64, u64)>,
 
     /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
     buckets: [u8; BUCKETS],
@@ -60,6 +64,7 @@ impl Clone for FieldIndex {
     fn clone(&self) -> Self {
         FieldIndex {
             keys: self.keys.clone(),
+            quoted: self.quoted.clone(),
             buckets: self.buckets,
             order: std::array::from_fn(|i| AtomicU8::new(self.order[i].load(Ordering::Relaxed))),
         }
@@ -136,7 +141,22 @@ impl FieldIndex {
             let column = u8::try_from(i).ok().filter(|_| i < keys.len());
             AtomicU8::new(column.unwrap_or(NO_COLUMN))
         });
-        FieldIndex { keys, buckets, order }
+        let quoted = keys
+            .iter()
+            .map(|&(len, head)| match u32::try_from(len) {
+                Ok(len @ 0..=7) => {
+                    let mask = u64::MAX >> (64 - 8 * (len + 1));
+                    (mask, head | u64::from(b'"') << (8 * len))
+                }
+                _ => (0, 0),
+            })
+            .collect();
+        FieldIndex {
+            keys,
+            quoted,
+            buckets,
+            order,
+        }
     }
 
     /// The column the field at `position` had in the last message, if any.
@@ -166,6 +186,11 @@ impl FieldIndex {
     #[inline(always)]
     fn is_next(&self, columns: &[Column], i: usize, rest: &[u8]) -> Option<usize> {
         let &(len, head) = self.keys.get(i)?;
+        if let (Some(word), Some(&(mask, quoted))) = (rest.first_chunk::<8>(), self.quoted.get(i))
+            && mask != 0
+        {
+            return (u64::from_le_bytes(*word) & mask == quoted).then_some(len + 1);
+        }
         let matches = rest.get(len) == Some(&b'"')
             && head_at(rest, len) == head
             && (len <= 8 || columns[i].name().as_bytes()[8..] == rest[8..len]);
