@@ -12,9 +12,11 @@
 //!
 //! What it reads as serde_json does (`serde_json/src/de.rs`, `read.rs` of 1.0.x):
 //! whitespace is space, tab, line feed and carriage return; a field name is a string
-//! (escapes and invalid UTF-8 make it fall back); column values go through the same
-//! conversions (`ValueSeed`'s visitor methods) with the same numbers serde_json would
-//! produce (`-0` is the float `-0.0`; integers of more than 18 digits, escaped strings,
+//! (escapes and invalid UTF-8 make it fall back); column values get the conversions
+//! of `ValueSeed`'s visitor methods (copied in `number_value`, `string_value` and
+//! `bool_value`, and tested against them; a number in a string for a lenient reader
+//! goes through `ValueSeed` itself) from the same numbers serde_json would produce
+//! (`-0` is the float `-0.0`; integers of more than 18 digits, escaped strings,
 //! arrays, objects and JSON columns fall back); the values of fields the schema lacks
 //! are skipped with serde_json's `ignore_value` rules (escapes checked but not decoded,
 //! strings not checked for UTF-8, no depth limit; here nesting beyond 64 levels falls
