@@ -12,9 +12,11 @@
 //!
 //! What it reads as serde_json does (`serde_json/src/de.rs`, `read.rs` of 1.0.x):
 //! whitespace is space, tab, line feed and carriage return; a field name is a string
-//! (escapes and invalid UTF-8 make it fall back); column values go through the same
-//! conversions (`ValueSeed`'s visitor methods) with the same numbers serde_json would
-//! produce (`-0` is the float `-0.0`; integers of more than 18 digits, escaped strings,
+//! (escapes and invalid UTF-8 make it fall back); column values get the conversions
+//! of `ValueSeed`'s visitor methods (copied in `number_value`, `string_value` and
+//! `bool_value`, and tested against them; a number in a string for a lenient reader
+//! goes through `ValueSeed` itself) from the same numbers serde_json would produce
+//! (`-0` is the float `-0.0`; integers of more than 18 digits, escaped strings,
 //! arrays, objects and JSON columns fall back); the values of fields the schema lacks
 //! are skipped with serde_json's `ignore_value` rules (escapes checked but not decoded,
 //! strings not checked for UTF-8, no depth limit; here nesting beyond 64 levels falls
@@ -28,7 +30,7 @@ use serde::de::Visitor;
 
 use super::{Seen, ValueSeed, complete_row, empty_row};
 use crate::schema::{Column, Schema};
-use crate::value::{DataType, Value};
+use crate::value::{DataType, Timestamp, Value};
 
 /// Column lookup by field name, precomputed per reader: a name is hashed from its length
 /// and its first eight bytes (read as one word) into a small table of columns, and
@@ -45,6 +47,11 @@ pub(super) struct FieldIndex {
     /// escapes (and a message with an escaped name falls back), has [`NEVER`]: it is
     /// never matched by the raw bytes of the text.
     keys: Vec<(usize, u64)>,
+    /// Per column whose name is plain and at most seven bytes long: the bits of a word
+    /// of text that the name and its closing quote cover, and those bytes, so that
+    /// [`FieldIndex::is_next`] compares one word; `(0, 0)` for the others.
+    quoted: Vec<(u64, u64)>,
+
     /// By [`bucket`]: [`EMPTY`], the only column in it, or [`SHARED`].
     buckets: [u8; BUCKETS],
     /// By position in a message (the first [`ORDER`] fields), the column of the field
@@ -59,6 +66,7 @@ impl Clone for FieldIndex {
     fn clone(&self) -> Self {
         FieldIndex {
             keys: self.keys.clone(),
+            quoted: self.quoted.clone(),
             buckets: self.buckets,
             order: std::array::from_fn(|i| AtomicU8::new(self.order[i].load(Ordering::Relaxed))),
         }
@@ -135,7 +143,22 @@ impl FieldIndex {
             let column = u8::try_from(i).ok().filter(|_| i < keys.len());
             AtomicU8::new(column.unwrap_or(NO_COLUMN))
         });
-        FieldIndex { keys, buckets, order }
+        let quoted = keys
+            .iter()
+            .map(|&(len, head)| match u32::try_from(len) {
+                Ok(len @ 0..=7) => {
+                    let mask = u64::MAX >> (64 - 8 * (len + 1));
+                    (mask, head | u64::from(b'"') << (8 * len))
+                }
+                _ => (0, 0),
+            })
+            .collect();
+        FieldIndex {
+            keys,
+            quoted,
+            buckets,
+            order,
+        }
     }
 
     /// The column the field at `position` had in the last message, if any.
@@ -165,6 +188,11 @@ impl FieldIndex {
     #[inline(always)]
     fn is_next(&self, columns: &[Column], i: usize, rest: &[u8]) -> Option<usize> {
         let &(len, head) = self.keys.get(i)?;
+        if let (Some(word), Some(&(mask, quoted))) = (rest.first_chunk::<8>(), self.quoted.get(i))
+            && mask != 0
+        {
+            return (u64::from_le_bytes(*word) & mask == quoted).then_some(len + 1);
+        }
         let matches = rest.get(len) == Some(&b'"')
             && head_at(rest, len) == head
             && (len <= 8 || columns[i].name().as_bytes()[8..] == rest[8..len]);
@@ -222,54 +250,55 @@ pub(super) fn parse(
     let mut row = empty_row(columns.len());
     let values = Arc::get_mut(&mut row)?;
     let mut seen = Seen::new(columns.len());
-    // Set by a refused value; never read, as the serde_json path then reports.
-    let failure = Cell::new(None);
     let mut position = 0;
-    if !scan.eat_after_space(b'}') {
-        loop {
-            if !scan.eat_after_space(b'"') {
-                return None;
+    // How many columns the message set (each once, as `seen` checks) to a value
+    // other than null: if fewer than all, `complete_row` decides the rest.
+    let mut set = 0;
+    loop {
+        if !scan.eat_after_space(b'"') {
+            // Only the first member may instead be the end of an empty object
+            // (whose whitespace was just eaten): looked for after the name's quote,
+            // which most messages have.
+            if position == 0 && scan.eat(b'}') {
+                break;
             }
-            let guess = index.guess(position);
-            let matched = match guess {
-                Some(i) => index.is_next(columns, i, bytes.get(scan.pos..)?),
-                None => None,
-            };
-            let column = match matched {
-                Some(length) => {
-                    scan.pos += length;
-                    guess
+            return None;
+        }
+        let guess = index.guess(position);
+        let matched = match guess {
+            Some(i) => index.is_next(columns, i, bytes.get(scan.pos..)?),
+            None => None,
+        };
+        let column = match matched {
+            Some(length) => {
+                scan.pos += length;
+                guess
+            }
+            None => {
+                let found = scan.column(index, columns, schema)?;
+                index.learn(position, guess, found);
+                found
+            }
+        };
+        position += 1;
+        if !scan.eat_after_space(b':') {
+            return None;
+        }
+        scan.space_after_colon();
+        match column {
+            Some(i) => {
+                if !seen.insert(i) {
+                    return None;
                 }
-                None => {
-                    let found = scan.column(index, columns, schema)?;
-                    index.learn(position, guess, found);
-                    found
-                }
-            };
-            position += 1;
-            if !scan.eat_after_space(b':') {
-                return None;
+                let null = scan.value(&columns[i], lenient_numbers, &mut values[i])?;
+                set += usize::from(!null);
             }
-            scan.whitespace();
-            match column {
-                Some(i) => {
-                    if !seen.insert(i) {
-                        return None;
-                    }
-                    let seed = ValueSeed {
-                        column: &columns[i],
-                        failure: &failure,
-                        lenient_numbers,
-                    };
-                    values[i] = scan.value(seed)?;
-                }
-                None => scan.skip_value()?,
-            }
-            match scan.next_after_space()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
-            }
+            None => scan.skip_value()?,
+        }
+        match scan.next_after_space()? {
+            b',' => {}
+            b'}' => break,
+            _ => return None,
         }
     }
     // Only whitespace may follow the object.
@@ -278,7 +307,7 @@ pub(super) fn parse(
         return None;
     }
     // A message that set every column, none to null, is complete as it is.
-    if !seen.is_full(columns.len()) || values.iter().any(Value::is_null) {
+    if set != columns.len() {
         complete_row(columns, values, &seen).ok()?;
     }
     Some(row)
@@ -329,6 +358,61 @@ fn string_end(rest: &[u8]) -> Option<(usize, bool)> {
     None
 }
 
+/// What `ValueSeed::visit_u64`, `visit_i64` and `visit_f64` make of `number` for a
+/// column of `data_type`, or `None` where they refuse it.
+#[inline(always)]
+fn number_value(data_type: DataType, number: Number) -> Option<Value> {
+    #[allow(clippy::cast_precision_loss)]
+    match (number, data_type) {
+        (Number::U64(n), DataType::Int) => i64::try_from(n).ok().map(Value::Int),
+        (Number::I64(n), DataType::Int) => Some(Value::Int(n)),
+        (Number::U64(n), DataType::Float) => Some(Value::Float(n as f64)),
+        (Number::I64(n), DataType::Float) => Some(Value::Float(n as f64)),
+        (Number::F64(x), DataType::Float) if x.is_finite() => Some(Value::Float(x)),
+        (Number::U64(n), DataType::Timestamp) => millis(i64::try_from(n).ok()?),
+        (Number::I64(n), DataType::Timestamp) => millis(n),
+        _ => None,
+    }
+}
+
+/// `ValueSeed::millis`.
+fn millis(millis: i64) -> Option<Value> {
+    Timestamp::from_unix_millis(millis).map(Value::Timestamp)
+}
+
+/// What `ValueSeed::visit_str` makes of `text` for `column`, or `None` where it
+/// refuses it.
+#[inline(always)]
+fn string_value(column: &Column, lenient_numbers: bool, text: &str) -> Option<Value> {
+    match column.data_type() {
+        DataType::String => Some(Value::String(Arc::from(text))),
+        DataType::Bytes => Some(Value::Bytes(Arc::from(text.as_bytes()))),
+        DataType::Timestamp => Timestamp::parse_rfc3339(text).ok().map(Value::Timestamp),
+        DataType::Int | DataType::Float if lenient_numbers => number_in_string(column, text),
+        _ => None,
+    }
+}
+
+/// A number in a string for an int or float column of a lenient reader: read by
+/// `ValueSeed` itself, as this is rare and its rules are many.
+#[inline(never)]
+fn number_in_string(column: &Column, text: &str) -> Option<Value> {
+    // Set by a refusal; never read, as the serde_json path then reports.
+    let failure = Cell::new(None);
+    let seed = ValueSeed {
+        column,
+        failure: &failure,
+        lenient_numbers: true,
+    };
+    seed.visit_str::<serde_json::Error>(text).ok()
+}
+
+/// What `ValueSeed::visit_bool` makes of `v`, or `None` where it refuses it.
+#[inline(always)]
+fn bool_value(data_type: DataType, v: bool) -> Option<Value> {
+    (data_type == DataType::Bool).then_some(Value::Bool(v))
+}
+
 struct Scan<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -361,11 +445,24 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Eats `byte` after any whitespace; compact JSON has none, so the byte is looked
-    /// for first.
+    /// The whitespace between a field's colon and its value: in most JSON text none or
+    /// one space, which is looked for first.
+    #[inline(always)]
+    fn space_after_colon(&mut self) {
+        self.eat(b' ');
+        if let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.whitespace();
+        }
+    }
+
+    /// Eats `byte` after any whitespace; compact JSON has none and most other JSON
+    /// one space, so the byte is looked for first, then after one space.
     #[inline(always)]
     fn eat_after_space(&mut self, byte: u8) -> bool {
         if self.eat(byte) {
+            return true;
+        }
+        if self.eat(b' ') && self.eat(byte) {
             return true;
         }
         self.whitespace();
@@ -451,17 +548,20 @@ impl<'a> Scan<'a> {
             digit @ b'1'..=b'9' => u64::from(digit - b'0'),
             _ => return None,
         };
+        // One pass over the digits after the first, accumulating as it goes: at most
+        // 17 more (18 in all, below 10^18, so no overflow); a 19th digit falls back.
         let rest = self.bytes.get(self.pos..)?;
-        let more = rest
-            .iter()
-            .position(|byte| !byte.is_ascii_digit())
-            .unwrap_or(rest.len());
-        // With the first, at most 18 digits: no overflow.
-        if more > 17 {
-            return None;
-        }
-        for &digit in &rest[..more] {
-            significand = significand * 10 + u64::from(digit - b'0');
+        let mut more = 0;
+        while let Some(&byte) = rest.get(more) {
+            let digit = byte.wrapping_sub(b'0');
+            if digit > 9 {
+                break;
+            }
+            if more == 17 {
+                return None;
+            }
+            significand = significand * 10 + u64::from(digit);
+            more += 1;
         }
         self.pos += more;
         match self.peek() {
@@ -475,10 +575,26 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// [`Scan::read_float`], out of line: it calls the standard library's float
+    /// parser, and inlined it only crowds the registers of the loop that reads every
+    /// field. The scan is passed by value so that the caller's stays in registers.
+    #[inline]
+    fn float(&mut self, start: usize) -> Option<f64> {
+        #[inline(never)]
+        fn float_at(bytes: &[u8], pos: usize, start: usize) -> Option<(f64, usize)> {
+            let mut scan = Scan { bytes, pos };
+            let value = scan.read_float(start)?;
+            Some((value, scan.pos))
+        }
+        let (value, pos) = float_at(self.bytes, self.pos, start)?;
+        self.pos = pos;
+        Some(value)
+    }
+
     /// The fraction and exponent of a number that began at `start`, read with
     /// serde_json's grammar and converted with correct rounding, as serde_json's
     /// `float_roundtrip` does; an infinite result (serde_json: out of range) falls back.
-    fn float(&mut self, start: usize) -> Option<f64> {
+    fn read_float(&mut self, start: usize) -> Option<f64> {
         self.fraction_and_exponent()?;
         let text = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
         let value: f64 = text.parse().ok()?;
@@ -509,53 +625,69 @@ impl<'a> Scan<'a> {
         (self.pos > start).then_some(())
     }
 
-    /// A column's value, through the conversions of the serde_json path.
+    /// Reads a column's value into `slot`, converted as `ValueSeed`'s visitor methods
+    /// convert what serde_json hands them (see [`number_value`] and [`string_value`]),
+    /// and says whether it is null; `None` for a value they refuse, and for JSON
+    /// columns, which the serde_json path reads.
+    ///
+    /// `slot` must hold a null (as `empty_row` makes it): it is overwritten without
+    /// being dropped. Each branch writes its own value into it, rather than one
+    /// `Option<Value>` being moved there, which costs a copy through the stack.
     #[inline]
-    fn value(&mut self, seed: ValueSeed<'_>) -> Option<Value> {
-        if seed.column.data_type() == DataType::Json {
+    fn value(&mut self, column: &Column, lenient_numbers: bool, slot: &mut Value) -> Option<bool> {
+        /// Moves `value` into the slot of a null, which has nothing to drop.
+        #[inline(always)]
+        fn put(slot: &mut Value, value: Value) {
+            std::mem::forget(std::mem::replace(slot, value));
+        }
+        let data_type = column.data_type();
+        if data_type == DataType::Json {
             return None;
         }
-        let read: Result<Value, serde_json::Error> = match self.peek()? {
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => put(slot, number_value(data_type, self.number()?)?),
             b'"' => {
                 self.pos += 1;
                 let text = self.text()?;
-                // What `visit_str` does for a string column, without its result type.
-                if seed.column.data_type() == DataType::String {
-                    return Some(Value::String(Arc::from(text)));
-                }
-                seed.visit_str(text)
+                put(slot, string_value(column, lenient_numbers, text)?);
             }
-            b'-' | b'0'..=b'9' => match (self.number()?, seed.column.data_type()) {
-                // What `visit_u64` and `visit_i64` do for an int column.
-                (Number::U64(n), DataType::Int) => return i64::try_from(n).ok().map(Value::Int),
-                (Number::I64(n), DataType::Int) => return Some(Value::Int(n)),
-                (Number::U64(n), _) => seed.visit_u64(n),
-                (Number::I64(n), _) => seed.visit_i64(n),
-                (Number::F64(x), _) => seed.visit_f64(x),
-            },
             b't' => {
                 self.pos += 1;
                 self.literal(b"rue")?;
-                seed.visit_bool(true)
+                put(slot, bool_value(data_type, true)?);
             }
             b'f' => {
                 self.pos += 1;
                 self.literal(b"alse")?;
-                seed.visit_bool(false)
+                put(slot, bool_value(data_type, false)?);
             }
             b'n' => {
                 self.pos += 1;
                 self.literal(b"ull")?;
-                seed.visit_unit()
+                // `visit_unit`: the slot's null stays.
+                return Some(true);
             }
             _ => return None,
-        };
-        read.ok()
+        }
+        Some(false)
+    }
+
+    /// [`Scan::skip`], out of line for the same reasons as [`Scan::float`].
+    #[inline]
+    fn skip_value(&mut self) -> Option<()> {
+        #[inline(never)]
+        fn skip_at(bytes: &[u8], pos: usize) -> Option<usize> {
+            let mut scan = Scan { bytes, pos };
+            scan.skip()?;
+            Some(scan.pos)
+        }
+        self.pos = skip_at(self.bytes, self.pos)?;
+        Some(())
     }
 
     /// Skips the value of a field the schema lacks, as serde_json's `ignore_value`
     /// does; `None` for what it would refuse, and for nesting beyond 64 levels.
-    fn skip_value(&mut self) -> Option<()> {
+    fn skip(&mut self) -> Option<()> {
         // One bit per open container: set for an object, clear for an array.
         let mut objects: u64 = 0;
         let mut depth = 0_u32;
@@ -679,7 +811,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::parse::{Format, ParseOptions, Parser, Payload};
+    use crate::parse::{Format, ParseError, ParseOptions, Parser, Payload};
 
     /// Pieces of JSON that the fast path reads, that it leaves to serde_json, and that
     /// serde_json refuses: edge cases of every rule the fast path copies.
@@ -1043,6 +1175,189 @@ mod tests {
             .parse_json_slice(br#"{"a\"b": 1, "c\\d": 2, "a": 3}"#)
             .unwrap();
         assert_eq!(&values[..], &[Value::Int(1), Value::Int(2), Value::Int(3)]);
+    }
+
+    /// The fast path's conversions are `ValueSeed`'s: for every column type but JSON
+    /// and every kind of scalar, at the edges of each conversion, the same value or a
+    /// refusal.
+    #[test]
+    fn conversions_are_the_visitor_s() {
+        let types = [
+            DataType::Bool,
+            DataType::Int,
+            DataType::Float,
+            DataType::String,
+            DataType::Bytes,
+            DataType::Timestamp,
+        ];
+        #[allow(clippy::cast_sign_loss)]
+        let unsigned = [
+            0,
+            1,
+            999_999_999_999_999_999,
+            9_223_372_036_854,
+            9_223_372_036_855,
+            i64::MAX as u64,
+            i64::MAX as u64 + 1,
+            u64::MAX,
+        ];
+        let signed = [
+            -1,
+            -999_999_999_999_999_999,
+            -9_223_372_036_854,
+            -9_223_372_036_855,
+            i64::MIN,
+        ];
+        let floats = [
+            -0.0,
+            0.0,
+            4.0,
+            1.5,
+            -2.5e-3,
+            1e300,
+            9.3e18,
+            -9.3e18,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let texts = [
+            "",
+            "x",
+            "12",
+            "-0.5",
+            "1e400",
+            " 1",
+            "99999999999999999999",
+            "2024-01-01T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "caf\u{e9}",
+        ];
+        for data_type in types {
+            let column = Column::new("c", data_type).nullable();
+            for lenient_numbers in [false, true] {
+                let failure = Cell::new(None);
+                let seed = || ValueSeed {
+                    column: &column,
+                    failure: &failure,
+                    lenient_numbers,
+                };
+                for n in unsigned {
+                    let expected = seed().visit_u64::<serde_json::Error>(n).ok();
+                    assert_eq!(
+                        number_value(data_type, Number::U64(n)),
+                        expected,
+                        "{data_type} {n}"
+                    );
+                }
+                for n in signed {
+                    let expected = seed().visit_i64::<serde_json::Error>(n).ok();
+                    assert_eq!(
+                        number_value(data_type, Number::I64(n)),
+                        expected,
+                        "{data_type} {n}"
+                    );
+                }
+                for x in floats {
+                    let expected = seed().visit_f64::<serde_json::Error>(x).ok();
+                    assert_eq!(
+                        number_value(data_type, Number::F64(x)),
+                        expected,
+                        "{data_type} {x}"
+                    );
+                }
+                for text in texts {
+                    let expected = seed().visit_str::<serde_json::Error>(text).ok();
+                    let value = string_value(&column, lenient_numbers, text);
+                    assert_eq!(value, expected, "{data_type} {text:?} lenient {lenient_numbers}");
+                }
+                for v in [true, false] {
+                    let expected = seed().visit_bool::<serde_json::Error>(v).ok();
+                    assert_eq!(bool_value(data_type, v), expected, "{data_type} {v}");
+                }
+            }
+        }
+    }
+
+    /// A message that sets every column, some of them to null: a null takes its
+    /// column's default, stays null where the column is nullable, and refuses the row
+    /// where it is neither, as on the serde_json path.
+    #[test]
+    fn nulls_in_a_message_that_sets_every_column_are_completed() {
+        let schema = Schema::new([
+            Column::new("key", DataType::Int).primary_key(),
+            Column::new("name", DataType::String),
+            Column::new("n", DataType::Int).nullable(),
+            Column::new("d", DataType::Float).default(0.5),
+        ])
+        .unwrap();
+        let parser = Parser::new(schema, Format::Json);
+        for (message, row) in [
+            (
+                r#"{"key": 1, "name": "a", "n": 2, "d": null}"#,
+                [Value::Int(1), Value::from("a"), Value::Int(2), Value::Float(0.5)],
+            ),
+            (
+                r#"{"key": 1, "name": "a", "n": null, "d": 1.5}"#,
+                [Value::Int(1), Value::from("a"), Value::Null, Value::Float(1.5)],
+            ),
+        ] {
+            assert!(agrees(&parser, message.as_bytes()).unwrap(), "{message}");
+            assert_eq!(
+                &parser.parse_json_slice(message.as_bytes()).unwrap()[..],
+                &row,
+                "{message}"
+            );
+        }
+        let refused = br#"{"key": 1, "name": null, "n": 2, "d": 1.5}"#;
+        assert!(!agrees(&parser, refused).unwrap());
+        assert!(matches!(
+            parser.parse_json_slice(refused),
+            Err(ParseError::NullNotAllowed { column }) if column == "name"
+        ));
+    }
+
+    /// Whitespace of every kind and length between the tokens of a message: the fast
+    /// path reads it all (it looks for no space and one space first, then skips any).
+    #[test]
+    fn whitespace_between_tokens_takes_the_fast_path() {
+        let parser = &parsers()[2];
+        for space in ["", " ", "  ", "\n", "\t", "\r\n", " \n\t ", "\n  "] {
+            let message = [
+                "", "{", "\"i\"", ":", "1", ",", "\"f\"", ":", "2.5", ",", "\"key\"", ":", "-3", "}", "",
+            ]
+            .join(space);
+            assert!(agrees(parser, message.as_bytes()).unwrap(), "{message:?}");
+            let values = parser.parse_json_slice(message.as_bytes()).unwrap();
+            assert_eq!(
+                &values[..],
+                &[Value::Int(1), Value::Float(2.5), Value::Int(-3)],
+                "{message:?}"
+            );
+        }
+    }
+
+    /// An empty object is read by the fast path (its end is looked for only where the
+    /// first member's name would start); a comma before the end is refused.
+    #[test]
+    fn empty_objects_are_read_and_trailing_commas_refused() {
+        let parser = &parsers()[2];
+        for message in ["{}", "{ }", " {\n\t} ", "{  }"] {
+            assert!(agrees(parser, message.as_bytes()).unwrap(), "{message:?}");
+            let values = parser.parse_json_slice(message.as_bytes()).unwrap();
+            assert_eq!(
+                &values[..],
+                &[Value::Null, Value::Null, Value::Int(-1)],
+                "{message:?}"
+            );
+        }
+        for message in [r#"{"i": 1,}"#, r#"{"i": 1, }"#, "{,}", "{}}", r#"{"i": 1}}"#] {
+            assert!(!agrees(parser, message.as_bytes()).unwrap(), "{message:?}");
+            assert!(
+                parser.parse_json_slice(message.as_bytes()).is_err(),
+                "{message:?}"
+            );
+        }
     }
 
     #[test]
