@@ -62,6 +62,13 @@ struct State {
     spare: Vec<Event>,
 }
 
+impl State {
+    /// The producer of event `i`.
+    fn owner(&self, i: usize) -> usize {
+        self.owners.get(i).copied().unwrap_or(0) as usize
+    }
+}
+
 impl Queue {
     /// A queue for commits of at most `max_batch` events that holds at most
     /// `max_batch + headroom` events, with one producer.
@@ -286,7 +293,6 @@ fn run_on_to_offsets(state: &State, mut end: usize) -> usize {
     if !state.offsets_seen {
         return end;
     }
-    let owner = |i: usize| state.owners.get(i).copied().unwrap_or(0) as usize;
     let producers = state.reports_offsets.len();
     loop {
         // Per producer: whether its last event before `end` is a message, and
@@ -294,23 +300,27 @@ fn run_on_to_offsets(state: &State, mut end: usize) -> usize {
         let mut uncovered = vec![false; producers];
         let mut has_offset = vec![false; producers];
         for (i, event) in state.events[..end].iter().enumerate() {
-            match event {
-                Event::Upsert(..) | Event::Append(..) | Event::Delete(..) => uncovered[owner(i)] = true,
-                Event::Offset(..) => {
-                    uncovered[owner(i)] = false;
-                    has_offset[owner(i)] = true;
-                }
-                Event::Commit => {}
+            let p = state.owner(i);
+            if event.is_message() {
+                uncovered[p] = true;
+            } else if matches!(event, Event::Offset(..)) {
+                uncovered[p] = false;
+                has_offset[p] = true;
             }
         }
         let mut extend: Vec<bool> = (0..producers)
             .map(|p| uncovered[p] && !(has_offset[p] && state.reports_offsets[p]))
             .collect();
+        let mut extending = extend.iter().filter(|&&e| e).count();
         let mut next_end = end;
         for (i, event) in state.events.iter().enumerate().skip(end) {
-            let p = owner(i);
+            if extending == 0 {
+                break;
+            }
+            let p = state.owner(i);
             if extend[p] && matches!(event, Event::Offset(..)) {
                 extend[p] = false;
+                extending -= 1;
                 next_end = i + 1;
             }
         }
@@ -331,21 +341,18 @@ fn waiting_for_offsets(state: &State, end: usize) -> Option<Vec<bool>> {
     if !state.reports_offsets.contains(&true) {
         return None;
     }
-    let owner = |i: usize| state.owners.get(i).copied().unwrap_or(0) as usize;
     let mut last_offset = vec![None; state.reports_offsets.len()];
     for (i, event) in state.events[..end].iter().enumerate() {
         if matches!(event, Event::Offset(..)) {
-            last_offset[owner(i)] = Some(i);
+            last_offset[state.owner(i)] = Some(i);
         }
     }
     let waits: Vec<bool> = state.events[..end]
         .iter()
         .enumerate()
         .map(|(i, event)| {
-            let p = owner(i);
-            matches!(event, Event::Upsert(..) | Event::Append(..) | Event::Delete(..))
-                && state.reports_offsets[p]
-                && last_offset[p].is_none_or(|last| i > last)
+            let p = state.owner(i);
+            event.is_message() && state.reports_offsets[p] && last_offset[p].is_none_or(|last| i > last)
         })
         .collect();
     waits.contains(&true).then_some(waits)
@@ -530,6 +537,12 @@ mod tests {
         Event::Offset("s".into(), n.into())
     }
 
+    fn push_all(producer: &Producer, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            assert!(producer.try_push(event).is_ok());
+        }
+    }
+
     /// The commit's events as numbers: a message's key, an offset's value negated.
     fn numbers(commit: &Commit) -> Vec<i64> {
         commit
@@ -554,9 +567,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_commit_ends_at_the_last_offset_and_the_messages_after_it_wait_for_theirs() {
         let (queue, producer) = Queue::new(Duration::from_millis(10), 100, 100);
-        for event in [message(1), message(2), offset(2), message(3), message(4)] {
-            assert!(producer.try_push(event).is_ok());
-        }
+        push_all(
+            &producer,
+            [message(1), message(2), offset(2), message(3), message(4)],
+        );
         assert_eq!(next(&queue).await, Some(vec![1, 2, -2]));
         // Due by time, but 3 and 4 are not covered yet: nothing is taken.
         let waiting = tokio::time::timeout(Duration::from_secs(1), queue.next_commit()).await;
@@ -619,16 +633,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_batch_limit_still_cuts_at_an_offset() {
         let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
-        for event in [
-            message(1),
-            offset(1),
-            message(2),
-            message(3),
-            message(4),
-            offset(4),
-        ] {
-            assert!(producer.try_push(event).is_ok());
-        }
+        push_all(
+            &producer,
+            [
+                message(1),
+                offset(1),
+                message(2),
+                message(3),
+                message(4),
+                offset(4),
+            ],
+        );
         assert_eq!(
             next(&queue).await,
             Some(vec![1, -1]),
@@ -643,17 +658,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_of_messages_runs_on_to_the_offset_queued_after_it() {
         let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
-        for event in [
-            message(1),
-            message(2),
-            message(3),
-            message(4),
-            message(5),
-            offset(5),
-            message(6),
-        ] {
-            assert!(producer.try_push(event).is_ok());
-        }
+        push_all(
+            &producer,
+            [
+                message(1),
+                message(2),
+                message(3),
+                message(4),
+                message(5),
+                offset(5),
+                message(6),
+            ],
+        );
         assert_eq!(next(&queue).await, Some(vec![1, 2, 3, 4, 5, -5]));
         let waiting = tokio::time::timeout(Duration::from_secs(1), queue.next_commit()).await;
         assert!(waiting.is_err(), "6 waits for its offset");
@@ -665,17 +681,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_finished_producer_s_messages_are_committed_with_their_offsets() {
         let (queue, producer) = Queue::new(Duration::from_millis(10), 4, 100);
-        for event in [
-            message(1),
-            offset(1),
-            message(2),
-            message(3),
-            message(4),
-            message(5),
-            offset(5),
-        ] {
-            assert!(producer.try_push(event).is_ok());
-        }
+        push_all(
+            &producer,
+            [
+                message(1),
+                offset(1),
+                message(2),
+                message(3),
+                message(4),
+                message(5),
+                offset(5),
+            ],
+        );
         producer.finish();
         assert_eq!(next(&queue).await, Some(vec![1, -1, 2, 3, 4, 5, -5]));
         assert_eq!(next(&queue).await, None);
@@ -715,9 +732,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_explicit_commit_commits_what_came_before_it() {
         let (queue, producer) = Queue::new(Duration::from_secs(3600), 100, 100);
-        for event in [offset(0), message(1), Event::Commit, message(2)] {
-            assert!(producer.try_push(event).is_ok());
-        }
+        push_all(&producer, [offset(0), message(1), Event::Commit, message(2)]);
         assert_eq!(next(&queue).await, Some(vec![0, 1, 0]));
     }
 

@@ -162,6 +162,14 @@ pub(crate) enum Event {
     Offset(Arc<str>, serde_json::Value),
 }
 
+impl Event {
+    /// Whether the event changes the table (a message), rather than marking a commit
+    /// or a position.
+    pub(crate) fn is_message(&self) -> bool {
+        matches!(self, Event::Upsert(..) | Event::Append(..) | Event::Delete(..))
+    }
+}
+
 /// The handle a [`Source`] sends messages through.
 ///
 /// Every send waits while the table's bounded queue is full, so a fast source
