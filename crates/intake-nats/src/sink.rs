@@ -573,11 +573,7 @@ impl JetStreamSink {
                 in_flight.push_back((i, unacked, ack));
                 unacked = 0;
             } else if let Err(error) = self.client.publish_with_headers(subject, headers, payload).await {
-                return Err(SinkError::Publish {
-                    stream: self.stream_name.clone(),
-                    subject: changelog::key_subject(&self.prefix, key),
-                    source: Box::new(error),
-                });
+                return Err(self.publish_failed(changelog::key_subject(&self.prefix, key), error));
             }
         }
         while let Some((index, covered, ack)) = in_flight.pop_front() {
@@ -617,22 +613,16 @@ impl JetStreamSink {
         };
         let subject = key.map_or_else(String::new, |key| changelog::key_subject(&self.prefix, key));
         if error.kind() != PublishErrorKind::WrongLastSequence {
-            return Err(SinkError::Publish {
-                stream: self.stream_name.clone(),
-                subject,
-                source: Box::new(error),
-            });
+            return Err(self.publish_failed(subject, error));
         }
         if self.holds_own_chain(position, commit, last_values).await? {
-            return Err(SinkError::Publish {
-                stream: self.stream_name.clone(),
+            return Err(self.publish_failed(
                 subject,
-                source: format!(
+                format!(
                     "messages of this commit were lost in flight, so later ones were refused ({error}); \
                      publishing the rest again"
-                )
-                .into(),
-            });
+                ),
+            ));
         }
         Err(SinkError::Conflict {
             stream: self.stream_name.clone(),
@@ -767,11 +757,16 @@ impl JetStreamSink {
                 source: Box::new(error),
             }
         } else {
-            SinkError::Publish {
-                stream: self.stream_name.clone(),
-                subject,
-                source: Box::new(error),
-            }
+            self.publish_failed(subject, error)
+        }
+    }
+
+    /// [`SinkError::Publish`] for a message to `subject` of this sink's stream.
+    fn publish_failed(&self, subject: String, source: impl Into<BoxError>) -> SinkError {
+        SinkError::Publish {
+            stream: self.stream_name.clone(),
+            subject,
+            source: source.into(),
         }
     }
 }
