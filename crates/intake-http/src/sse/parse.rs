@@ -137,6 +137,7 @@ impl SseParser {
     #[track_caller]
     pub fn new(max_event_size: usize) -> Self {
         assert!(max_event_size > 0, "max_event_size must be at least 1 byte");
+        let message: Arc<str> = Arc::from(MESSAGE);
         SseParser {
             max_event_size,
             line: Vec::new(),
@@ -146,8 +147,8 @@ impl SseParser {
             data: String::new(),
             has_data: false,
             event_type: None,
-            last_type: Arc::from(MESSAGE),
-            message: Arc::from(MESSAGE),
+            last_type: Arc::clone(&message),
+            message,
             id_buffer: Arc::from(""),
             last_event_id: Arc::from(""),
             oversized: false,
